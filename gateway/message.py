@@ -1,0 +1,64 @@
+"""An upstream message as the outbox stores it, and its on-disk record format.
+
+The record is a small fixed header followed by length-prefixed fields, not JSON or pickle: it is
+written once per stored message on a Pi, so it must be cheap to build and parse, and it carries a
+version byte so that a later release can read what an earlier one stored (a gateway may be upgraded
+with a week of backlog on its card).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+RECORD_VERSION = 1
+# version, enqueued_ms, expires_ms, len(device), len(props), len(payload)
+_HEADER = struct.Struct(">BQQHHI")
+
+
+class RecordError(ValueError):
+    """A stored record cannot be decoded: the store holds bytes this release does not understand."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One child message bound for the cloud.
+
+    `properties` is the IoT Hub property bag exactly as the child sent it (url-encoded
+    `k=v&k2=v2`), kept verbatim so that what the cloud receives is what the child meant.
+    """
+
+    device_id: str
+    enqueued_ms: int
+    expires_ms: int
+    properties: str
+    payload: bytes
+
+    def size(self) -> int:
+        """Bytes this message costs in the backlog (what quotas and statistics count)."""
+        return _HEADER.size + len(self.device_id) + len(self.properties) + len(self.payload)
+
+
+def encode_record(msg: Message) -> bytes:
+    device = msg.device_id.encode()
+    props = msg.properties.encode()
+    header = _HEADER.pack(
+        RECORD_VERSION, msg.enqueued_ms, msg.expires_ms, len(device), len(props), len(msg.payload)
+    )
+    return b"".join((header, device, props, msg.payload))
+
+
+def decode_record(data: bytes) -> Message:
+    if len(data) < _HEADER.size:
+        raise RecordError(f"record of {len(data)} bytes is shorter than its header")
+    version, enq, exp, dlen, plen, blen = _HEADER.unpack_from(data)
+    if version != RECORD_VERSION:
+        raise RecordError(f"record version {version} is not known to this release")
+    if _HEADER.size + dlen + plen + blen != len(data):
+        raise RecordError("record length does not match its header")
+    pos = _HEADER.size
+    device = data[pos : pos + dlen].decode()
+    pos += dlen
+    props = data[pos : pos + plen].decode()
+    pos += plen
+    return Message(device, enq, exp, props, bytes(data[pos : pos + blen]))

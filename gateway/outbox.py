@@ -1,0 +1,325 @@
+"""The durable ordered queue of upstream messages, in RocksDB.
+
+Why it is shaped like this (see docs/architecture.md):
+
+* A message is first held in memory and only written by the next group commit. If the cloud
+  acknowledges it before that commit, it is never written at all: with a healthy uplink most
+  messages never touch the SD card. Whichever comes first, the cloud's PUBACK or the synced commit,
+  makes the message *safe*, and `on_safe` is told so that the child's PUBACK can be released.
+* Keys are the per-gateway sequence number, 8 bytes big-endian: RocksDB's order is the send order.
+  Sequence numbers are reserved in blocks with a synced write, so that a number handed out (and
+  perhaps already delivered to the cloud) is never handed out again after a crash.
+* Every record on disk is either a committed message or nothing: counters travel in the same batch
+  as the records they count, and all writes are serialised, so a power cut can only lose a suffix.
+
+Nothing here knows about asyncio: the caller decides when to commit and runs the synced write
+where it does not block the event loop (`commit_begin` / `write` / `commit_end`).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rocksdict import WriteBatch
+
+from gateway.message import Message, RecordError, decode_record, encode_record
+from gateway.store import Store
+
+SEQ_BLOCK = 65536
+_U64 = struct.Struct(">Q")
+_META_CEILING = b"seq_ceiling"
+_META_COUNT = b"disk_count"
+_META_BYTES = b"disk_bytes"
+
+
+def seq_key(seq: int) -> bytes:
+    return _U64.pack(seq)
+
+
+def _u64(data: bytes | None, default: int = 0) -> int:
+    return _U64.unpack(data)[0] if data else default
+
+
+@dataclass
+class OutboxStats:
+    """Counters an operator plans with; `expired` and `corrupt` only ever grow."""
+
+    count: int = 0
+    bytes: int = 0
+    expired: int = 0
+    corrupt: int = 0
+    committed_batches: int = 0
+    committed_messages: int = 0
+    acked_before_commit: int = 0
+
+
+@dataclass
+class CommitBatch:
+    """One group commit in flight: what it writes and which sequence numbers it covers."""
+
+    batch: WriteBatch
+    seqs: list[int]
+    sizes: list[int]
+    seq_set: set[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.seq_set = set(self.seqs)
+
+
+class Outbox:
+    """Ordered, durable, TTL-bound queue of `Message`s keyed by sequence number."""
+
+    def __init__(self, store: Store, on_safe: Callable[[list[int]], None] | None = None) -> None:
+        self._store = store
+        self._on_safe = on_safe or (lambda seqs: None)
+        self._mem: dict[int, Message] = {}
+        self._committing: CommitBatch | None = None
+        self._acked_while_committing: set[int] = set()
+        self._deletes: dict[int, int] = {}  # seq -> size, on disk, to be deleted
+        self.stats = OutboxStats()
+        self._disk_count = _u64(store.get_meta(_META_COUNT))
+        self._disk_bytes = _u64(store.get_meta(_META_BYTES))
+        self._floor = self._first_disk_seq()
+        self._next = max(_u64(store.get_meta(_META_CEILING), 1), self._last_disk_seq() + 1)
+        self._ceiling = self._next
+        self._reserve()
+        self._refresh_totals()
+
+    # -- sequence numbers -------------------------------------------------------------------
+
+    def _first_disk_seq(self) -> int:
+        it = self._store.outbox.iter()
+        it.seek_to_first()
+        return _U64.unpack(it.key())[0] if it.valid() else 0
+
+    def _last_disk_seq(self) -> int:
+        it = self._store.outbox.iter()
+        it.seek_to_last()
+        return _U64.unpack(it.key())[0] if it.valid() else 0
+
+    def _reserve(self) -> None:
+        self._ceiling = self._next + SEQ_BLOCK
+        self._store.put_meta(_META_CEILING, _U64.pack(self._ceiling), sync=True)
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    def append(self, msg: Message) -> int:
+        """Queue a message in memory; it becomes durable at the next commit."""
+        if self._next >= self._ceiling:
+            self._reserve()
+        seq = self._next
+        self._next += 1
+        self._mem[seq] = msg
+        self.stats.count += 1
+        self.stats.bytes += msg.size()
+        return seq
+
+    def uncommitted(self) -> int:
+        """Messages held only in memory and not yet part of a commit."""
+        n = len(self._mem)
+        return n - len(self._committing.seqs) if self._committing else n
+
+    # -- group commit ------------------------------------------------------------------------
+
+    def commit_begin(self) -> CommitBatch | None:
+        """Build the next synced batch, or None when there is nothing to write."""
+        if self._committing is not None:
+            return None
+        seqs = list(self._mem)
+        if not seqs and not self._deletes:
+            return None
+        batch = WriteBatch(raw_mode=True)
+        handle = self._store.outbox_handle
+        sizes = []
+        for seq in seqs:
+            msg = self._mem[seq]
+            batch.put(seq_key(seq), encode_record(msg), handle)
+            sizes.append(msg.size())
+        self._disk_count += len(seqs)
+        self._disk_bytes += sum(sizes)
+        self._add_deletes(batch)
+        self._add_counters(batch)
+        self._committing = CommitBatch(batch, seqs, sizes)
+        return self._committing
+
+    def write(self, commit: CommitBatch) -> None:
+        """The blocking part of a commit; safe to run in a worker thread (RocksDB drops the GIL)."""
+        self._store.write(commit.batch, sync=True)
+
+    def commit_end(self, commit: CommitBatch) -> list[int]:
+        """Account for a finished commit; returns the sequence numbers it made safe."""
+        self._committing = None
+        safe = []
+        for seq, size in zip(commit.seqs, commit.sizes, strict=True):
+            if seq in self._acked_while_committing:
+                self._deletes[seq] = size  # cloud took it while we wrote it: delete the copy
+            elif self._mem.pop(seq, None) is not None:
+                safe.append(seq)
+        self._acked_while_committing.clear()
+        self.stats.committed_batches += 1
+        self.stats.committed_messages += len(commit.seqs)
+        if safe:
+            self._on_safe(safe)
+        return safe
+
+    def commit_failed(self, commit: CommitBatch) -> None:
+        """Undo the accounting of a commit whose write raised; the messages stay in memory."""
+        self._committing = None
+        self._disk_count -= len(commit.seqs)
+        self._disk_bytes -= sum(commit.sizes)
+        self._acked_while_committing.clear()
+
+    def commit_now(self) -> list[int]:
+        """Commit synchronously (shutdown, tests)."""
+        commit = self.commit_begin()
+        if commit is None:
+            return []
+        try:
+            self.write(commit)
+        except Exception:
+            self.commit_failed(commit)
+            raise
+        return self.commit_end(commit)
+
+    def flush_deletes(self) -> None:
+        """Write pending deletes without sync: losing them in a power cut only re-sends messages."""
+        if self._committing is not None or not self._deletes:
+            return
+        batch = WriteBatch(raw_mode=True)
+        self._add_deletes(batch)
+        self._add_counters(batch)
+        self._store.write(batch, sync=False)
+
+    def _add_deletes(self, batch: WriteBatch) -> None:
+        handle = self._store.outbox_handle
+        for seq, size in self._deletes.items():
+            batch.delete(seq_key(seq), handle)
+            self._disk_count -= 1
+            self._disk_bytes -= size
+        self._deletes.clear()
+        self._disk_count = max(self._disk_count, 0)
+        self._disk_bytes = max(self._disk_bytes, 0)
+
+    def _add_counters(self, batch: WriteBatch) -> None:
+        handle = self._store.meta_handle
+        batch.put(_META_COUNT, _U64.pack(self._disk_count), handle)
+        batch.put(_META_BYTES, _U64.pack(self._disk_bytes), handle)
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def ack(self, seq: int, size: int) -> None:
+        """The cloud acknowledged `seq`: forget it, and release its child if it was not yet safe."""
+        if seq in self._mem:
+            if self._committing is not None and seq in self._committing.seq_set:
+                self._acked_while_committing.add(seq)
+            del self._mem[seq]
+            self.stats.acked_before_commit += 1
+            self._on_safe([seq])
+        elif seq not in self._deletes:
+            self._deletes[seq] = size
+        else:
+            return
+        self.stats.count = max(self.stats.count - 1, 0)
+        self.stats.bytes = max(self.stats.bytes - size, 0)
+        if seq == self._floor:
+            self._floor = seq + 1
+
+    def read(self, after: int, limit: int, now_ms: int) -> list[tuple[int, Message]]:
+        """Up to `limit` live messages with seq > `after`, in order; expired ones are dropped."""
+        out: list[tuple[int, Message]] = []
+        mem_start = next(iter(self._mem), None)
+        self._read_disk(max(after + 1, self._floor), mem_start, limit, now_ms, out)
+        if len(out) < limit:
+            self._read_mem(after, limit, now_ms, out)
+        return out
+
+    def _read_disk(
+        self, start: int, stop: int | None, limit: int, now_ms: int, out: list
+    ) -> None:
+        it = self._store.outbox.iter()
+        it.seek(seq_key(start))
+        while it.valid() and len(out) < limit:
+            seq = _U64.unpack(it.key())[0]
+            if stop is not None and seq >= stop:
+                break
+            if seq not in self._deletes:
+                msg = self._decode(seq, it.value())
+                if msg is not None and not self._expire_disk(seq, msg, now_ms):
+                    out.append((seq, msg))
+            it.next()
+
+    def _read_mem(self, after: int, limit: int, now_ms: int, out: list) -> None:
+        expired = [seq for seq, msg in self._mem.items() if msg.expires_ms <= now_ms]
+        for seq in expired:
+            self._drop_expired_mem(seq)
+        for seq, msg in self._mem.items():
+            if len(out) >= limit:
+                break
+            if seq > after:
+                out.append((seq, msg))
+
+    def _decode(self, seq: int, data: bytes) -> Message | None:
+        try:
+            return decode_record(data)
+        except RecordError:
+            self.stats.corrupt += 1
+            self._deletes[seq] = len(data)
+            return None
+
+    def _expire_disk(self, seq: int, msg: Message, now_ms: int) -> bool:
+        if msg.expires_ms > now_ms:
+            return False
+        self._deletes[seq] = msg.size()
+        self.stats.expired += 1
+        self.stats.count = max(self.stats.count - 1, 0)
+        self.stats.bytes = max(self.stats.bytes - msg.size(), 0)
+        if seq == self._floor:
+            self._floor = seq + 1
+        return True
+
+    def _drop_expired_mem(self, seq: int) -> None:
+        msg = self._mem[seq]
+        self.ack(seq, msg.size())
+        self.stats.acked_before_commit -= 1
+        self.stats.expired += 1
+
+    def expire(self, now_ms: int, max_scan: int = 10000) -> int:
+        """Drop expired messages from the head of the queue; returns how many went."""
+        before = self.stats.expired
+        it = self._store.outbox.iter()
+        it.seek(seq_key(self._floor))
+        scanned = 0
+        while it.valid() and scanned < max_scan:
+            seq = _U64.unpack(it.key())[0]
+            scanned += 1
+            if seq not in self._deletes:
+                msg = self._decode(seq, it.value())
+                if msg is not None and not self._expire_disk(seq, msg, now_ms):
+                    break
+            it.next()
+        for seq in [s for s, m in self._mem.items() if m.expires_ms <= now_ms]:
+            self._drop_expired_mem(seq)
+        return self.stats.expired - before
+
+    def oldest_enqueued_ms(self) -> int | None:
+        """Enqueue time of the oldest message still queued (for the operator's 'oldest age')."""
+        found = self.read(0, 1, now_ms=-1)
+        return found[0][1].enqueued_ms if found else None
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _refresh_totals(self) -> None:
+        self.stats.count = self._disk_count + len(self._mem)
+        self.stats.bytes = self._disk_bytes + sum(m.size() for m in self._mem.values())
+
+    def close(self) -> None:
+        """Commit what is in memory and write pending deletes; the store is closed by its owner."""
+        self.commit_now()
+        self.flush_deletes()
+

@@ -1,0 +1,98 @@
+"""The RocksDB database behind the gateway: one directory, one column family per store.
+
+Column families keep the outbox (a sequential queue with heavy deletes) apart from the small
+key-value data (registry cache, sequence reservations) so that compaction of one does not rewrite
+the other, and so that one synced WriteBatch can still update both atomically.
+
+Options are chosen for an SD card: WAL files are recycled instead of created and deleted,
+RocksDB's own LOG is size-capped, point-in-time WAL recovery keeps everything up to the first
+damaged record after a power cut, and paranoid checks refuse to run on a store that is silently
+inconsistent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rocksdict import (
+    DBCompressionType,
+    DBRecoveryMode,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+from gateway.errors import StoreError
+
+COLUMN_FAMILIES = ("outbox", "meta")
+_MiB = 1024 * 1024
+
+
+def _family_options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.set_write_buffer_size(8 * _MiB)
+    opts.set_max_write_buffer_number(2)
+    opts.set_compression_type(DBCompressionType.lz4())
+    return opts
+
+
+def _db_options() -> Options:
+    opts = _family_options()
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_paranoid_checks(True)
+    opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
+    opts.set_recycle_log_file_num(4)
+    opts.set_max_total_wal_size(32 * _MiB)
+    opts.set_max_log_file_size(1 * _MiB)
+    opts.set_keep_log_file_num(2)
+    return opts
+
+
+class Store:
+    """An open database: the column families and the two ways of writing to them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            families = {name: _family_options() for name in COLUMN_FAMILIES}
+            self._db = Rdict(str(self.path), options=_db_options(), column_families=families)
+        except Exception as exc:  # rocksdict raises plain Exception with RocksDB's text
+            raise StoreError(
+                f"cannot open the store at {self.path}: {exc}; check that the directory is "
+                f"writable by the service user and that the disk is not full"
+            ) from exc
+        self.outbox = self._db.get_column_family("outbox")
+        self.meta = self._db.get_column_family("meta")
+        self.outbox_handle = self._db.get_column_family_handle("outbox")
+        self.meta_handle = self._db.get_column_family_handle("meta")
+        self._synced = WriteOptions()
+        self._synced.sync = True
+        self._unsynced = WriteOptions()
+        self.closed = False
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        """Apply a batch atomically; with sync it is on the medium when this returns."""
+        self._db.write(batch, write_opt=self._synced if sync else self._unsynced)
+
+    def put_meta(self, key: bytes, value: bytes, *, sync: bool = True) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.put(key, value, self.meta_handle)
+        self.write(batch, sync=sync)
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        return self.meta.get(key)
+
+    def close(self) -> None:
+        """Flush the WAL and close, so that the next start needs no recovery."""
+        if self.closed:
+            return
+        self.closed = True
+        self._db.flush_wal(True)
+        # Column-family views and iterators hold the database open: close every view.
+        self.outbox.close()
+        self.meta.close()
+        self.outbox_handle = self.meta_handle = None
+        self._db.close()
