@@ -73,7 +73,7 @@ class Outbox:
 
     def __init__(self, store: Store, on_safe: Callable[[list[int]], None] | None = None) -> None:
         self._store = store
-        self._on_safe = on_safe or (lambda seqs: None)
+        self.on_safe = on_safe or (lambda seqs: None)
         self._mem: dict[int, Message] = {}
         self._committing: CommitBatch | None = None
         self._acked_while_committing: set[int] = set()
@@ -165,7 +165,7 @@ class Outbox:
         self.stats.committed_batches += 1
         self.stats.committed_messages += len(commit.seqs)
         if safe:
-            self._on_safe(safe)
+            self.on_safe(safe)
         return safe
 
     def commit_failed(self, commit: CommitBatch) -> None:
@@ -220,7 +220,7 @@ class Outbox:
                 self._acked_while_committing.add(seq)
             del self._mem[seq]
             self.stats.acked_before_commit += 1
-            self._on_safe([seq])
+            self.on_safe([seq])
         elif seq not in self._deletes:
             self._deletes[seq] = size
         else:

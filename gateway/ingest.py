@@ -1,0 +1,130 @@
+"""From an accepted child publish to a safe outbox message: stamping, group commit, PUBACK release.
+
+The group commit runs on a single worker thread so that an fsync (milliseconds on an SD card)
+never stalls the event loop, and commits never overlap. A commit starts when the oldest
+uncommitted message has waited `commit_interval`, or at once when `commit_max` are waiting:
+that caps fsyncs per second by time, whatever the message rate, and gives the cloud's PUBACK
+`commit_interval` to win the race so that a healthy uplink writes almost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.log import Event, event
+from gateway.message import Message
+from gateway.outbox import Outbox
+
+STORE_RETRY_SECS = 1.0
+
+
+class Ingest:
+    """Accepts telemetry, keeps the commit cadence, and tells each sender when it is safe."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        ttl_secs: int,
+        commit_interval_ms: int,
+        commit_max: int,
+        on_new: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.outbox = outbox
+        self.ttl_secs = ttl_secs
+        self._interval = commit_interval_ms / 1000
+        self._max = commit_max
+        self._on_new = on_new
+        self._clock = clock
+        self._waiters: dict[int, Callable[[], None]] = {}
+        self._pending = asyncio.Event()
+        self._full = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self.store_error = ""
+        self._stopping = False
+        self._task: asyncio.Task | None = None
+        outbox.on_safe = self._released
+
+    def accept(
+        self, device_id: str, properties: str, payload: bytes, on_safe: Callable[[], None] | None
+    ) -> int:
+        """Queue one message; `on_safe` runs once the cloud or the disk holds it."""
+        now_ms = int(self._clock() * 1000)
+        msg = Message(device_id, now_ms, now_ms + self.ttl_secs * 1000, properties, payload)
+        seq = self.outbox.append(msg)
+        if on_safe is not None:
+            self._waiters[seq] = on_safe
+        self._pending.set()
+        if self.outbox.uncommitted() >= self._max:
+            self._full.set()
+        self._on_new()
+        return seq
+
+    def drop_waiters(self, seqs: list[int]) -> None:
+        """A connection went away: its PUBACKs can no longer be sent (the messages stay queued)."""
+        for seq in seqs:
+            self._waiters.pop(seq, None)
+
+    def _released(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            callback = self._waiters.pop(seq, None)
+            if callback is not None:
+                callback()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            await self._pending.wait()
+            if not self._full.is_set() and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._interval)
+            self._pending.clear()
+            self._full.clear()
+            await self._commit(loop)
+            if self.outbox.uncommitted():
+                self._pending.set()
+
+    async def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
+        commit = self.outbox.commit_begin()
+        if commit is None:
+            return
+        try:
+            await loop.run_in_executor(self._executor, self.outbox.write, commit)
+        except Exception as exc:  # RocksDB raises plain Exception (ENOSPC, EIO...)
+            self.outbox.commit_failed(commit)
+            self._store_failed(str(exc))
+            await asyncio.sleep(STORE_RETRY_SECS)
+            return
+        self.outbox.commit_end(commit)
+        if self.store_error:
+            self.store_error = ""
+            event(Event.STORE_ERROR, "store: writes succeed again")
+
+    def _store_failed(self, reason: str) -> None:
+        if reason != self.store_error:
+            event(
+                Event.STORE_ERROR,
+                f"store: group commit failed: {reason}; unsafe messages are held in memory "
+                f"without PUBACK and retried; free disk space under the storage path",
+                level=logging.ERROR,
+            )
+        self.store_error = reason
+
+    async def aclose(self) -> None:
+        """Finish the commit under way, then commit the rest: everything accepted is on disk."""
+        self._stopping = True
+        self._pending.set()
+        self._full.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+        self.outbox.close()
