@@ -66,11 +66,6 @@ class Ingest:
         self._on_new()
         return seq
 
-    def drop_waiters(self, seqs: list[int]) -> None:
-        """A connection went away: its PUBACKs can no longer be sent (the messages stay queued)."""
-        for seq in seqs:
-            self._waiters.pop(seq, None)
-
     def _released(self, seqs: list[int]) -> None:
         for seq in seqs:
             callback = self._waiters.pop(seq, None)

@@ -1,0 +1,104 @@
+"""The Azure IoT Hub device MQTT dialect: which topics a child may use, and what they mean.
+
+A child only ever speaks under its own device id and its own `$iothub` topics. Anything else is
+refused with a reason, because in IoT Hub it would be refused too, and a device that writes
+elsewhere is misconfigured or hostile. Pure functions: no I/O, easy to test by strings.
+Reference: "Communicate with an IoT hub using the MQTT protocol" (Azure IoT Hub documentation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TopicRefused(ValueError):
+    """The topic is outside what this device may use; the message says which rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """`devices/{id}/messages/events/{property-bag}`."""
+
+    properties: str
+
+
+@dataclass(frozen=True, slots=True)
+class TwinGet:
+    rid: str
+
+
+@dataclass(frozen=True, slots=True)
+class TwinReportedPatch:
+    rid: str
+
+
+@dataclass(frozen=True, slots=True)
+class MethodResponse:
+    status: int
+    rid: str
+
+
+Operation = Telemetry | TwinGet | TwinReportedPatch | MethodResponse
+
+
+def _query_value(query: str, name: str) -> str:
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def _rid(rest: str, topic: str) -> str:
+    if not rest.startswith("?"):
+        raise TopicRefused(f"topic {topic!r} has no '?$rid=' query")
+    rid = _query_value(rest[1:], "$rid")
+    if not rid:
+        raise TopicRefused(f"topic {topic!r} has no $rid")
+    return rid
+
+
+def classify_publish(device_id: str, topic: str) -> Operation:
+    """What a PUBLISH from `device_id` on `topic` asks for, or TopicRefused."""
+    events = f"devices/{device_id}/messages/events"
+    if topic == events or topic == events + "/":
+        return Telemetry("")
+    if topic.startswith(events + "/"):
+        return Telemetry(topic[len(events) + 1 :])
+    if topic.startswith("$iothub/twin/GET/"):
+        return TwinGet(_rid(topic[len("$iothub/twin/GET/") :], topic))
+    reported = "$iothub/twin/PATCH/properties/reported/"
+    if topic.startswith(reported):
+        return TwinReportedPatch(_rid(topic[len(reported) :], topic))
+    if topic.startswith("$iothub/methods/res/"):
+        status, _, rest = topic[len("$iothub/methods/res/") :].partition("/")
+        if not status.isdigit():
+            raise TopicRefused(f"method response topic {topic!r} has no numeric status")
+        return MethodResponse(int(status), _rid(rest, topic))
+    if topic.startswith("devices/"):
+        raise TopicRefused(
+            f"device {device_id!r} may only publish under devices/{device_id}/messages/events/"
+        )
+    raise TopicRefused(f"topic {topic!r} is not part of the IoT Hub device API")
+
+
+def allowed_filters(device_id: str) -> tuple[str, ...]:
+    """The subscriptions IoT Hub grants a device (each may also be subscribed more narrowly)."""
+    return (
+        f"devices/{device_id}/messages/devicebound/#",
+        "$iothub/twin/res/#",
+        "$iothub/twin/PATCH/properties/desired/#",
+        "$iothub/methods/POST/#",
+    )
+
+
+def check_subscription(device_id: str, topic_filter: str) -> None:
+    """Raise TopicRefused unless the filter lies within what the device may receive."""
+    for allowed in allowed_filters(device_id):
+        root = allowed[: -len("#")]
+        if topic_filter == allowed or topic_filter.startswith(root) or topic_filter == root[:-1]:
+            return
+    raise TopicRefused(
+        f"device {device_id!r} may not subscribe to {topic_filter!r}; allowed: "
+        + ", ".join(allowed_filters(device_id))
+    )

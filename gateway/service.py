@@ -1,0 +1,277 @@
+"""The daemon: wiring of the modules, sd_notify, watchdog, signals, periodic housekeeping.
+
+Start-up order is the promise order: the store opens (or the daemon exits with one line saying
+why), the registry cache loads, the listeners bind, and only then READY=1 goes to systemd. Stop
+order is the reverse: listeners close, the commit under way finishes, the rest is committed and
+RocksDB is closed cleanly, all inside TimeoutStopSec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+
+import psutil
+import sdnotify
+
+from gateway import auth, dialect
+from gateway.cloud_contract import registry_topic
+from gateway.control import ControlServer
+from gateway.ingest import Ingest
+from gateway.log import Event, event
+from gateway.mqtt.codec import Connect, Publish
+from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
+from gateway.outbox import Outbox
+from gateway.store import Store
+from gateway.sync import RegistrySync
+from gateway.uplink import Uplink
+
+HOUSEKEEPING_SECS = 1.0
+EXPIRY_SWEEP_SECS = 10.0
+SUMMARY_SECS = 3600.0
+
+
+class Gateway(Handler):
+    """One running gateway: every long-lived object, and the Handler the child server calls."""
+
+    def __init__(self, config) -> None:
+        self.config = config
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._notifier = sdnotify.SystemdNotifier()
+        self._process = psutil.Process()
+        self._io_at_start = _write_bytes(self._process)
+        self.bound: list[tuple[str, int]] = []
+        self._expired_logged = 0
+
+    # -- start and stop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.config
+        self.store = Store(cfg.storage.path)
+        try:
+            await self._run_open()
+        finally:
+            self.store.close()
+        event(Event.STOPPED, "gatewayd stopped; every accepted message is on disk or delivered")
+
+    async def _run_open(self) -> None:
+        cfg = self.config
+        self.registry = RegistrySync(self.store)
+        self.outbox = Outbox(self.store)
+        self.ingest = Ingest(
+            self.outbox,
+            ttl_secs=cfg.storage.time_to_live_secs,
+            commit_interval_ms=cfg.storage.commit_interval_ms,
+            commit_max=cfg.storage.commit_max_messages,
+            on_new=self._wake_uplink,
+        )
+        self.uplink: Uplink | None = None
+        if cfg.cloud.enabled:
+            self.uplink = Uplink(
+                cfg.cloud,
+                cfg.gateway.id,
+                self.outbox,
+                on_cloud_message=self._on_cloud_message,
+                subscriptions=[registry_topic(cfg.cloud.prefix, cfg.gateway.id)],
+            )
+        self.server = ChildServer(cfg.listen, self)
+        self.control = ControlServer(cfg.control.socket, {"status": self.status})
+        self.bound = await self.server.start(_server_tls(cfg.listen))
+        await self.control.start()
+        self.ingest.start()
+        tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
+        if self.uplink is not None:
+            tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        self._install_signals()
+        self._started_event()
+        self._notifier.notify("READY=1\nSTATUS=" + self.status_line())
+        await self._stop.wait()
+        self._notifier.notify("STOPPING=1")
+        await self._shutdown(tasks)
+
+    def _started_event(self) -> None:
+        listeners = ", ".join(f"{h}:{p}" for h, p in self.bound) or "none"
+        stats = self.outbox.stats
+        event(
+            Event.STARTED,
+            f"gatewayd {self.config.gateway.id} ready: listening on {listeners}; store "
+            f"{self.config.storage.path} holds {stats.count} messages; registry version "
+            f"{self.registry.registry.version} with {len(self.registry.registry.children)} "
+            f"children; cloud {self.config.cloud.url or 'not configured (offline)'}",
+        )
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+
+    def _reload(self) -> None:
+        event(
+            Event.CONFIG_ERROR,
+            "SIGHUP: live reload is not supported yet; restart the service to apply changes",
+            level=logging.WARNING,
+        )
+
+    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
+        await self.server.close()
+        await self.control.close()
+        if self.uplink is not None:
+            await self.uplink.stop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.ingest.aclose()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- Handler: what the child server asks -------------------------------------------------
+
+    def authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
+        result = auth.authenticate(
+            self.registry.registry,
+            self.config.gateway.hub_hostname,
+            connect.client_id,
+            connect.username,
+            connect.password,
+            cert_der,
+            time.time(),
+        )
+        return Verdict(result.ok, result.return_code, result.reason)
+
+    def on_publish(self, conn: ChildConnection, publish: Publish) -> None:
+        try:
+            op = dialect.classify_publish(conn.device_id, publish.topic)
+        except dialect.TopicRefused as exc:
+            raise Refusal(str(exc)) from None
+        release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else None
+        if isinstance(op, dialect.Telemetry):
+            self.ingest.accept(conn.device_id, op.properties, publish.payload, release)
+        elif release is not None:
+            release()  # twin and method operations arrive with a later release
+
+    def on_subscribe(self, conn: ChildConnection, topic_filter: str, qos: int) -> int:
+        try:
+            dialect.check_subscription(conn.device_id, topic_filter)
+        except dialect.TopicRefused as exc:
+            raise Refusal(str(exc)) from None
+        return min(qos, 1)
+
+    # -- cloud -------------------------------------------------------------------------------
+
+    def _wake_uplink(self) -> None:
+        if self.uplink is not None:
+            self.uplink.wake()
+
+    def _on_cloud_message(self, topic: str, payload: bytes) -> None:
+        cfg = self.config
+        if topic == registry_topic(cfg.cloud.prefix, cfg.gateway.id):
+            change = self.registry.apply(payload)
+            for device in change.revoked:
+                self.server.disconnect(device, "removed or disabled in the registry")
+
+    # -- housekeeping and status -------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        watchdog = _watchdog_interval()
+        last_sweep = last_summary = last_watchdog = time.monotonic()
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECS if watchdog is None else min(watchdog, 1.0))
+            now = time.monotonic()
+            if watchdog is not None and now - last_watchdog >= watchdog:
+                self._notifier.notify("WATCHDOG=1")
+                last_watchdog = now
+            if now - last_sweep >= EXPIRY_SWEEP_SECS:
+                last_sweep = now
+                self._sweep_expired()
+            if now - last_summary >= SUMMARY_SECS:
+                last_summary = now
+                event(Event.SUMMARY, "summary: " + self.status_line())
+            self._notifier.notify("STATUS=" + self.status_line())
+
+    def _sweep_expired(self) -> None:
+        self.outbox.expire(int(time.time() * 1000))
+        self.outbox.flush_deletes()
+        expired = self.outbox.stats.expired
+        if expired != self._expired_logged:
+            event(
+                Event.MESSAGES_EXPIRED,
+                f"outbox: {expired - self._expired_logged} messages expired unsent "
+                f"(time_to_live_secs={self.ingest.ttl_secs}; {expired} since start)",
+                level=logging.WARNING,
+            )
+            self._expired_logged = expired
+
+    def status_line(self) -> str:
+        uplink = self.uplink.stats.state if self.uplink is not None else "disabled"
+        oldest = self.outbox.oldest_enqueued_ms()
+        age = f", oldest {time.time() - oldest / 1000:.0f} s" if oldest else ""
+        free = psutil.disk_usage(str(self.config.storage.path)).free
+        return (
+            f"uplink {uplink}; {len(self.server.sessions)} children; "
+            f"backlog {self.outbox.stats.count} msgs{age}; disk free {free // 2**20} MiB"
+        )
+
+    def status(self) -> dict:
+        stats = self.outbox.stats
+        oldest = self.outbox.oldest_enqueued_ms()
+        disk = psutil.disk_usage(str(self.config.storage.path))
+        uplink = self.uplink.stats if self.uplink is not None else None
+        return {
+            "gateway_id": self.config.gateway.id,
+            "pid": os.getpid(),
+            "uptime_secs": round(time.time() - self.started, 1),
+            "listeners": [f"{h}:{p}" for h, p in self.bound],
+            "uplink": vars(uplink) if uplink is not None else {"state": "disabled"},
+            "children": sorted(self.server.sessions),
+            "children_refused": self.server.refused,
+            "registry_version": self.registry.registry.version,
+            "registry_children": len(self.registry.registry.children),
+            "registry_last_refusal": self.registry.last_refusal,
+            "backlog": {
+                "messages": stats.count,
+                "bytes": stats.bytes,
+                "oldest_age_secs": round(time.time() - oldest / 1000, 1) if oldest else None,
+            },
+            "outbox": vars(stats),
+            "next_seq": self.outbox.next_seq,
+            "store_error": self.ingest.store_error,
+            "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+            "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
+        }
+
+
+def _write_bytes(process: psutil.Process) -> int:
+    try:
+        return process.io_counters().write_bytes
+    except (psutil.Error, AttributeError):
+        return 0
+
+
+def _watchdog_interval() -> float | None:
+    """Half of WatchdogSec when systemd asked for keep-alives (WATCHDOG_USEC), else None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
+        return None
+    return int(usec) / 2_000_000
+
+
+def _server_tls(listen) -> ssl.SSLContext | None:
+    if not listen.port:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(listen.tls_cert), str(listen.tls_key))
+    if listen.client_ca_file:
+        ctx.load_verify_locations(cafile=str(listen.client_ca_file))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx

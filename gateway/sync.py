@@ -1,0 +1,88 @@
+"""The registry of children, as synced from the cloud and cached in the store.
+
+The registry is what lets children authenticate with no cloud at all, so it is cached durably
+(synced write) the moment a valid document arrives, and loaded from the cache at start-up. A bad
+document is refused whole: a half-applied registry could lock out every child of a site.
+Versions only move forward, so a stale retained copy cannot undo a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.auth import Registry, parse_registry, registry_to_bytes
+from gateway.errors import RegistryError
+from gateway.log import Event, event
+from gateway.store import Store
+
+_META_REGISTRY = b"registry"
+
+
+@dataclass(frozen=True)
+class RegistryChange:
+    """What applying a document did: the devices whose connections must now be closed."""
+
+    applied: bool
+    reason: str
+    revoked: tuple[str, ...] = ()
+
+
+class RegistrySync:
+    """Holds the registry in force; applies new documents from the cloud."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.registry = self._load()
+        self.last_refusal = ""
+
+    def _load(self) -> Registry:
+        cached = self._store.get_meta(_META_REGISTRY)
+        if cached is None:
+            return Registry.empty()
+        try:
+            return parse_registry(cached)
+        except RegistryError as exc:
+            event(
+                Event.REGISTRY_REFUSED,
+                f"registry: the cached copy is unreadable ({exc.message}); children cannot "
+                f"authenticate until the cloud sends the registry again",
+                level=logging.ERROR,
+            )
+            return Registry.empty()
+
+    def apply(self, data: bytes) -> RegistryChange:
+        try:
+            new = parse_registry(data)
+        except RegistryError as exc:
+            return self._refuse(f"{exc.message}")
+        old = self.registry
+        if new.version < old.version:
+            return self._refuse(
+                f"version {new.version} is older than version {old.version} in force"
+            )
+        if new == old:
+            return RegistryChange(False, "unchanged")
+        self._store.put_meta(_META_REGISTRY, registry_to_bytes(new), sync=True)
+        self.registry = new
+        revoked = tuple(
+            device
+            for device, child in old.children.items()
+            if child.enabled and not (device in new.children and new.children[device].enabled)
+        )
+        event(
+            Event.REGISTRY_APPLIED,
+            f"registry: version {new.version} applied: {len(new.children)} children"
+            + (f", revoked: {', '.join(revoked)}" if revoked else ""),
+        )
+        return RegistryChange(True, "applied", revoked)
+
+    def _refuse(self, reason: str) -> RegistryChange:
+        self.last_refusal = reason
+        event(
+            Event.REGISTRY_REFUSED,
+            f"registry: document refused, version {self.registry.version} stays in force: "
+            f"{reason}; fix the document and publish it again (retained)",
+            level=logging.WARNING,
+        )
+        return RegistryChange(False, reason)
