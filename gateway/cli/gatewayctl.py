@@ -39,7 +39,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _table(s: dict) -> str:
     up = s["uplink"]
-    since = f" since {time.strftime('%H:%M:%S', time.localtime(up['since']))}" if "since" in up else ""
+    since = ""
+    if "since" in up:
+        since = f" since {time.strftime('%H:%M:%S', time.localtime(up['since']))}"
     backlog = s["backlog"]
     age = backlog["oldest_age_secs"]
     rows = [

@@ -319,7 +319,7 @@ class ChildServer:
             conn.close(reason)
 
     def log_limited(self, kind: Event, message: str, device_id: str = "") -> None:
-        """One journal line per device and kind per minute: a looping device must not wear the card."""
+        """One line per device and kind a minute at most: a looping child must not wear the card."""
         key = f"{kind.name}:{device_id}"
         now = time.monotonic()
         if now - self._log_times.get(key, -1e9) >= 60:
