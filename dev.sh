@@ -1,0 +1,58 @@
+#!/bin/sh
+# The two set-up commands of the README, for a fresh Debian 12 / Raspberry Pi OS machine:
+#   ./dev.sh run    run gatewayd on the embedded development config (loopback, ./var)
+#   ./dev.sh test   install what the tests need (mosquitto, venvs) and run the whole suite
+set -eu
+cd "$(dirname "$0")"
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    missing=""
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+    done
+    [ -z "$missing" ] && return 0
+    echo "dev.sh: installing$missing" >&2
+    # shellcheck disable=SC2086
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null \
+        || { as_root apt-get update -q >/dev/null; \
+             as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null; }
+}
+
+venv() {
+    # $1 venv dir, $2 marker input (file whose change means reinstall), rest: pip arguments
+    dir=$1; stamp=$dir/.installed; shift
+    if [ ! -x "$dir/bin/python" ]; then
+        python3 -m venv "$dir" || { apt_install python3-venv; python3 -m venv "$dir"; }
+    fi
+    want=$(cat setup.cfg dev.sh | sha256sum)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        "$dir/bin/pip" install -q --disable-pip-version-check "$@"
+        echo "$want" > "$stamp"
+    fi
+}
+
+case "${1:-}" in
+run)
+    shift
+    venv .venv -e .
+    exec .venv/bin/gatewayd --config gatewayd.dev.toml "$@"
+    ;;
+test)
+    shift
+    apt_install mosquitto e2fsprogs
+    venv .venv -e '.[test]'
+    # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
+    venv .venv-sdk 'azure-iot-device==2.14.0'
+    export GATEWAYD_SDK_PYTHON="$PWD/.venv-sdk/bin/python"
+    .venv/bin/ruff check gateway tests bench
+    exec .venv/bin/python -m pytest -q "$@"
+    ;;
+*)
+    echo "usage: ./dev.sh run | ./dev.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,132 @@
+"""gatewayd as a real subprocess: started with a config the test writes, killed with SIGKILL.
+
+Readiness is systemd's own protocol: the test binds a NOTIFY_SOCKET and waits for READY=1, which
+the daemon sends only once the store is open and the listeners are bound.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.control import request
+
+from .broker import free_port
+
+HUB = "hub.example.net"
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_toml(path: Path, sections: dict[str, dict]) -> None:
+    lines = []
+    for name, keys in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in keys.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+class Gatewayd:
+    def __init__(self, workdir: Path, cloud_url: str = "", gateway_id: str = "edge-1",
+                 tls: tuple[Path, Path] | None = None, **overrides: dict) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sockdir = Path(tempfile.mkdtemp(prefix="gw", dir="/tmp"))
+        self.gateway_id = gateway_id
+        self.plain_port = free_port()
+        self.tls_port = free_port() if tls else 0
+        self.store = self.workdir / "store"
+        self.control = self.sockdir / "control.sock"
+        self.stderr_path = self.workdir / "gatewayd.log"
+        sections = {
+            "gateway": {"id": gateway_id, "hub_hostname": HUB},
+            "listen": {"host": "127.0.0.1", "port": self.tls_port, "plain_port": self.plain_port},
+            "storage": {"path": str(self.store), "time_to_live_secs": 7200},
+            "cloud": {"url": cloud_url, "reconnect_min_secs": 0.2, "reconnect_max_secs": 1.0},
+            "control": {"socket": str(self.control)},
+        }
+        if tls:
+            sections["listen"]["tls_cert"] = str(tls[0])
+            sections["listen"]["tls_key"] = str(tls[1])
+        for section, keys in overrides.items():
+            sections.setdefault(section, {}).update(keys)
+        self.config = self.workdir / "gatewayd.toml"
+        write_toml(self.config, sections)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0, env: dict | None = None) -> None:
+        notify_path = self.sockdir / "notify.sock"
+        notify_path.unlink(missing_ok=True)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        notify.settimeout(timeout)
+        full_env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
+        full_env.update(env or {})
+        self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli.gatewayd", "--config", str(self.config)],
+            stdout=self._stderr, stderr=self._stderr, env=full_env,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    datagram = notify.recv(4096).decode()
+                except TimeoutError:
+                    break
+                if "READY=1" in datagram.split("\n"):
+                    return
+            raise RuntimeError(f"gatewayd not ready; log:\n{self.log_text()}")
+        finally:
+            notify.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as in a crash or an OOM kill."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def status(self) -> dict:
+        return request(self.control, "status")
+
+    def wait_status(self, predicate, timeout: float = 30.0, what: str = "condition") -> dict:
+        """Poll the daemon's status until `predicate(status)` holds (an event, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        last = {}
+        while time.monotonic() < deadline:
+            last = self.status()
+            if predicate(last):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; last status: {last}")
+
+    def log_text(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
