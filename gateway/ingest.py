@@ -3,8 +3,12 @@
 The group commit runs on a single worker thread so that an fsync (milliseconds on an SD card)
 never stalls the event loop, and commits never overlap. A commit starts when the oldest
 uncommitted message has waited `commit_interval`, or at once when `commit_max` are waiting:
-that caps fsyncs per second by time, whatever the message rate, and gives the cloud's PUBACK
-`commit_interval` to win the race so that a healthy uplink writes almost nothing.
+that caps fsyncs per second by time, whatever the message rate.
+
+While the cloud is connected, a commit takes only the messages that have waited the whole
+interval: every message gives the cloud's PUBACK `commit_interval` to win the race, so a healthy
+uplink writes almost nothing. While it is not, there is no race to wait for and everything
+pending is written at once.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Ingest:
         commit_interval_ms: int,
         commit_max: int,
         on_new: Callable[[], None] = lambda: None,
+        cloud_online: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.outbox = outbox
@@ -41,6 +46,7 @@ class Ingest:
         self._interval = commit_interval_ms / 1000
         self._max = commit_max
         self._on_new = on_new
+        self._cloud_online = cloud_online
         self._clock = clock
         self._waiters: dict[int, Callable[[], None]] = {}
         self._pending = asyncio.Event()
@@ -79,17 +85,23 @@ class Ingest:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             await self._pending.wait()
-            if not self._full.is_set() and not self._stopping:
+            oldest = self.outbox.oldest_uncommitted_ms()
+            if oldest is None:
+                self._pending.clear()
+                continue
+            wait = oldest / 1000 + self._interval - self._clock()
+            if wait > 0 and not self._full.is_set() and not self._stopping:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._interval)
-            self._pending.clear()
+                    await asyncio.wait_for(self._full.wait(), wait)
+            everything = self._full.is_set() or self._stopping or not self._cloud_online()
             self._full.clear()
-            await self._commit(loop)
-            if self.outbox.uncommitted():
-                self._pending.set()
+            cutoff = None if everything else int((self._clock() - self._interval) * 1000)
+            await self._commit(loop, cutoff)
+            if not self.outbox.uncommitted():
+                self._pending.clear()
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop) -> None:
-        commit = self.outbox.commit_begin()
+    async def _commit(self, loop: asyncio.AbstractEventLoop, cutoff_ms: int | None) -> None:
+        commit = self.outbox.commit_begin(cutoff_ms)
         if commit is None:
             return
         try:

@@ -127,11 +127,28 @@ class Outbox:
 
     # -- group commit ------------------------------------------------------------------------
 
-    def commit_begin(self) -> CommitBatch | None:
-        """Build the next synced batch, or None when there is nothing to write."""
+    def oldest_uncommitted_ms(self) -> int | None:
+        """Enqueue time of the oldest message that no commit has taken yet."""
+        taken = self._committing.seq_set if self._committing else ()
+        for seq, msg in self._mem.items():
+            if seq not in taken:
+                return msg.enqueued_ms
+        return None
+
+    def commit_begin(self, enqueued_until_ms: int | None = None) -> CommitBatch | None:
+        """Build the next synced batch, or None when there is nothing to write.
+
+        With `enqueued_until_ms`, only messages enqueued by then are taken (a prefix of the
+        queue, so the on-disk order stays the send order); the younger ones get more time for
+        the cloud's PUBACK to arrive first.
+        """
         if self._committing is not None:
             return None
-        seqs = list(self._mem)
+        seqs = []
+        for seq, msg in self._mem.items():
+            if enqueued_until_ms is not None and msg.enqueued_ms > enqueued_until_ms:
+                break
+            seqs.append(seq)
         if not seqs and not self._deletes:
             return None
         batch = WriteBatch(raw_mode=True)

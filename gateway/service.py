@@ -70,6 +70,7 @@ class Gateway(Handler):
             commit_interval_ms=cfg.storage.commit_interval_ms,
             commit_max=cfg.storage.commit_max_messages,
             on_new=self._wake_uplink,
+            cloud_online=self._cloud_online,
         )
         self.uplink: Uplink | None = None
         if cfg.cloud.enabled:
@@ -167,6 +168,9 @@ class Gateway(Handler):
         return min(qos, 1)
 
     # -- cloud -------------------------------------------------------------------------------
+
+    def _cloud_online(self) -> bool:
+        return self.uplink is not None and self.uplink.stats.state == "online"
 
     def _wake_uplink(self) -> None:
         if self.uplink is not None:

@@ -72,7 +72,23 @@ class Child:
         self.disconnects = 0
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.acked: set[int] = set()
+        self._acked_changed = threading.Condition()
         self.port, self.host = port, host
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._acked_changed:
+            self.acked.add(mid)
+            self._acked_changed.notify_all()
+
+    def wait_acked(self, mids: list[int], timeout: float = 60.0) -> None:
+        """Wait for the gateway's PUBACK of every mid (paho re-sends across reconnects)."""
+        want = set(mids)
+        with self._acked_changed:
+            if not self._acked_changed.wait_for(lambda: want <= self.acked, timeout):
+                missing = len(want - self.acked)
+                raise AssertionError(f"{self.device_id}: {missing} messages never PUBACKed")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self.rc = reason_code.value

@@ -190,3 +190,15 @@ def test_corrupt_record_is_skipped_and_counted(h):
     got = h.drain()
     assert [m.properties for m in got] == ["i=0"]
     assert h.outbox.stats.corrupt == 1
+
+
+def test_commit_with_cutoff_takes_only_the_old_prefix(h):
+    seqs = [h.outbox.append(msg(i)) for i in range(5)]  # enqueued at NOW+0 .. NOW+4
+    assert h.outbox.oldest_uncommitted_ms() == NOW
+    commit = h.outbox.commit_begin(enqueued_until_ms=NOW + 2)
+    assert commit.seqs == seqs[:3]
+    assert h.outbox.oldest_uncommitted_ms() == NOW + 3
+    h.outbox.write(commit)
+    h.outbox.commit_end(commit)
+    assert h.safe == seqs[:3]
+    assert h.outbox.uncommitted() == 2
