@@ -32,7 +32,8 @@ from gateway.sync import RegistrySync
 from gateway.uplink import Uplink
 
 HOUSEKEEPING_SECS = 1.0
-EXPIRY_SWEEP_SECS = 10.0
+EXPIRY_SWEEP_SECS = 1.0
+EXPIRY_LOG_SECS = 60.0
 SUMMARY_SECS = 3600.0
 
 
@@ -48,6 +49,7 @@ class Gateway(Handler):
         self._io_at_start = _write_bytes(self._process)
         self.bound: list[tuple[str, int]] = []
         self._expired_logged = 0
+        self._expired_logged_at = -EXPIRY_LOG_SECS
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -206,7 +208,9 @@ class Gateway(Handler):
         self.outbox.expire(int(time.time() * 1000))
         self.outbox.flush_deletes()
         expired = self.outbox.stats.expired
-        if expired != self._expired_logged:
+        now = time.monotonic()
+        if expired != self._expired_logged and now - self._expired_logged_at >= EXPIRY_LOG_SECS:
+            self._expired_logged_at = now
             event(
                 Event.MESSAGES_EXPIRED,
                 f"outbox: {expired - self._expired_logged} messages expired unsent "

@@ -1,4 +1,4 @@
-"""Fixtures shared by every tier: a real mosquitto as the cloud, gatewayd subprocesses, certificates."""
+"""Fixtures for every tier: a real mosquitto as the cloud, gatewayd subprocesses."""
 
 from __future__ import annotations
 

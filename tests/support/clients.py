@@ -12,10 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+from gateway.auth import make_sas_token
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-
-from gateway.auth import make_sas_token
 
 from .gatewayd import HUB
 
@@ -105,8 +104,12 @@ class Child:
             raise AssertionError(f"{self.device_id}: no CONNACK")
         return self.rc
 
-    def send(self, i: int, qos: int = 1, props: str = "") -> mqtt.MQTTMessageInfo:
-        payload = json.dumps({"device": self.device_id, "i": i}).encode()
+    def send(self, i: int, qos: int = 1, props: str = "", size: int = 0) -> mqtt.MQTTMessageInfo:
+        """Publish message `i` as JSON, padded to about `size` bytes when asked."""
+        body = {"device": self.device_id, "i": i}
+        if size:
+            body["pad"] = "x" * max(0, size - len(json.dumps(body)) - 10)
+        payload = json.dumps(body).encode()
         topic = f"devices/{self.device_id}/messages/events/{props}"
         return self.client.publish(topic, payload, qos=qos)
 

@@ -1,0 +1,39 @@
+"""Done-when 2: messages past their time to live are never delivered, and they are counted."""
+
+from __future__ import annotations
+
+from gateway.cloud_contract import registry_topic
+from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+
+EXPIRING = 20
+
+
+def test_expired_messages_are_dropped_unsent_and_counted(cloud, gateways):
+    key = new_key()
+    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"s1": key}))
+    verifier = CloudVerifier(cloud.port)
+    verifier.connect()
+    verifier.disconnect()
+    gw = gateways(cloud_url=cloud.url, storage={"time_to_live_secs": 1})
+    gw.start()
+    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    cloud.stop()
+    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
+
+    child = Child("s1", key, gw.plain_port)
+    assert child.connect() == 0
+    child.wait_acked([child.send(i).mid for i in range(EXPIRING)])
+    status = gw.wait_status(lambda s: s["outbox"]["expired"] == EXPIRING,
+                            what="all messages expired")
+    assert status["backlog"]["messages"] == 0
+
+    cloud.start()
+    gw.wait_status(lambda s: s["uplink"]["state"] == "online", what="uplink back")
+    verifier.connect()
+    child.wait_acked([child.send(i).mid for i in range(EXPIRING, EXPIRING + 5)])
+    verifier.wait_for(lambda msgs: len(msgs) >= 5, what="the fresh messages")
+    child.close()
+    assert sorted(m.i for m in verifier.messages) == list(range(EXPIRING, EXPIRING + 5))
+    assert all(m.expiry is not None and m.expiry <= 1 for m in verifier.messages)
+    assert gw.status()["outbox"]["expired"] == EXPIRING
+    assert "expired unsent" in gw.log_text()
