@@ -159,6 +159,7 @@ class ChildConnection:
                 f"child {connect.client_id or '(no client id)'} from {self.peer}: refused "
                 f"(CONNACK {verdict.return_code}): {verdict.reason}",
                 device_id=connect.client_id,
+                cause=verdict.reason.split(":")[0][:32],
             )
             await self._writer.drain()
             raise _Refused
@@ -318,9 +319,11 @@ class ChildServer:
         if conn is not None:
             conn.close(reason)
 
-    def log_limited(self, kind: Event, message: str, device_id: str = "") -> None:
-        """One line per device and kind a minute at most: a looping child must not wear the card."""
-        key = f"{kind.name}:{device_id}"
+    def log_limited(
+        self, kind: Event, message: str, device_id: str = "", cause: str = ""
+    ) -> None:
+        """One line per device, kind and cause a minute: a looping child must not wear the card."""
+        key = f"{kind.name}:{device_id}:{cause}"
         now = time.monotonic()
         if now - self._log_times.get(key, -1e9) >= 60:
             self._log_times[key] = now

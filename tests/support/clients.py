@@ -12,11 +12,14 @@ import uuid
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from gateway.auth import make_sas_token
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.auth import make_sas_token
+
 from .gatewayd import HUB
+
+_V311_CONNACK = {132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 
 
 def new_key() -> str:
@@ -90,7 +93,8 @@ class Child:
                 raise AssertionError(f"{self.device_id}: {missing} messages never PUBACKed")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.rc = reason_code.value
+        # paho 2 reports MQTT 3.1.1 CONNACK codes as MQTT 5 reason codes; map them back
+        self.rc = _V311_CONNACK.get(reason_code.value, reason_code.value)
         self.connack.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
