@@ -210,7 +210,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
     "storage": {
         "path": Key(path(optional=False), "/var/lib/gatewayd"),
         "time_to_live_secs": Key(integer(1, 2147483647), 7200),
-        "commit_interval_ms": Key(integer(1, 60000), 10),
+        "commit_interval_ms": Key(integer(1, 60000), 100),
         "commit_max_messages": Key(integer(1, 100000), 256),
     },
     "cloud": {

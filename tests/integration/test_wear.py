@@ -62,8 +62,10 @@ def test_store_device_writes_per_payload_byte(cloud, gateways, loopfs, record_pr
     verifier.wait_for(lambda m: len({(x.device, x.i) for x in m}) >= total, timeout=300)
     gw.wait_status(lambda s: s["backlog"]["messages"] == 0, what="drained")
     online = (loopfs.bytes_written() - before) / (total * PAYLOAD)
+    print("online outbox:", gw.status()["outbox"])
 
     # offline: everything is committed, then drained
+    verifier.disconnect()  # its session stays on the broker and collects the drain
     cloud.stop()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="offline")
     before = loopfs.bytes_written()
@@ -72,7 +74,7 @@ def test_store_device_writes_per_payload_byte(cloud, gateways, loopfs, record_pr
     before = loopfs.bytes_written()
     cloud.start()
     verifier.connect()
-    verifier.wait_for(lambda m: len({(x.device, x.i) for x in m}) >= 2 * total, timeout=300)
+    verifier.wait_for(lambda m: len({(x.device, x.i) for x in m}) >= 2 * total, timeout=120)
     gw.wait_status(lambda s: s["backlog"]["messages"] == 0, what="drained")
     drain = (loopfs.bytes_written() - before) / (total * PAYLOAD)
     for child in children:

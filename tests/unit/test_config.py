@@ -60,7 +60,7 @@ def test_minimal_file_takes_the_documented_defaults(tmp_path):
     assert cfg.listen.max_connections == 1000
     assert cfg.storage.path == Path("/var/lib/gatewayd")
     assert cfg.storage.time_to_live_secs == 7200
-    assert cfg.storage.commit_interval_ms == 10
+    assert cfg.storage.commit_interval_ms == 100
     assert cfg.storage.commit_max_messages == 256
     assert not cfg.cloud.enabled
     assert cfg.cloud.client_id == "edge-1"
