@@ -39,3 +39,47 @@ def telemetry_user_properties(
 def expiry_left_secs(msg: Message, now_ms: int) -> int:
     """Seconds of TTL left, rounded up, at least 1 (MQTT 5 message expiry interval)."""
     return max(1, -(-(msg.expires_ms - now_ms) // 1000))
+
+
+def gateway_twin_topic(prefix: str, gateway_id: str, part: str) -> str:
+    """`part` is `desired` (written by the operator) or `reported` (written by the gateway)."""
+    return f"{prefix}gateways/{gateway_id}/twin/{part}"
+
+
+def device_twin_topic(prefix: str, device_id: str, part: str) -> str:
+    return f"{prefix}devices/{device_id}/twin/{part}"
+
+
+def devicebound_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}devices/{device_id}/messages/devicebound"
+
+
+def method_topic(prefix: str, device_id: str, method: str) -> str:
+    return f"{prefix}devices/{device_id}/methods/{method}"
+
+
+def child_subscriptions(prefix: str, device_id: str) -> set[str]:
+    """What the gateway subscribes to on behalf of one child of its registry."""
+    return {
+        device_twin_topic(prefix, device_id, "desired"),
+        device_twin_topic(prefix, device_id, "reported"),
+        devicebound_topic(prefix, device_id),
+        method_topic(prefix, device_id, "+"),
+    }
+
+
+def parse_device_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
+    """(device id, kind, detail) for a per-device cloud topic, else None.
+
+    kind is `desired`, `reported`, `devicebound` or `method` (detail: the method name).
+    """
+    if not topic.startswith(prefix + "devices/"):
+        return None
+    parts = topic[len(prefix) + len("devices/") :].split("/")
+    if len(parts) == 3 and parts[1] == "twin" and parts[2] in ("desired", "reported"):
+        return parts[0], parts[2], ""
+    if len(parts) == 3 and parts[1:] == ["messages", "devicebound"]:
+        return parts[0], "devicebound", ""
+    if len(parts) == 3 and parts[1] == "methods" and parts[2]:
+        return parts[0], "method", parts[2]
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,21 +21,24 @@ import psutil
 import sdnotify
 
 from gateway import auth, dialect
-from gateway.cloud_contract import registry_topic
+from gateway import cloud_contract as contract
 from gateway.control import ControlServer
+from gateway.hub import LocalHub
 from gateway.ingest import Ingest
 from gateway.log import Event, event
 from gateway.mqtt.codec import Connect, Publish
 from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.outbox import Outbox
+from gateway.settings import SettingsSync
 from gateway.store import Store
 from gateway.sync import RegistrySync
-from gateway.uplink import Uplink
+from gateway.uplink import CloudMessage, Uplink
 
 HOUSEKEEPING_SECS = 1.0
 EXPIRY_SWEEP_SECS = 1.0
 EXPIRY_LOG_SECS = 60.0
 SUMMARY_SECS = 3600.0
+REPORTED_TWIN_SECS = 60.0
 
 
 class Gateway(Handler):
@@ -50,6 +54,7 @@ class Gateway(Handler):
         self.bound: list[tuple[str, int]] = []
         self._expired_logged = 0
         self._expired_logged_at = -EXPIRY_LOG_SECS
+        self._registry_synced_at: float | None = None
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -65,14 +70,19 @@ class Gateway(Handler):
     async def _run_open(self) -> None:
         cfg = self.config
         self.registry = RegistrySync(self.store)
+        self.settings = SettingsSync(self.store)
         self.outbox = Outbox(self.store)
         self.ingest = Ingest(
             self.outbox,
-            ttl_secs=cfg.storage.time_to_live_secs,
+            ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
             commit_interval_ms=cfg.storage.commit_interval_ms,
             commit_max=cfg.storage.commit_max_messages,
             on_new=self._wake_uplink,
             cloud_online=self._cloud_online,
+        )
+        self.server = ChildServer(cfg.listen, self)
+        self.hub = LocalHub(
+            self.store, self.server, cfg.cloud.prefix, self._is_child
         )
         self.uplink: Uplink | None = None
         if cfg.cloud.enabled:
@@ -81,9 +91,10 @@ class Gateway(Handler):
                 cfg.gateway.id,
                 self.outbox,
                 on_cloud_message=self._on_cloud_message,
-                subscriptions=[registry_topic(cfg.cloud.prefix, cfg.gateway.id)],
+                subscriptions=sorted(self._cloud_subscriptions()),
             )
-        self.server = ChildServer(cfg.listen, self)
+            self.uplink.on_online = self._on_online
+            self.hub.uplink = self.uplink
         self.control = ControlServer(cfg.control.socket, {"status": self.status})
         self.bound = await self.server.start(_server_tls(cfg.listen))
         await self.control.start()
@@ -159,8 +170,10 @@ class Gateway(Handler):
         release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else None
         if isinstance(op, dialect.Telemetry):
             self.ingest.accept(conn.device_id, op.properties, publish.payload, release)
-        elif release is not None:
-            release()  # twin and method operations arrive with a later release
+            return
+        self.hub.child_operation(conn, op, publish.payload)  # answered and stored (synced)
+        if release is not None:
+            release()
 
     def on_subscribe(self, conn: ChildConnection, topic_filter: str, qos: int) -> int:
         try:
@@ -168,6 +181,12 @@ class Gateway(Handler):
         except dialect.TopicRefused as exc:
             raise Refusal(str(exc)) from None
         return min(qos, 1)
+
+    def on_subscribed(self, conn: ChildConnection) -> None:
+        self.hub.child_subscribed(conn)
+
+    def on_closed(self, conn: ChildConnection) -> None:
+        self.hub.child_closed(conn)
 
     # -- cloud -------------------------------------------------------------------------------
 
@@ -178,18 +197,100 @@ class Gateway(Handler):
         if self.uplink is not None:
             self.uplink.wake()
 
-    def _on_cloud_message(self, topic: str, payload: bytes) -> None:
-        cfg = self.config
-        if topic == registry_topic(cfg.cloud.prefix, cfg.gateway.id):
-            change = self.registry.apply(payload)
+    def _is_child(self, device_id: str) -> bool:
+        return device_id in self.registry.registry.children
+
+    def _cloud_subscriptions(self) -> set[str]:
+        prefix, gw = self.config.cloud.prefix, self.config.gateway.id
+        own = {
+            contract.registry_topic(prefix, gw),
+            contract.gateway_twin_topic(prefix, gw, "desired"),
+        }
+        return own | self.hub.subscriptions(list(self.registry.registry.children))
+
+    def _on_cloud_message(self, msg: CloudMessage) -> None:
+        prefix, gw = self.config.cloud.prefix, self.config.gateway.id
+        if msg.topic == contract.registry_topic(prefix, gw):
+            self._registry_synced_at = time.time()
+            change = self.registry.apply(msg.payload)
             for device in change.revoked:
                 self.server.disconnect(device, "removed or disabled in the registry")
+            if change.applied:
+                if self.uplink is not None:
+                    self.uplink.set_subscriptions(self._cloud_subscriptions())
+                self._publish_reported_twin()
+        elif msg.topic == contract.gateway_twin_topic(prefix, gw, "desired"):
+            self._apply_settings(msg.payload)
+        else:
+            self.hub.cloud_message(msg)
+
+    def _apply_settings(self, payload: bytes) -> None:
+        applied, reason = self.settings.apply(payload)
+        settings = self.settings.settings
+        if applied:
+            self.ingest.ttl_secs = settings.ttl_secs or self.config.storage.time_to_live_secs
+            event(
+                Event.SETTINGS_APPLIED,
+                f"settings: desired version {settings.version} applied: time to live "
+                f"{self.ingest.ttl_secs} s for messages stored from now on",
+            )
+        elif reason != "unchanged":
+            event(
+                Event.SETTINGS_REFUSED,
+                f"settings: desired document refused, version {settings.version} stays in "
+                f"force: {reason}; fix it and publish it again (retained)",
+                level=logging.WARNING,
+            )
+        if reason != "unchanged":
+            self._publish_reported_twin()
+
+    def _on_online(self) -> None:
+        self.hub.on_online()
+        self._publish_reported_twin()
+
+    def reported_twin(self) -> dict:
+        """The gateway's reported properties: what is in force and how the site is doing."""
+        settings = self.settings.settings
+        stats = self.outbox.stats
+        oldest = self.outbox.oldest_enqueued_ms()
+        uplink = self.uplink.stats if self.uplink is not None else None
+        return {
+            "schemaVersion": "1.0",
+            "lastDesiredVersion": settings.version,
+            "lastDesiredRefusal": self.settings.last_refusal or None,
+            "storeAndForwardConfiguration": {"timeToLiveSecs": self.ingest.ttl_secs},
+            "routes": settings.routes,
+            "registry": {
+                "version": self.registry.registry.version,
+                "children": len(self.registry.registry.children),
+                "lastSync": _iso(self._registry_synced_at),
+                "lastRefusal": self.registry.last_refusal or None,
+            },
+            "uplink": {
+                "state": uplink.state if uplink else "disabled",
+                "since": _iso(uplink.since) if uplink else None,
+            },
+            "backlog": {
+                "messages": stats.count,
+                "bytes": stats.bytes,
+                "oldestAgeSecs": round(time.time() - oldest / 1000, 1) if oldest else None,
+            },
+            "childrenConnected": len(self.server.sessions),
+            "lastChildRefusal": self.server.last_refusal,
+        }
+
+    def _publish_reported_twin(self) -> None:
+        if self.uplink is None:
+            return
+        topic = contract.gateway_twin_topic(self.config.cloud.prefix, self.config.gateway.id,
+                                            "reported")
+        self.uplink.publish(topic, json.dumps(self.reported_twin()).encode(), retain=True)
 
     # -- housekeeping and status -------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
         watchdog = _watchdog_interval()
-        last_sweep = last_summary = last_watchdog = time.monotonic()
+        last_sweep = last_summary = last_watchdog = last_reported = time.monotonic()
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECS if watchdog is None else min(watchdog, 1.0))
             now = time.monotonic()
@@ -199,6 +300,10 @@ class Gateway(Handler):
             if now - last_sweep >= EXPIRY_SWEEP_SECS:
                 last_sweep = now
                 self._sweep_expired()
+                self.hub.sweep()
+            if now - last_reported >= REPORTED_TWIN_SECS:
+                last_reported = now
+                self._publish_reported_twin()
             if now - last_summary >= SUMMARY_SECS:
                 last_summary = now
                 event(Event.SUMMARY, "summary: " + self.status_line())
@@ -245,6 +350,11 @@ class Gateway(Handler):
             "registry_version": self.registry.registry.version,
             "registry_children": len(self.registry.registry.children),
             "registry_last_refusal": self.registry.last_refusal,
+            "settings_version": self.settings.settings.version,
+            "settings_last_refusal": self.settings.last_refusal,
+            "time_to_live_secs": self.ingest.ttl_secs,
+            "last_child_refusal": self.server.last_refusal,
+            "hub": self.hub.status(),
             "backlog": {
                 "messages": stats.count,
                 "bytes": stats.bytes,
@@ -256,6 +366,12 @@ class Gateway(Handler):
             "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
             "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
         }
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
 
 
 def _write_bytes(process: psutil.Process) -> int:

@@ -25,7 +25,7 @@ from rocksdict import (
 
 from gateway.errors import StoreError
 
-COLUMN_FAMILIES = ("outbox", "meta")
+COLUMN_FAMILIES = ("outbox", "meta", "devicebound")
 _MiB = 1024 * 1024
 
 
@@ -68,6 +68,8 @@ class Store:
         self.meta = self._db.get_column_family("meta")
         self.outbox_handle = self._db.get_column_family_handle("outbox")
         self.meta_handle = self._db.get_column_family_handle("meta")
+        self.devicebound = self._db.get_column_family("devicebound")
+        self.devicebound_handle = self._db.get_column_family_handle("devicebound")
         self._synced = WriteOptions()
         self._synced.sync = True
         self._unsynced = WriteOptions()
@@ -94,5 +96,6 @@ class Store:
         # Column-family views and iterators hold the database open: close every view.
         self.outbox.close()
         self.meta.close()
-        self.outbox_handle = self.meta_handle = None
+        self.devicebound.close()
+        self.outbox_handle = self.meta_handle = self.devicebound_handle = None
         self._db.close()

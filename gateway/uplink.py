@@ -34,6 +34,24 @@ SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0
 
 
+@dataclass(frozen=True)
+class CloudMessage:
+    """A message the cloud sent the gateway, with the MQTT 5 properties the gateway uses."""
+
+    topic: str
+    payload: bytes
+    response_topic: str = ""
+    correlation: bytes = b""
+    user_properties: tuple[tuple[str, str], ...] = ()
+    expiry_secs: int | None = None
+
+    def user_property(self, name: str, default: str = "") -> str:
+        for key, value in self.user_properties:
+            if key == name:
+                return value
+        return default
+
+
 class UplinkFailure(Exception):
     """A connection attempt failed; the message is the one-line reason for the journal."""
 
@@ -59,7 +77,7 @@ class Uplink:
         cloud,
         gateway_id: str,
         outbox: Outbox,
-        on_cloud_message: Callable[[str, bytes], None],
+        on_cloud_message: Callable[[CloudMessage], None],
         subscriptions: list[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -67,7 +85,9 @@ class Uplink:
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._on_cloud_message = on_cloud_message
-        self._subscriptions = subscriptions
+        self._subscriptions: set[str] = set(subscriptions)
+        self._direct: dict[int, Callable[[bool], None] | None] = {}  # mid -> on PUBACK(ok)
+        self.on_online: Callable[[], None] | None = None
         self._clock = clock
         self._client: mqtt.Client | None = None
         self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (seq, size)
@@ -85,6 +105,46 @@ class Uplink:
         """New messages are in the outbox: send what the window allows."""
         if self.stats.state == "online":
             self._fill()
+
+    def set_subscriptions(self, topics: set[str]) -> None:
+        """Follow the registry: subscribe to new children's topics, drop removed ones."""
+        added, removed = topics - self._subscriptions, self._subscriptions - topics
+        self._subscriptions = set(topics)
+        client = self._client
+        if client is None or self.stats.state != "online":
+            return  # the next connection subscribes to the whole set
+        if removed:
+            client.unsubscribe(sorted(removed))
+        self._subscribe(client, added)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        user_properties: list[tuple[str, str]] | None = None,
+        correlation: bytes = b"",
+        on_done: Callable[[bool], None] | None = None,
+    ) -> bool:
+        """Publish outside the outbox (twins, method answers); False when offline.
+
+        `on_done(ok)` runs on the broker's PUBACK; if the connection drops first it never runs,
+        and the caller's reconcile-on-connect sends the latest state again.
+        """
+        client = self._client
+        if client is None or self.stats.state != "online":
+            return False
+        props = Properties(PacketTypes.PUBLISH)
+        if user_properties:
+            props.UserProperty = user_properties
+        if correlation:
+            props.CorrelationData = correlation
+        info = client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self._lost.set()
+            return False
+        self._direct[info.mid] = on_done
+        return True
 
     async def run(self) -> None:
         attempt = 0
@@ -116,13 +176,20 @@ class Uplink:
         self.stats.connects += 1
         event(Event.UPLINK_UP, f"uplink: connected to {self._cfg.url}", address=self.stats.address)
         self._publish_status(client, "online")
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+        self._subscribe(client, self._subscriptions)
+        if self.on_online is not None:
+            self.on_online()
         self._fill()
         await self._lost.wait()
         self._teardown(client)
         if not self._stopping:
             raise UplinkFailure(self.stats.last_error or "connection lost")
+
+    @staticmethod
+    def _subscribe(client: mqtt.Client, topics: set[str]) -> None:
+        ordered = sorted(topics)
+        for start in range(0, len(ordered), 100):
+            client.subscribe([(topic, 1) for topic in ordered[start : start + 100]])
 
     async def _connect(self) -> mqtt.Client:
         loop = asyncio.get_running_loop()
@@ -214,6 +281,7 @@ class Uplink:
             sock.close()
         self._client = None
         self._inflight.clear()
+        self._direct.clear()
         self.stats.inflight = 0
         self._cursor = 0
         self._outbox.flush_deletes()
@@ -262,6 +330,11 @@ class Uplink:
         self._lost.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if mid in self._direct:
+            on_done = self._direct.pop(mid)
+            if on_done is not None:
+                on_done(reason_code is None or not reason_code.is_failure)
+            return
         entry = self._inflight.pop(mid, None)
         self.stats.inflight = len(self._inflight)
         if entry is None:
@@ -283,7 +356,18 @@ class Uplink:
         self._outbox.ack(seq, size)
 
     def _on_message(self, client, userdata, message) -> None:
-        self._on_cloud_message(message.topic, message.payload)
+        """Runs before paho PUBACKs a QoS 1 message: what must be durable is stored here."""
+        props = getattr(message, "properties", None)
+        self._on_cloud_message(
+            CloudMessage(
+                message.topic,
+                message.payload,
+                response_topic=getattr(props, "ResponseTopic", "") or "",
+                correlation=getattr(props, "CorrelationData", b"") or b"",
+                user_properties=tuple(getattr(props, "UserProperty", None) or ()),
+                expiry_secs=getattr(props, "MessageExpiryInterval", None),
+            )
+        )
 
     # -- draining ----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.log import Event, event
-from gateway.mqtt import codec
+from gateway.mqtt import codec, topics
 from gateway.mqtt.codec import (
     CONNACK_ACCEPTED,
     CONNACK_UNAVAILABLE,
@@ -72,6 +72,9 @@ class Handler:
         """Granted QoS, or raise Refusal."""
         raise NotImplementedError
 
+    def on_subscribed(self, conn: ChildConnection) -> None:
+        """A SUBACK went out: deliveries that waited for this subscription may start."""
+
     def on_closed(self, conn: ChildConnection) -> None:
         """The connection is gone (any reason)."""
 
@@ -100,6 +103,9 @@ class ChildConnection:
         self.close_reason = ""
         self.received = 0
         self._backlog: list = []
+        self.subscriptions: set[str] = set()
+        self._outgoing: dict[int, Callable[[], None] | None] = {}  # packet id -> on PUBACK
+        self._next_id = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -210,9 +216,10 @@ class ChildConnection:
         elif isinstance(packet, Subscribe):
             self._on_subscribe(packet)
         elif isinstance(packet, Unsubscribe):
+            self.subscriptions.difference_update(packet.topics)
             self.send(UnsubAck(packet.packet_id))
         elif isinstance(packet, PubAck):
-            pass  # deliveries to children come with later issues; nothing is in flight yet
+            self._on_puback(packet.packet_id)
         elif isinstance(packet, Disconnect):
             self.close_reason = ""
             self._closed.set()
@@ -236,13 +243,56 @@ class ChildConnection:
         granted = tuple(
             self._server.handler.on_subscribe(self, topic, qos) for topic, qos in subscribe.topics
         )
+        self.subscriptions.update(topic for topic, _ in subscribe.topics)
         self.send(SubAck(subscribe.packet_id, granted))
+        self._server.handler.on_subscribed(self)
+
+    def _on_puback(self, packet_id: int) -> None:
+        """A delivery is done. An ack for an id we never sent is ignored, as brokers do."""
+        on_acked = self._outgoing.pop(packet_id, None)
+        if on_acked is not None:
+            on_acked()
 
     # -- output ------------------------------------------------------------------------------
 
     def send(self, packet: object) -> None:
         if not self._writer.is_closing():
             self._writer.write(codec.encode(packet))
+
+    def subscribed(self, topic: str) -> bool:
+        """Whether any of the child's filters matches `topic` (it asked to receive it)."""
+        return any(topics.matches(f, topic) for f in self.subscriptions)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._outgoing)
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed.is_set() and not self._writer.is_closing()
+
+    def deliver(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        on_acked: Callable[[], None] | None = None,
+        dup: bool = False,
+    ) -> None:
+        """Send a PUBLISH to the child; with QoS 1, `on_acked` runs when its PUBACK arrives."""
+        if qos == 0:
+            self.send(Publish(topic, payload))
+            return
+        packet_id = self._new_packet_id()
+        self._outgoing[packet_id] = on_acked
+        self.send(Publish(topic, payload, qos=1, dup=dup, packet_id=packet_id))
+
+    def _new_packet_id(self) -> int:
+        for _ in range(65535):
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._outgoing:
+                return self._next_id
+        raise Refusal("65,535 deliveries unacknowledged; the child is not reading")
 
     def hold_puback(self, packet_id: int) -> Callable[[], None]:
         """Reserve this PUBLISH's place in the PUBACK order; call the result when it is safe."""
@@ -273,6 +323,7 @@ class ChildServer:
         self._tasks: set[asyncio.Task] = set()
         self._log_times: dict[str, float] = {}
         self.refused = 0
+        self.last_refusal: dict | None = None
 
     async def start(self, tls: ssl.SSLContext | None) -> list[tuple[str, int]]:
         """Bind the listeners; returns the bound (host, port) pairs (port 0 picks a free one)."""
@@ -301,6 +352,11 @@ class ChildServer:
         verdict = self.handler.authenticate(connect, _peer_cert(conn._writer))
         if not verdict.ok:
             self.refused += 1
+            self.last_refusal = {
+                "device_id": connect.client_id,
+                "reason": verdict.reason,
+                "at": int(time.time()),
+            }
             return verdict
         old = self.sessions.get(connect.client_id)
         if old is not None:

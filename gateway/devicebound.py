@@ -1,0 +1,143 @@
+"""Cloud-to-device messages waiting for their child: a durable queue per device, with a TTL.
+
+A message enters with a synced write before the cloud broker gets its PUBACK (the uplink calls
+`enqueue` inside paho's message callback), so a message the cloud handed over survives a power
+cut. It leaves only when the child PUBACKs it, or when its time to live runs out. Keys are
+`device_id NUL seq` so that one device's messages are contiguous and in arrival order.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+from rocksdict import WriteBatch
+
+from gateway.store import Store
+
+_SEQ_KEY = b"devicebound_seq"
+_HEAD = struct.Struct(">QI")  # expires_ms, length of the property bag
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceboundMessage:
+    seq: int
+    expires_ms: int
+    properties: str  # url-encoded property bag, as it goes into the child's topic
+    payload: bytes
+
+
+def property_bag(properties: list[tuple[str, str]]) -> str:
+    """Url-encode properties the way the IoT Hub device dialect carries them in a topic."""
+    return urlencode(properties, quote_via=quote, safe="$.")
+
+
+def child_topic(device_id: str, message: DeviceboundMessage) -> str:
+    bag = message.properties
+    to = f"$.to=%2Fdevices%2F{quote(device_id, safe='')}%2Fmessages%2Fdevicebound"
+    return f"devices/{device_id}/messages/devicebound/{bag + '&' if bag else ''}{to}"
+
+
+def _key(device_id: str, seq: int) -> bytes:
+    return device_id.encode() + b"\0" + seq.to_bytes(8, "big")
+
+
+class DeviceboundQueue:
+    """All children's waiting messages, in the store's `devicebound` column family."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        raw = store.get_meta(_SEQ_KEY)
+        self._next_seq = int.from_bytes(raw, "big") if raw else 1
+        self.expired = 0
+        self.delivered = 0
+
+    def enqueue(
+        self, device_id: str, payload: bytes, properties: list[tuple[str, str]], expires_ms: int
+    ) -> int:
+        """Store one message durably (synced); returns its sequence number."""
+        seq = self._next_seq
+        bag = property_bag(properties).encode()
+        batch = WriteBatch(raw_mode=True)
+        batch.put(
+            _key(device_id, seq),
+            _HEAD.pack(expires_ms, len(bag)) + bag + payload,
+            self._store.devicebound_handle,
+        )
+        batch.put(_SEQ_KEY, (seq + 1).to_bytes(8, "big"), self._store.meta_handle)
+        self._store.write(batch, sync=True)
+        self._next_seq = seq + 1
+        return seq
+
+    def pending(
+        self, device_id: str, now_ms: int, after: int = 0, limit: int = 16
+    ) -> list[DeviceboundMessage]:
+        """The next messages for a device in order, after `after`; expired ones are dropped."""
+        prefix = device_id.encode() + b"\0"
+        out: list[DeviceboundMessage] = []
+        expired: list[bytes] = []
+        for key, value in self._store.devicebound.items(from_key=_key(device_id, after + 1)):
+            if not key.startswith(prefix) or len(out) >= limit:
+                break
+            msg = _decode(int.from_bytes(key[len(prefix) :], "big"), value)
+            if msg.expires_ms <= now_ms:
+                expired.append(key)
+            else:
+                out.append(msg)
+        self._delete(expired)
+        self.expired += len(expired)
+        return out
+
+    def remove(self, device_id: str, seq: int) -> None:
+        """The child acknowledged it. Unsynced: after a power cut it is delivered again."""
+        self._delete([_key(device_id, seq)], sync=False)
+        self.delivered += 1
+
+    def expire(self, now_ms: int) -> int:
+        """Sweep every device's queue for messages whose TTL ran out; returns how many."""
+        expired = [
+            key
+            for key, value in self._store.devicebound.items()
+            if _HEAD.unpack_from(value)[0] <= now_ms
+        ]
+        self._delete(expired)
+        self.expired += len(expired)
+        return len(expired)
+
+    def count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            return sum(1 for _ in self._store.devicebound.keys())  # noqa: SIM118 (no __iter__)
+        prefix = device_id.encode() + b"\0"
+        n = 0
+        for key in self._store.devicebound.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            n += 1
+        return n
+
+    def drop_device(self, device_id: str) -> int:
+        """A child left the registry: its waiting messages go with it."""
+        prefix = device_id.encode() + b"\0"
+        keys = []
+        for key in self._store.devicebound.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            keys.append(key)
+        self._delete(keys)
+        return len(keys)
+
+    def _delete(self, keys: list[bytes], sync: bool = False) -> None:
+        if not keys:
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key in keys:
+            batch.delete(key, self._store.devicebound_handle)
+        self._store.write(batch, sync=sync)
+
+
+def _decode(seq: int, value: bytes) -> DeviceboundMessage:
+    expires_ms, bag_len = _HEAD.unpack_from(value)
+    start = _HEAD.size
+    bag = value[start : start + bag_len].decode()
+    return DeviceboundMessage(seq, expires_ms, bag, value[start + bag_len :])

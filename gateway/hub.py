@@ -1,0 +1,249 @@
+"""The gateway as the children's IoT Hub: twins, cloud-to-device messages and direct methods.
+
+Children cannot tell whether the cloud is there: twin reads and writes are answered from the
+store, cloud-to-device messages wait in the store until the child is subscribed, and a direct
+method reaches a connected child whoever calls it. This module joins the child side (the MQTT
+server) and the cloud side (the uplink) for those three features; the state itself lives in
+twins.py and devicebound.py, and the calls in flight in methods.py.
+
+Reconcile on reconnect: every reported twin changed offline is published once as its latest
+state; desired documents changed in the cloud meanwhile arrive as retained messages when the
+gateway subscribes again, and reach the children as patches or on their next GET.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway import cloud_contract as contract
+from gateway import dialect
+from gateway.devicebound import DeviceboundQueue, child_topic
+from gateway.log import Event, event
+from gateway.methods import DEFAULT_TIMEOUT_SECS, MethodRouter
+from gateway.mqtt.server import ChildConnection, ChildServer
+from gateway.twins import TwinError, TwinStore, parse_document, parse_patch
+from gateway.uplink import CloudMessage, Uplink
+
+C2D_WINDOW = 16  # unacknowledged cloud-to-device messages per child, like IoT Hub's limit of 50
+C2D_DEFAULT_TTL_SECS = 3600  # IoT Hub's default time to live of a cloud-to-device message
+
+
+@dataclass
+class _Delivery:
+    """Cloud-to-device messages in flight on one connection of one child."""
+
+    conn: ChildConnection
+    cursor: int = 0
+    inflight: set[int] = field(default_factory=set)
+
+
+class LocalHub:
+    """Answers children's twin and method traffic and moves cloud messages to them."""
+
+    def __init__(
+        self,
+        store,
+        server: ChildServer,
+        prefix: str,
+        is_child: Callable[[str], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._server = server
+        self._prefix = prefix
+        self._is_child = is_child
+        self._clock = clock
+        self.twins = TwinStore(store)
+        self.devicebound = DeviceboundQueue(store)
+        self.methods = MethodRouter(server)
+        self.uplink: Uplink | None = None
+        self._deliveries: dict[str, _Delivery] = {}
+        self.dropped_unknown = 0
+
+    # -- from children -----------------------------------------------------------------------
+
+    def child_operation(self, conn: ChildConnection, op: object, payload: bytes) -> None:
+        """A twin or method PUBLISH from a child (telemetry goes to the ingest, not here)."""
+        if isinstance(op, dialect.TwinGet):
+            doc = json.dumps(self.twins.get(conn.device_id).document()).encode()
+            conn.deliver(f"$iothub/twin/res/200/?$rid={op.rid}", doc)
+        elif isinstance(op, dialect.TwinReportedPatch):
+            self._reported_patch(conn, op.rid, payload)
+        elif isinstance(op, dialect.MethodResponse):
+            self.methods.answer(conn.device_id, op.rid, op.status, payload)
+
+    def _reported_patch(self, conn: ChildConnection, rid: str, payload: bytes) -> None:
+        try:
+            version = self.twins.patch_reported(conn.device_id, parse_patch(payload))
+        except TwinError as exc:
+            body = json.dumps({"message": str(exc)}).encode()
+            conn.deliver(f"$iothub/twin/res/400/?$rid={rid}", body)
+            return
+        conn.deliver(f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
+        self._publish_reported(conn.device_id)
+
+    def child_subscribed(self, conn: ChildConnection) -> None:
+        self.deliver_devicebound(conn.device_id)
+
+    def child_closed(self, conn: ChildConnection) -> None:
+        self.methods.device_gone(conn.device_id)
+        delivery = self._deliveries.get(conn.device_id)
+        if delivery is not None and delivery.conn is conn:
+            del self._deliveries[conn.device_id]
+
+    # -- cloud-to-device ---------------------------------------------------------------------
+
+    def enqueue_devicebound(
+        self, device_id: str, payload: bytes, properties: list[tuple[str, str]], ttl_secs: int
+    ) -> None:
+        """Store a message for a child (from the cloud or a route) and deliver it if possible."""
+        expires_ms = int((self._clock() + ttl_secs) * 1000)
+        self.devicebound.enqueue(device_id, payload, properties, expires_ms)
+        self.deliver_devicebound(device_id)
+
+    def deliver_devicebound(self, device_id: str) -> None:
+        """Send the child's next waiting messages, in order, up to the window."""
+        conn = self._server.sessions.get(device_id)
+        probe = f"devices/{device_id}/messages/devicebound/x"
+        if conn is None or not conn.is_open or not conn.subscribed(probe):
+            return
+        delivery = self._deliveries.get(device_id)
+        if delivery is None or delivery.conn is not conn:
+            delivery = self._deliveries[device_id] = _Delivery(conn)
+        room = C2D_WINDOW - len(delivery.inflight)
+        if room <= 0:
+            return
+        now_ms = int(self._clock() * 1000)
+        for msg in self.devicebound.pending(device_id, now_ms, delivery.cursor, room):
+            delivery.inflight.add(msg.seq)
+            delivery.cursor = msg.seq
+            conn.deliver(
+                child_topic(device_id, msg),
+                msg.payload,
+                qos=1,
+                on_acked=lambda seq=msg.seq: self._devicebound_acked(device_id, delivery, seq),
+            )
+
+    def _devicebound_acked(self, device_id: str, delivery: _Delivery, seq: int) -> None:
+        delivery.inflight.discard(seq)
+        self.devicebound.remove(device_id, seq)
+        self.deliver_devicebound(device_id)
+
+    # -- from the cloud ----------------------------------------------------------------------
+
+    def subscriptions(self, children: list[str]) -> set[str]:
+        topics: set[str] = set()
+        for device_id in children:
+            topics |= contract.child_subscriptions(self._prefix, device_id)
+        return topics
+
+    def cloud_message(self, msg: CloudMessage) -> bool:
+        """Handle a per-device cloud message; False if the topic is not one of ours."""
+        parsed = contract.parse_device_topic(self._prefix, msg.topic)
+        if parsed is None:
+            return False
+        device_id, kind, detail = parsed
+        if not self._is_child(device_id):
+            self.dropped_unknown += 1
+            return True
+        try:
+            if kind == "desired":
+                self._desired(device_id, parse_document(msg.payload, "desired twin"))
+            elif kind == "reported":
+                self._cloud_reported(device_id, parse_document(msg.payload, "reported twin"))
+            elif kind == "devicebound":
+                ttl = msg.expiry_secs or C2D_DEFAULT_TTL_SECS
+                self.enqueue_devicebound(device_id, msg.payload, list(msg.user_properties), ttl)
+            elif kind == "method":
+                self._cloud_method(device_id, detail, msg)
+        except TwinError as exc:
+            self._server.log_limited(
+                Event.CLOUD_DOCUMENT_REFUSED,
+                f"cloud: {msg.topic}: refused: {exc}; publish a corrected document (retained)",
+                device_id=device_id,
+                cause=kind,
+            )
+        return True
+
+    def _desired(self, device_id: str, doc: dict) -> None:
+        delta = self.twins.apply_desired(device_id, doc)
+        if delta is None:
+            return
+        conn = self._server.sessions.get(device_id)
+        topic = f"$iothub/twin/PATCH/properties/desired/?$version={doc['$version']}"
+        if conn is not None and conn.is_open and conn.subscribed(topic):
+            conn.deliver(topic, json.dumps(delta).encode())
+
+    def _cloud_reported(self, device_id: str, doc: dict) -> None:
+        if self.twins.cloud_reported(device_id, doc):
+            self._publish_reported(device_id)
+
+    def _cloud_method(self, device_id: str, method: str, msg: CloudMessage) -> None:
+        uplink = self.uplink
+        if not msg.response_topic or uplink is None:
+            self._server.log_limited(
+                Event.CLOUD_DOCUMENT_REFUSED,
+                f"cloud: method call {msg.topic} has no response topic; the caller must set "
+                f"one (MQTT 5 request/response)",
+                device_id=device_id,
+                cause="method",
+            )
+            return
+        try:
+            timeout = float(msg.user_property("timeout", str(DEFAULT_TIMEOUT_SECS)))
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT_SECS
+
+        def reply(status: int, payload: bytes) -> None:
+            uplink.publish(
+                msg.response_topic,
+                payload,
+                user_properties=[("status", str(status))],
+                correlation=msg.correlation,
+            )
+
+        self.methods.invoke(device_id, method, msg.payload, timeout, reply)
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    def _publish_reported(self, device_id: str) -> None:
+        uplink = self.uplink
+        if uplink is None:
+            return
+        reported = self.twins.get(device_id).reported
+        version = reported["$version"]
+        uplink.publish(
+            contract.device_twin_topic(self._prefix, device_id, "reported"),
+            json.dumps(reported).encode(),
+            retain=True,
+            on_done=lambda ok: ok and self.twins.mark_published(device_id, version),
+        )
+
+    def on_online(self) -> None:
+        """The link is back: publish every reported twin changed while it was away, once."""
+        dirty = self.twins.dirty_devices()
+        for device_id in dirty:
+            self._publish_reported(device_id)
+        if dirty:
+            event(
+                Event.TWINS_RECONCILED,
+                f"twins: published the latest reported state of {len(dirty)} children "
+                f"changed while offline",
+                level=logging.INFO,
+            )
+
+    def sweep(self) -> int:
+        return self.devicebound.expire(int(self._clock() * 1000))
+
+    def status(self) -> dict:
+        return {
+            "devicebound_waiting": self.devicebound.count(),
+            "devicebound_delivered": self.devicebound.delivered,
+            "devicebound_expired": self.devicebound.expired,
+            "methods_invoked": self.methods.invoked,
+            "methods_timed_out": self.methods.timed_out,
+            "dropped_unknown_device": self.dropped_unknown,
+        }

@@ -1,0 +1,189 @@
+"""Device twins kept at the edge: desired and reported properties of each child.
+
+A child reads and writes its twin whether or not the cloud is there, so the gateway is the
+twin's home while it is offline. Each change is a synced write before the child gets its answer:
+a 204 to a reported patch means the patch survives a power cut.
+
+Versions only move forward. The gateway owns the reported `$version` (it is the only writer of
+`{prefix}devices/{id}/twin/reported`); the operator owns the desired `$version`. A reported
+document changed offline is marked dirty and published once, as the latest state, when the link
+returns: fifty offline patches make one publish. Merge rules follow IoT Hub: a patch is merged
+key by key into the document, objects recursively, and a null value deletes the key.
+Reference: "Understand and use device twins in IoT Hub" (Azure IoT Hub documentation).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+
+from gateway.store import Store
+
+_KEY_PREFIX = b"twin/"
+MAX_TWIN_BYTES = 32 * 1024  # IoT Hub's limit for each of desired and reported
+MAX_DEPTH = 10  # IoT Hub allows at most 10 levels of nesting in twin properties
+
+
+class TwinError(ValueError):
+    """A patch or document the twin refuses; the message says why (status 400 to a child)."""
+
+
+@dataclass
+class Twin:
+    desired: dict = field(default_factory=lambda: {"$version": 1})
+    reported: dict = field(default_factory=lambda: {"$version": 1})
+    dirty: bool = False  # reported changed here and the cloud has not acknowledged it yet
+
+    def document(self) -> dict:
+        """What `$iothub/twin/GET` answers with."""
+        return {"desired": self.desired, "reported": self.reported}
+
+
+def merge_patch(target: dict, patch: dict, depth: int = 1) -> None:
+    """Apply an IoT Hub twin patch in place: null deletes, objects merge recursively."""
+    if depth > MAX_DEPTH:
+        raise TwinError(f"properties nest deeper than {MAX_DEPTH} levels")
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict):
+            current = target.get(key)
+            if not isinstance(current, dict):
+                current = target[key] = {}
+            merge_patch(current, value, depth + 1)
+        else:
+            target[key] = value
+
+
+def desired_delta(old: dict, new: dict) -> dict:
+    """The patch that takes a child from `old` to `new` desired properties (with $version)."""
+    delta = {k: v for k, v in new.items() if k != "$version" and old.get(k) != v}
+    delta.update({k: None for k in old if k != "$version" and k not in new})
+    delta["$version"] = new["$version"]
+    return delta
+
+
+def parse_patch(payload: bytes) -> dict:
+    """A reported patch from a child: a JSON object with no `$` keys, within the size limit."""
+    if len(payload) > MAX_TWIN_BYTES:
+        raise TwinError(f"patch of {len(payload)} bytes is over the {MAX_TWIN_BYTES}-byte limit")
+    try:
+        patch = json.loads(payload or b"{}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TwinError(f"patch is not valid JSON: {exc}") from None
+    if not isinstance(patch, dict):
+        raise TwinError("patch must be a JSON object")
+    patch.pop("$version", None)
+    bad = [k for k in patch if k.startswith("$")]
+    if bad:
+        raise TwinError(f"property names starting with '$' are reserved: {', '.join(bad)}")
+    return patch
+
+
+def parse_document(payload: bytes, what: str) -> dict:
+    """A full twin document from the cloud: a JSON object with an integer `$version`."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TwinError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise TwinError(f"{what} must be a JSON object")
+    version = doc.get("$version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise TwinError(f"{what} needs an integer \"$version\" of at least 1")
+    return doc
+
+
+class TwinStore:
+    """The twins of all children, in the store's meta column family (small, rarely written)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._cache: dict[str, Twin] = {}
+
+    def get(self, device_id: str) -> Twin:
+        twin = self._cache.get(device_id)
+        if twin is None:
+            raw = self._store.get_meta(_KEY_PREFIX + device_id.encode())
+            twin = _decode(raw) if raw else Twin()
+            self._cache[device_id] = twin
+        return twin
+
+    def _save(self, device_id: str, twin: Twin, sync: bool = True) -> None:
+        self._store.put_meta(_KEY_PREFIX + device_id.encode(), _encode(twin), sync=sync)
+        self._cache[device_id] = twin
+
+    def patch_reported(self, device_id: str, patch: dict) -> int:
+        """Merge a child's patch; returns the new reported version once it is on disk."""
+        twin = self.get(device_id)
+        reported = copy.deepcopy(twin.reported)
+        merge_patch(reported, patch)
+        reported["$version"] = twin.reported["$version"] + 1
+        if len(json.dumps(reported)) > MAX_TWIN_BYTES:
+            raise TwinError(f"reported properties would exceed {MAX_TWIN_BYTES} bytes")
+        self._save(device_id, Twin(twin.desired, reported, dirty=True))
+        return reported["$version"]
+
+    def apply_desired(self, device_id: str, doc: dict) -> dict | None:
+        """Take the operator's desired document; the patch for the child, or None if not newer."""
+        twin = self.get(device_id)
+        if doc["$version"] <= twin.desired.get("$version", 0):
+            return None
+        delta = desired_delta(twin.desired, doc)
+        self._save(device_id, Twin(doc, twin.reported, twin.dirty))
+        return delta
+
+    def cloud_reported(self, device_id: str, doc: dict) -> bool:
+        """The cloud's retained reported copy arrived; True if ours must be published again.
+
+        Normally it is our own last publish. If it carries a higher version (the store was
+        replaced, say), versions must still move forward: adopt it when we have nothing newer,
+        else keep our content under a version above the cloud's and publish that.
+        """
+        twin = self.get(device_id)
+        ours = twin.reported["$version"]
+        if doc["$version"] < ours or (doc["$version"] == ours and not twin.dirty):
+            return twin.dirty
+        if doc["$version"] == ours:  # our publish came back: it is acknowledged
+            if doc == twin.reported:
+                self.mark_published(device_id, ours)
+                return False
+            return True
+        if not twin.dirty:
+            self._save(device_id, Twin(twin.desired, doc, dirty=False))
+            return False
+        reported = dict(twin.reported, **{"$version": doc["$version"] + 1})
+        self._save(device_id, Twin(twin.desired, reported, dirty=True))
+        return True
+
+    def mark_published(self, device_id: str, version: int) -> None:
+        """The cloud acknowledged reported `version`; clean unless a newer patch came since."""
+        twin = self.get(device_id)
+        if twin.dirty and twin.reported["$version"] == version:
+            # Unsynced: if this is lost in a power cut the document is published once more.
+            self._save(device_id, Twin(twin.desired, twin.reported, dirty=False), sync=False)
+
+    def dirty_devices(self) -> list[str]:
+        """Children whose reported state the cloud has not seen yet (scans the store)."""
+        out = []
+        for key, raw in self._store.meta.items(from_key=_KEY_PREFIX):
+            if not key.startswith(_KEY_PREFIX):
+                break
+            device_id = key[len(_KEY_PREFIX) :].decode()
+            twin = self._cache.get(device_id) or _decode(raw)
+            if twin.dirty:
+                out.append(device_id)
+        return out
+
+
+def _encode(twin: Twin) -> bytes:
+    return json.dumps(
+        {"desired": twin.desired, "reported": twin.reported, "dirty": twin.dirty},
+        separators=(",", ":"),
+    ).encode()
+
+
+def _decode(raw: bytes) -> Twin:
+    doc = json.loads(raw)
+    return Twin(doc["desired"], doc["reported"], bool(doc.get("dirty")))
