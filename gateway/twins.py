@@ -34,6 +34,7 @@ class Twin:
     desired: dict = field(default_factory=lambda: {"$version": 1})
     reported: dict = field(default_factory=lambda: {"$version": 1})
     dirty: bool = False  # reported changed here and the cloud has not acknowledged it yet
+    desired_set: bool = False  # an operator's document arrived (else the empty version 1)
 
     def document(self) -> dict:
         """What `$iothub/twin/GET` answers with."""
@@ -122,16 +123,17 @@ class TwinStore:
         reported["$version"] = twin.reported["$version"] + 1
         if len(json.dumps(reported)) > MAX_TWIN_BYTES:
             raise TwinError(f"reported properties would exceed {MAX_TWIN_BYTES} bytes")
-        self._save(device_id, Twin(twin.desired, reported, dirty=True))
+        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set))
         return reported["$version"]
 
     def apply_desired(self, device_id: str, doc: dict) -> dict | None:
         """Take the operator's desired document; the patch for the child, or None if not newer."""
         twin = self.get(device_id)
-        if doc["$version"] <= twin.desired.get("$version", 0):
+        current = twin.desired.get("$version", 0) if twin.desired_set else 0
+        if doc["$version"] <= current:
             return None
         delta = desired_delta(twin.desired, doc)
-        self._save(device_id, Twin(doc, twin.reported, twin.dirty))
+        self._save(device_id, Twin(doc, twin.reported, twin.dirty, desired_set=True))
         return delta
 
     def cloud_reported(self, device_id: str, doc: dict) -> bool:
@@ -151,10 +153,10 @@ class TwinStore:
                 return False
             return True
         if not twin.dirty:
-            self._save(device_id, Twin(twin.desired, doc, dirty=False))
+            self._save(device_id, Twin(twin.desired, doc, False, twin.desired_set))
             return False
         reported = dict(twin.reported, **{"$version": doc["$version"] + 1})
-        self._save(device_id, Twin(twin.desired, reported, dirty=True))
+        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set))
         return True
 
     def mark_published(self, device_id: str, version: int) -> None:
@@ -162,7 +164,8 @@ class TwinStore:
         twin = self.get(device_id)
         if twin.dirty and twin.reported["$version"] == version:
             # Unsynced: if this is lost in a power cut the document is published once more.
-            self._save(device_id, Twin(twin.desired, twin.reported, dirty=False), sync=False)
+            clean = Twin(twin.desired, twin.reported, False, twin.desired_set)
+            self._save(device_id, clean, sync=False)
 
     def dirty_devices(self) -> list[str]:
         """Children whose reported state the cloud has not seen yet (scans the store)."""
@@ -179,11 +182,18 @@ class TwinStore:
 
 def _encode(twin: Twin) -> bytes:
     return json.dumps(
-        {"desired": twin.desired, "reported": twin.reported, "dirty": twin.dirty},
+        {
+            "desired": twin.desired,
+            "reported": twin.reported,
+            "dirty": twin.dirty,
+            "desired_set": twin.desired_set,
+        },
         separators=(",", ":"),
     ).encode()
 
 
 def _decode(raw: bytes) -> Twin:
     doc = json.loads(raw)
-    return Twin(doc["desired"], doc["reported"], bool(doc.get("dirty")))
+    return Twin(
+        doc["desired"], doc["reported"], bool(doc.get("dirty")), bool(doc.get("desired_set"))
+    )
