@@ -1,0 +1,94 @@
+"""Issue 3: the unmodified Azure IoT device SDK uses twins, direct methods and cloud-to-device
+messages through the gateway; the operator side is a plain MQTT 5 client at the cloud broker."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway import certs
+from gateway.cloud_contract import registry_topic
+from tests.integration.test_azure_sdk import SDK_PORT, SDK_PYTHON, free_loopback_address
+from tests.support.clients import new_key, publish_retained, registry_doc
+from tests.support.gatewayd import HUB
+from tests.support.hub_child import Operator
+
+
+class SdkChild:
+    """The SDK script as a subprocess; its stdout events arrive on a queue."""
+
+    def __init__(self, conn_str: str, ca_file: Path) -> None:
+        script = Path(__file__).with_name("sdk_hub_child.py")
+        self.proc = subprocess.Popen([SDK_PYTHON, str(script), conn_str, str(ca_file)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def next(self, kind: str, timeout: float = 60.0) -> dict:
+        while True:
+            try:
+                event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                err = self.proc.stderr.read()[-2000:] if self.proc.poll() is not None else ""
+                raise AssertionError(f"SDK child: no {kind} event; stderr: {err}") from None
+            if event["event"] == kind:
+                return event
+
+    def quit(self) -> int:
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.flush()
+        return self.proc.wait(60)
+
+
+@pytest.mark.skipif(not SDK_PYTHON, reason="GATEWAYD_SDK_PYTHON unset: run ./dev.sh test")
+def test_azure_sdk_twin_methods_and_c2d_through_the_gateway(cloud, gateways, tmp_path):
+    address = free_loopback_address()
+    ca_key, ca_cert = certs.make_ca("gateway test CA")
+    key, cert = certs.make_server_cert(ca_key, ca_cert, [], [address])
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "gw.pem", tmp_path / "gw.key"
+    certs.write_pem(ca_file, cert=ca_cert)
+    certs.write_pem(cert_file, cert=cert)
+    certs.write_pem(key_file, key=key)
+    device_key = new_key()
+    operator = Operator(cloud.port)
+    operator.put_retained("devices/sdk-hub/twin/desired", {"$version": 1, "interval": 10})
+    publish_retained(cloud.port, registry_topic("", "edge-1"),
+                     registry_doc(1, {"sdk-hub": device_key}))
+    gw = gateways(cloud_url=cloud.url, tls=(cert_file, key_file),
+                  listen={"host": address, "port": SDK_PORT})
+    gw.start()
+    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
+                   what="registry synced")
+    operator.subscribe("devices/sdk-hub/twin/reported")
+
+    child = SdkChild(f"HostName={HUB};DeviceId=sdk-hub;SharedAccessKey={device_key};"
+                     f"GatewayHostName={address}", ca_file)
+    twin = child.next("twin")["twin"]
+    assert twin["desired"] == {"$version": 1, "interval": 10}
+    assert twin["reported"] == {"$version": 2, "sdk": True, "fw": "2.14"}
+    child.next("ready")
+    operator.wait(lambda: json.loads(operator.retained.get("devices/sdk-hub/twin/reported",
+                                                           b"{}")).get("$version") == 2,
+                  what="the SDK's reported patch in the cloud")
+
+    status, body = operator.invoke("sdk-hub", "setLed", {"on": True})
+    assert (status, body) == (200, {"method": "setLed", "echo": {"on": True}})
+
+    operator.put_retained("devices/sdk-hub/twin/desired", {"$version": 2, "interval": 30})
+    assert child.next("desired")["patch"] == {"$version": 2, "interval": 30}
+
+    operator.send("sdk-hub", b"open valve", [("valve", "3")])
+    c2d = child.next("c2d")
+    assert c2d["data"] == "open valve" and c2d["props"] == {"valve": "3"}
+    assert child.quit() == 0
+    operator.close()
