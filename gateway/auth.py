@@ -52,6 +52,7 @@ class Child:
     auth_type: str  # SAS or X509
     keys: tuple[bytes, ...]  # primary then secondary, decoded (SAS devices)
     thumbprints: tuple[str, ...]  # lowercase hex, primary then secondary (X.509 devices)
+    method_callers: tuple[str, ...] = ()  # children that may invoke its methods; "*" = any
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,14 @@ def _parse_child(entry: Any, where: str) -> Child:
         raise RegistryError(
             f"{where}.auth.type: unknown type {_show(auth_type)} (expected sas or x509)"
         )
-    return Child(device_id, status == "enabled", auth_type, keys, thumbprints)
+    callers = entry.get("methodCallers", [])
+    if not isinstance(callers, list) or not all(isinstance(c, str) for c in callers):
+        raise RegistryError(
+            f"{where}.methodCallers: expected a list of device ids or \"*\", got {_show(callers)}"
+        )
+    return Child(
+        device_id, status == "enabled", auth_type, keys, thumbprints, tuple(sorted(set(callers)))
+    )
 
 
 def _pair(auth: dict, primary: str, secondary: str, where: str, convert: Any) -> tuple:
@@ -181,7 +189,10 @@ def _child_to_json(child: Child) -> dict[str, Any]:
         values = list(child.thumbprints)
     auth = {"type": child.auth_type, **dict(zip(names, values, strict=False))}
     status = "enabled" if child.enabled else "disabled"
-    return {"deviceId": child.device_id, "status": status, "auth": auth}
+    entry = {"deviceId": child.device_id, "status": status, "auth": auth}
+    if child.method_callers:
+        entry["methodCallers"] = list(child.method_callers)
+    return entry
 
 
 def _kind(value: Any) -> str:

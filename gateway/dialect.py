@@ -38,7 +38,18 @@ class MethodResponse:
     rid: str
 
 
-Operation = Telemetry | TwinGet | TwinReportedPatch | MethodResponse
+@dataclass(frozen=True, slots=True)
+class MethodInvoke:
+    """gatewayd's extension: `$iothub/methods/invoke/{target}/{method}/?$rid=&timeout=`."""
+
+    target: str
+    method: str
+    rid: str
+    timeout_secs: float | None
+
+
+Operation = Telemetry | TwinGet | TwinReportedPatch | MethodResponse | MethodInvoke
+INVOKE_PREFIX = "$iothub/methods/invoke/"
 
 
 def _query_value(query: str, name: str) -> str:
@@ -70,6 +81,8 @@ def classify_publish(device_id: str, topic: str) -> Operation:
     reported = "$iothub/twin/PATCH/properties/reported/"
     if topic.startswith(reported):
         return TwinReportedPatch(_rid(topic[len(reported) :], topic))
+    if topic.startswith(INVOKE_PREFIX) and not topic.startswith(INVOKE_PREFIX + "res/"):
+        return _invoke(topic)
     if topic.startswith("$iothub/methods/res/"):
         status, _, rest = topic[len("$iothub/methods/res/") :].partition("/")
         if not status.isdigit():
@@ -82,6 +95,22 @@ def classify_publish(device_id: str, topic: str) -> Operation:
     raise TopicRefused(f"topic {topic!r} is not part of the IoT Hub device API")
 
 
+def _invoke(topic: str) -> MethodInvoke:
+    path, _, query = topic[len(INVOKE_PREFIX) :].partition("?")
+    parts = path.split("/")
+    if len(parts) != 3 or not parts[0] or not parts[1] or parts[2]:
+        raise TopicRefused(
+            f"method call topic {topic!r} must be {INVOKE_PREFIX}{{target}}/{{method}}/?$rid="
+        )
+    rid = _rid("?" + query, topic)
+    timeout = _query_value(query, "timeout")
+    try:
+        timeout_secs = float(timeout) if timeout else None
+    except ValueError:
+        raise TopicRefused(f"method call topic {topic!r}: timeout is not a number") from None
+    return MethodInvoke(parts[0], parts[1], rid, timeout_secs)
+
+
 def allowed_filters(device_id: str) -> tuple[str, ...]:
     """The subscriptions IoT Hub grants a device (each may also be subscribed more narrowly)."""
     return (
@@ -89,6 +118,7 @@ def allowed_filters(device_id: str) -> tuple[str, ...]:
         "$iothub/twin/res/#",
         "$iothub/twin/PATCH/properties/desired/#",
         "$iothub/methods/POST/#",
+        INVOKE_PREFIX + "res/#",  # gatewayd's extension: answers to child-to-child calls
     )
 
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway import cloud_contract as contract
 from gateway import dialect
+from gateway.auth import Child
 from gateway.devicebound import DeviceboundQueue, child_topic
 from gateway.log import Event, event
-from gateway.methods import DEFAULT_TIMEOUT_SECS, MethodRouter
+from gateway.methods import DEFAULT_TIMEOUT_SECS, MethodRouter, error_payload
 from gateway.mqtt.server import ChildConnection, ChildServer
 from gateway.twins import TwinError, TwinStore, parse_document, parse_patch
 from gateway.uplink import CloudMessage, Uplink
@@ -49,12 +50,13 @@ class LocalHub:
         store,
         server: ChildServer,
         prefix: str,
-        is_child: Callable[[str], bool],
+        children: Callable[[], Mapping[str, Child]],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._server = server
         self._prefix = prefix
-        self._is_child = is_child
+        self._children = children
+        self.route_allows_call: Callable[[str, str], bool] | None = None  # set by routes
         self._clock = clock
         self.twins = TwinStore(store)
         self.devicebound = DeviceboundQueue(store)
@@ -74,6 +76,40 @@ class LocalHub:
             self._reported_patch(conn, op.rid, payload)
         elif isinstance(op, dialect.MethodResponse):
             self.methods.answer(conn.device_id, op.rid, op.status, payload)
+        elif isinstance(op, dialect.MethodInvoke):
+            self._child_invoke(conn, op, payload)
+
+    def _child_invoke(
+        self, conn: ChildConnection, op: dialect.MethodInvoke, payload: bytes
+    ) -> None:
+        """A child calls a method on another child of this gateway, with or without a cloud."""
+
+        def reply(status: int, body: bytes) -> None:
+            if conn.is_open:
+                conn.deliver(f"{dialect.INVOKE_PREFIX}res/{status}/?$rid={op.rid}", body)
+
+        target = self._children().get(op.target)
+        if target is None or not target.enabled:
+            reply(404, error_payload(f"device {op.target} is not a child of this gateway"))
+            return
+        if not self._may_call(conn.device_id, target):
+            reply(
+                403,
+                error_payload(
+                    f"device {conn.device_id} may not call methods of {op.target}: add it to "
+                    f"{op.target}'s methodCallers in the registry, or allow it by a route"
+                ),
+            )
+            return
+        timeout = op.timeout_secs if op.timeout_secs is not None else DEFAULT_TIMEOUT_SECS
+        self.methods.invoke(op.target, op.method, payload, timeout, reply)
+
+    def _may_call(self, caller: str, target: Child) -> bool:
+        if caller in target.method_callers or "*" in target.method_callers:
+            return True
+        return self.route_allows_call is not None and self.route_allows_call(
+            caller, target.device_id
+        )
 
     def _reported_patch(self, conn: ChildConnection, rid: str, payload: bytes) -> None:
         try:
@@ -146,7 +182,7 @@ class LocalHub:
         if parsed is None:
             return False
         device_id, kind, detail = parsed
-        if not self._is_child(device_id):
+        if device_id not in self._children():
             self.dropped_unknown += 1
             return True
         try:

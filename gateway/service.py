@@ -82,7 +82,7 @@ class Gateway(Handler):
         )
         self.server = ChildServer(cfg.listen, self)
         self.hub = LocalHub(
-            self.store, self.server, cfg.cloud.prefix, self._is_child
+            self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children
         )
         self.uplink: Uplink | None = None
         if cfg.cloud.enabled:
@@ -196,9 +196,6 @@ class Gateway(Handler):
     def _wake_uplink(self) -> None:
         if self.uplink is not None:
             self.uplink.wake()
-
-    def _is_child(self, device_id: str) -> bool:
-        return device_id in self.registry.registry.children
 
     def _cloud_subscriptions(self) -> set[str]:
         prefix, gw = self.config.cloud.prefix, self.config.gateway.id

@@ -19,6 +19,7 @@ SUBSCRIPTIONS = (
     "$iothub/twin/res/#",
     "$iothub/twin/PATCH/properties/desired/#",
     "$iothub/methods/POST/#",
+    "$iothub/methods/invoke/res/#",
 )
 
 
@@ -109,6 +110,25 @@ class HubChild(Child):
         status, answer, _ = self._request(topic, json.dumps(patch).encode(), rid)
         query = dict(parse_qsl(answer.split("?", 1)[1]))
         return status, int(query["$version"]) if "$version" in query else None
+
+
+    def invoke(self, target: str, method: str, payload: dict,
+               timeout: float | None = None) -> tuple[int, dict]:
+        """gatewayd's child-to-child method call; (status, answer payload)."""
+        rid = uuid.uuid4().hex[:10]
+        query = f"$rid={rid}" + (f"&timeout={timeout}" if timeout is not None else "")
+        self.client.publish(f"$iothub/methods/invoke/{target}/{method}/?{query}",
+                            json.dumps(payload), qos=1)
+        found: list = []
+
+        def answered() -> bool:
+            found[:] = [(t, p) for t, p in self.received
+                        if t.startswith("$iothub/methods/invoke/res/") and t.endswith(rid)]
+            return bool(found)
+
+        self.wait(answered, what=f"method answer {rid}")
+        topic, body = found[0]
+        return int(topic.split("/")[4]), json.loads(body)
 
 
 class Operator:

@@ -374,3 +374,14 @@ def test_registry_errors_say_what_is_wrong(data, message):
     with pytest.raises(RegistryError) as info:
         parse_registry(data)
     assert message in info.value.message
+
+
+def test_method_callers_round_trip_and_are_checked():
+    child = {"deviceId": "v", "status": "enabled", "auth": {"type": "sas", "primaryKey": PRIMARY},
+             "methodCallers": ["b", "a", "a"]}
+    registry = parse_registry(json.dumps({"version": 1, "children": [child]}).encode())
+    assert registry.children["v"].method_callers == ("a", "b")
+    assert parse_registry(registry_to_bytes(registry)) == registry
+    child["methodCallers"] = "a"
+    with pytest.raises(RegistryError, match="methodCallers"):
+        parse_registry(json.dumps({"version": 1, "children": [child]}).encode())
