@@ -298,10 +298,15 @@ class Uplink:
     # -- paho callbacks (all on the event loop) ----------------------------------------------
 
     def _on_readable(self, client: mqtt.Client) -> None:
-        rc = client.loop_read()
-        sock = client.socket()
-        while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
+        try:
             rc = client.loop_read()
+            sock = client.socket()
+            while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
+                rc = client.loop_read()
+        except Exception as exc:  # a cloud message we could not store: no PUBACK, reconnect
+            self.stats.last_error = f"could not handle a message from the cloud: {exc}"
+            self._lost.set()
+            return
         if rc != mqtt.MQTT_ERR_SUCCESS:
             self.stats.last_error = self.stats.last_error or f"read failed: {mqtt.error_string(rc)}"
             self._lost.set()
