@@ -301,7 +301,8 @@ class Uplink:
         try:
             rc = client.loop_read()
             sock = client.socket()
-            while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            tls = isinstance(sock, ssl.SSLSocket)
+            while rc == mqtt.MQTT_ERR_SUCCESS and tls and sock.pending():
                 rc = client.loop_read()
         except Exception as exc:  # a cloud message we could not store: no PUBACK, reconnect
             self.stats.last_error = f"could not handle a message from the cloud: {exc}"
