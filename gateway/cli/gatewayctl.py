@@ -2,6 +2,7 @@
 
     gatewayctl status [--json] [--config FILE]   what the daemon is doing now
     gatewayctl config check [FILE]               validate a configuration without starting anything
+    gatewayctl children|twin|settings|invoke|send  the cloud side (see gateway/cli/ctl_cloud.py)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.cli import ctl_cloud
 from gateway.config import load_config
 from gateway.control import request
 from gateway.errors import GatewayError
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
     check.set_defaults(func=_config_check)
+    ctl_cloud.add_commands(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

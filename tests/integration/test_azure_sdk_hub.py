@@ -1,11 +1,12 @@
 """Issue 3: the unmodified Azure IoT device SDK uses twins, direct methods and cloud-to-device
-messages through the gateway; the operator side is a plain MQTT 5 client at the cloud broker."""
+messages through the gateway; the method call is made with `gatewayctl invoke`."""
 
 from __future__ import annotations
 
 import json
 import queue
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -81,8 +82,12 @@ def test_azure_sdk_twin_methods_and_c2d_through_the_gateway(cloud, gateways, tmp
                                                            b"{}")).get("$version") == 2,
                   what="the SDK's reported patch in the cloud")
 
-    status, body = operator.invoke("sdk-hub", "setLed", {"on": True})
-    assert (status, body) == (200, {"method": "setLed", "echo": {"on": True}})
+    done = subprocess.run([sys.executable, "-m", "gateway.cli.gatewayctl", "invoke", "sdk-hub",
+                           "setLed", "--payload", '{"on": true}', "--json", "--cloud", cloud.url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"status": 200,
+                                       "payload": {"method": "setLed", "echo": {"on": True}}}
 
     operator.put_retained("devices/sdk-hub/twin/desired", {"$version": 2, "interval": 30})
     assert child.next("desired")["patch"] == {"$version": 2, "interval": 30}
