@@ -11,9 +11,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 # version, enqueued_ms, expires_ms, len(device), len(props), len(payload)
 _HEADER = struct.Struct(">BQQHHI")
+# version 2 appends the priority after the header (version 1 records read as DEFAULT_PRIORITY)
+_PRIORITY = struct.Struct(">B")
+DEFAULT_PRIORITY = 9  # routes without a priority, and every message when no routes are set
+PRIORITIES = range(10)  # 0 is the highest
 
 
 class RecordError(ValueError):
@@ -33,6 +37,7 @@ class Message:
     expires_ms: int
     properties: str
     payload: bytes
+    priority: int = DEFAULT_PRIORITY
 
     def size(self) -> int:
         """Bytes this message costs in the backlog (what quotas and statistics count)."""
@@ -45,20 +50,26 @@ def encode_record(msg: Message) -> bytes:
     header = _HEADER.pack(
         RECORD_VERSION, msg.enqueued_ms, msg.expires_ms, len(device), len(props), len(msg.payload)
     )
-    return b"".join((header, device, props, msg.payload))
+    return b"".join((header, _PRIORITY.pack(msg.priority), device, props, msg.payload))
 
 
 def decode_record(data: bytes) -> Message:
     if len(data) < _HEADER.size:
         raise RecordError(f"record of {len(data)} bytes is shorter than its header")
     version, enq, exp, dlen, plen, blen = _HEADER.unpack_from(data)
-    if version != RECORD_VERSION:
+    if version not in (1, 2):
         raise RecordError(f"record version {version} is not known to this release")
-    if _HEADER.size + dlen + plen + blen != len(data):
-        raise RecordError("record length does not match its header")
     pos = _HEADER.size
+    priority = DEFAULT_PRIORITY
+    if version >= 2:
+        if len(data) < pos + 1:
+            raise RecordError("record is shorter than its header")
+        priority = data[pos]
+        pos += 1
+    if pos + dlen + plen + blen != len(data):
+        raise RecordError("record length does not match its header")
     device = data[pos : pos + dlen].decode()
     pos += dlen
     props = data[pos : pos + plen].decode()
     pos += plen
-    return Message(device, enq, exp, props, bytes(data[pos : pos + blen]))
+    return Message(device, enq, exp, props, bytes(data[pos : pos + blen]), priority)

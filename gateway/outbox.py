@@ -6,7 +6,8 @@ Why it is shaped like this (see docs/architecture.md):
   acknowledges it before that commit, it is never written at all: with a healthy uplink most
   messages never touch the SD card. Whichever comes first, the cloud's PUBACK or the synced commit,
   makes the message *safe*, and `on_safe` is told so that the child's PUBACK can be released.
-* Keys are the per-gateway sequence number, 8 bytes big-endian: RocksDB's order is the send order.
+* Keys are a priority byte (0 highest) and the per-gateway sequence number, 8 bytes big-endian:
+  RocksDB's order is the send order, higher priorities first, stored order within a priority.
   Sequence numbers are reserved in blocks with a synced write, so that a number handed out (and
   perhaps already delivered to the cloud) is never handed out again after a crash.
 * Every record on disk is either a committed message or nothing: counters travel in the same batch
@@ -24,7 +25,14 @@ from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
 
-from gateway.message import Message, RecordError, decode_record, encode_record
+from gateway.message import (
+    DEFAULT_PRIORITY,
+    PRIORITIES,
+    Message,
+    RecordError,
+    decode_record,
+    encode_record,
+)
 from gateway.store import Store
 
 SEQ_BLOCK = 65536
@@ -34,8 +42,15 @@ _META_COUNT = b"disk_count"
 _META_BYTES = b"disk_bytes"
 
 
-def seq_key(seq: int) -> bytes:
-    return _U64.pack(seq)
+def seq_key(seq: int, priority: int = DEFAULT_PRIORITY) -> bytes:
+    return bytes((priority,)) + _U64.pack(seq)
+
+
+def _key_seq(key: bytes) -> int:
+    return _U64.unpack_from(key, 1)[0]
+
+
+Cursor = dict[int, int]  # priority -> last sequence number read
 
 
 def _u64(data: bytes | None, default: int = 0) -> int:
@@ -76,12 +91,14 @@ class Outbox:
         self.on_safe = on_safe or (lambda seqs: None)
         self._mem: dict[int, Message] = {}
         self._committing: CommitBatch | None = None
-        self._acked_while_committing: set[int] = set()
-        self._deletes: dict[int, int] = {}  # seq -> size, on disk, to be deleted
+        self._acked_while_committing: dict[int, int] = {}  # seq -> priority
+        self._deletes: dict[int, tuple[int, int]] = {}  # seq -> (priority, size) to delete
         self.stats = OutboxStats()
         self._disk_count = _u64(store.get_meta(_META_COUNT))
         self._disk_bytes = _u64(store.get_meta(_META_BYTES))
-        self._floor = self._first_disk_seq()
+        self._floor = {p: self._first_disk_seq(p) for p in PRIORITIES}
+        # priorities that hold or held messages: reads skip the others (usually one is used)
+        self._lanes = sorted(p for p in PRIORITIES if self._has_disk_lane(p))
         self._next = max(_u64(store.get_meta(_META_CEILING), 1), self._last_disk_seq() + 1)
         self._ceiling = self._next
         self._reserve()
@@ -89,15 +106,24 @@ class Outbox:
 
     # -- sequence numbers -------------------------------------------------------------------
 
-    def _first_disk_seq(self) -> int:
+    def _first_disk_seq(self, priority: int) -> int:
         it = self._store.outbox.iter()
-        it.seek_to_first()
-        return _U64.unpack(it.key())[0] if it.valid() else 0
+        it.seek(seq_key(0, priority))
+        return _key_seq(it.key()) if it.valid() and it.key()[0] == priority else 0
+
+    def _has_disk_lane(self, priority: int) -> bool:
+        it = self._store.outbox.iter()
+        it.seek(seq_key(0, priority))
+        return it.valid() and it.key()[0] == priority
 
     def _last_disk_seq(self) -> int:
-        it = self._store.outbox.iter()
-        it.seek_to_last()
-        return _U64.unpack(it.key())[0] if it.valid() else 0
+        last = 0
+        for priority in PRIORITIES:
+            it = self._store.outbox.iter()
+            it.seek_for_prev(seq_key(2**64 - 1, priority))
+            if it.valid() and it.key()[0] == priority:
+                last = max(last, _key_seq(it.key()))
+        return last
 
     def _reserve(self) -> None:
         self._ceiling = self._next + SEQ_BLOCK
@@ -116,6 +142,8 @@ class Outbox:
         seq = self._next
         self._next += 1
         self._mem[seq] = msg
+        if msg.priority not in self._lanes:
+            self._lanes = sorted({*self._lanes, msg.priority})
         self.stats.count += 1
         self.stats.bytes += msg.size()
         return seq
@@ -156,7 +184,7 @@ class Outbox:
         sizes = []
         for seq in seqs:
             msg = self._mem[seq]
-            batch.put(seq_key(seq), encode_record(msg), handle)
+            batch.put(seq_key(seq, msg.priority), encode_record(msg), handle)
             sizes.append(msg.size())
         self._disk_count += len(seqs)
         self._disk_bytes += sum(sizes)
@@ -175,7 +203,8 @@ class Outbox:
         safe = []
         for seq, size in zip(commit.seqs, commit.sizes, strict=True):
             if seq in self._acked_while_committing:
-                self._deletes[seq] = size  # cloud took it while we wrote it: delete the copy
+                # the cloud took it while we wrote it: delete the copy
+                self._deletes[seq] = (self._acked_while_committing[seq], size)
             elif self._mem.pop(seq, None) is not None:
                 safe.append(seq)
         self._acked_while_committing.clear()
@@ -215,8 +244,8 @@ class Outbox:
 
     def _add_deletes(self, batch: WriteBatch) -> None:
         handle = self._store.outbox_handle
-        for seq, size in self._deletes.items():
-            batch.delete(seq_key(seq), handle)
+        for seq, (priority, size) in self._deletes.items():
+            batch.delete(seq_key(seq, priority), handle)
             self._disk_count -= 1
             self._disk_bytes -= size
         self._deletes.clear()
@@ -230,104 +259,155 @@ class Outbox:
 
     # -- delivery ----------------------------------------------------------------------------
 
-    def ack(self, seq: int, size: int) -> None:
+    def ack(self, seq: int, size: int, priority: int = DEFAULT_PRIORITY) -> None:
         """The cloud acknowledged `seq`: forget it, and release its child if it was not yet safe."""
         if seq in self._mem:
+            priority = self._mem[seq].priority
             if self._committing is not None and seq in self._committing.seq_set:
-                self._acked_while_committing.add(seq)
+                self._acked_while_committing[seq] = priority
             del self._mem[seq]
             self.stats.acked_before_commit += 1
             self.on_safe([seq])
         elif seq not in self._deletes:
-            self._deletes[seq] = size
+            self._deletes[seq] = (priority, size)
         else:
             return
         self.stats.count = max(self.stats.count - 1, 0)
         self.stats.bytes = max(self.stats.bytes - size, 0)
-        if seq == self._floor:
-            self._floor = seq + 1
+        if seq == self._floor[priority]:
+            self._floor[priority] = seq + 1
 
-    def read(self, after: int, limit: int, now_ms: int) -> list[tuple[int, Message]]:
-        """Up to `limit` live messages with seq > `after`, in order; expired ones are dropped."""
+    def read(
+        self,
+        after: int | Cursor,
+        limit: int,
+        now_ms: int,
+        below: int | None = None,
+    ) -> list[tuple[int, Message]]:
+        """Up to `limit` live messages after the cursor (one seq for all priorities, or one per
+        priority), highest priority first and in stored order within one; optionally only
+        those with seq < `below`. Expired ones met on the way are dropped and counted."""
+        cursor = after if isinstance(after, dict) else dict.fromkeys(PRIORITIES, after)
         out: list[tuple[int, Message]] = []
         mem_start = next(iter(self._mem), None)
-        self._read_disk(max(after + 1, self._floor), mem_start, limit, now_ms, out)
-        if len(out) < limit:
-            self._read_mem(after, limit, now_ms, out)
+        stop = mem_start if below is None or mem_start is None else min(mem_start, below)
+        if stop is None:
+            stop = below
+        self._expire_mem(now_ms)
+        for priority in self._lanes:
+            if len(out) >= limit:
+                break
+            start = max(cursor.get(priority, 0) + 1, self._floor[priority])
+            self._read_disk(priority, start, stop, limit, now_ms, out)
+            if len(out) < limit:
+                self._read_mem(priority, cursor.get(priority, 0), below, limit, out)
         return out
 
     def _read_disk(
-        self, start: int, stop: int | None, limit: int, now_ms: int, out: list
+        self, priority: int, start: int, stop: int | None, limit: int, now_ms: int, out: list
     ) -> None:
         it = self._store.outbox.iter()
-        it.seek(seq_key(start))
+        it.seek(seq_key(start, priority))
         while it.valid() and len(out) < limit:
-            seq = _U64.unpack(it.key())[0]
+            key = it.key()
+            if key[0] != priority:
+                break
+            seq = _key_seq(key)
             if stop is not None and seq >= stop:
                 break
             if seq not in self._deletes:
-                msg = self._decode(seq, it.value())
+                msg = self._decode(seq, priority, it.value())
                 if msg is not None and not self._expire_disk(seq, msg, now_ms):
                     out.append((seq, msg))
             it.next()
 
-    def _read_mem(self, after: int, limit: int, now_ms: int, out: list) -> None:
-        expired = [seq for seq, msg in self._mem.items() if msg.expires_ms <= now_ms]
-        for seq in expired:
-            self._drop_expired_mem(seq)
+    def _read_mem(
+        self, priority: int, after: int, below: int | None, limit: int, out: list
+    ) -> None:
         for seq, msg in self._mem.items():
-            if len(out) >= limit:
+            if len(out) >= limit or (below is not None and seq >= below):
                 break
-            if seq > after:
+            if seq > after and msg.priority == priority:
                 out.append((seq, msg))
 
-    def _decode(self, seq: int, data: bytes) -> Message | None:
+    def get(self, seq: int, priority: int) -> Message | None:
+        """One message by its sequence number (memory or disk), or None if it is gone."""
+        msg = self._mem.get(seq)
+        if msg is not None:
+            return msg
+        if seq in self._deletes:
+            return None
+        data = self._store.outbox.get(seq_key(seq, priority))
+        return decode_record(data) if data is not None else None
+
+    def _decode(self, seq: int, priority: int, data: bytes) -> Message | None:
         try:
             return decode_record(data)
         except RecordError:
             self.stats.corrupt += 1
-            self._deletes[seq] = len(data)
+            self._deletes[seq] = (priority, len(data))
             return None
 
     def _expire_disk(self, seq: int, msg: Message, now_ms: int) -> bool:
         if msg.expires_ms > now_ms:
             return False
-        self._deletes[seq] = msg.size()
+        self._deletes[seq] = (msg.priority, msg.size())
         self.stats.expired += 1
         self.stats.count = max(self.stats.count - 1, 0)
         self.stats.bytes = max(self.stats.bytes - msg.size(), 0)
-        if seq == self._floor:
-            self._floor = seq + 1
+        if seq == self._floor[msg.priority]:
+            self._floor[msg.priority] = seq + 1
         return True
 
-    def _drop_expired_mem(self, seq: int) -> None:
-        msg = self._mem[seq]
-        self.ack(seq, msg.size())
-        self.stats.acked_before_commit -= 1
-        self.stats.expired += 1
+    def _expire_mem(self, now_ms: int) -> None:
+        for seq in [s for s, m in self._mem.items() if m.expires_ms <= now_ms]:
+            msg = self._mem[seq]
+            self.ack(seq, msg.size(), msg.priority)
+            self.stats.acked_before_commit -= 1
+            self.stats.expired += 1
 
     def expire(self, now_ms: int, max_scan: int = 10000) -> int:
-        """Drop expired messages from the head of the queue; returns how many went."""
+        """Drop expired messages from the head of each priority; returns how many went."""
         before = self.stats.expired
-        it = self._store.outbox.iter()
-        it.seek(seq_key(self._floor))
-        scanned = 0
-        while it.valid() and scanned < max_scan:
-            seq = _U64.unpack(it.key())[0]
-            scanned += 1
-            if seq not in self._deletes:
-                msg = self._decode(seq, it.value())
-                if msg is not None and not self._expire_disk(seq, msg, now_ms):
-                    break
-            it.next()
-        for seq in [s for s, m in self._mem.items() if m.expires_ms <= now_ms]:
-            self._drop_expired_mem(seq)
+        for priority in self._lanes:
+            it = self._store.outbox.iter()
+            it.seek(seq_key(self._floor[priority], priority))
+            scanned = 0
+            while it.valid() and scanned < max_scan and it.key()[0] == priority:
+                seq = _key_seq(it.key())
+                scanned += 1
+                if seq not in self._deletes:
+                    msg = self._decode(seq, priority, it.value())
+                    if msg is not None and not self._expire_disk(seq, msg, now_ms):
+                        break
+                it.next()
+        self._expire_mem(now_ms)
         return self.stats.expired - before
 
     def oldest_enqueued_ms(self) -> int | None:
         """Enqueue time of the oldest message still queued (for the operator's 'oldest age')."""
-        found = self.read(0, 1, now_ms=-1)
-        return found[0][1].enqueued_ms if found else None
+        oldest = None
+        for priority in self._lanes:
+            first = self._first_live(priority)
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+        return oldest
+
+    def _first_live(self, priority: int) -> int | None:
+        it = self._store.outbox.iter()
+        it.seek(seq_key(self._floor[priority], priority))
+        while it.valid() and it.key()[0] == priority:
+            seq = _key_seq(it.key())
+            if seq not in self._deletes:
+                try:
+                    return decode_record(it.value()).enqueued_ms
+                except RecordError:
+                    pass
+            it.next()
+        for msg in self._mem.values():
+            if msg.priority == priority:
+                return msg.enqueued_ms
+        return None
 
     # -- bookkeeping -------------------------------------------------------------------------
 

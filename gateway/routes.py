@@ -1,0 +1,464 @@
+"""Routes: which messages go where, in the spirit of the IoT Edge hub's route syntax.
+
+    FROM /messages/* WHERE <condition> INTO <sink>
+
+A route table is parsed whole from the gateway's desired twin; one route that does not parse
+refuses the table (with the route's name and the column), so a typo never silently drops a
+site's data. Conditions use three-valued logic as IoT Hub routing queries do: comparing with a
+property that is absent is *undefined*, and a message is routed only when the condition is
+true. Pure code with no I/O; docs/routes.md is the user's description of the same grammar.
+Reference: "Learn how to deploy modules and establish routes in IoT Edge" and "IoT Hub message
+routing query syntax" (Azure documentation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+from gateway.message import DEFAULT_PRIORITY
+
+UPSTREAM = "$upstream"
+MAX_ROUTES = 100
+MAX_TTL_SECS = 2_147_483_647
+
+# IoT Hub system property names in queries, and the keys they travel under in a property bag
+SYSTEM_PROPERTIES = {
+    "$contentType": "$.ct",
+    "$contentEncoding": "$.ce",
+    "$messageId": "$.mid",
+    "$correlationId": "$.cid",
+    "$userId": "$.uid",
+    "$to": "$.to",
+}
+
+
+class RouteError(ValueError):
+    """A route that does not parse; the message names the route and the column."""
+
+
+@dataclass(frozen=True)
+class Sink:
+    """`$upstream`, or a child's devicebound queue (`device` set)."""
+
+    device: str = ""
+
+    @property
+    def upstream(self) -> bool:
+        return not self.device
+
+    def __str__(self) -> str:
+        if self.upstream:
+            return UPSTREAM
+        return f'BrokeredEndpoint("/devices/{self.device}/messages/devicebound")'
+
+
+@dataclass(frozen=True)
+class Delivery:
+    sink: Sink
+    priority: int
+    ttl_secs: int
+
+
+@dataclass
+class MessageView:
+    """What a condition can see of one message; the body is parsed at most once, lazily."""
+
+    device_id: str
+    properties: str
+    payload: bytes
+    _props: dict[str, str] | None = field(default=None, repr=False)
+    _body: object = field(default=None, repr=False)
+    _body_parsed: bool = field(default=False, repr=False)
+
+    def props(self) -> dict[str, str]:
+        if self._props is None:
+            self._props = dict(parse_qsl(self.properties, keep_blank_values=True))
+        return self._props
+
+    def body(self) -> object:
+        if not self._body_parsed:
+            self._body_parsed = True
+            props = self.props()
+            if props.get("$.ct", "").split(";")[0].strip().lower() == "application/json":
+                try:
+                    self._body = json.loads(self.payload)
+                except ValueError:
+                    self._body = None
+        return self._body
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<str>'(?:[^']|'')*'|"(?:[^"\\]|\\.)*")
+    | (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+    | (?P<op><>|!=|<=|>=|=|<|>|\(|\)|,)
+    | (?P<name>\$?[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z_$][A-Za-z0-9_\-]*)*)
+    )""",
+    re.VERBOSE,
+)
+_KEYWORDS = {"AND", "OR", "NOT", "TRUE", "FALSE", "IS_DEFINED"}
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # str, num, op, name, kw, end
+    text: str
+    col: int
+    value: object = None
+
+
+def _tokens(text: str, offset: int) -> list[_Tok]:
+    out, pos = [], 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise _At(offset + pos, f"unexpected {text[pos:].strip()[:12]!r}")
+        kind = m.lastgroup
+        raw = m.group(kind)
+        col = offset + m.start(kind)
+        if kind == "str":
+            value = raw[1:-1].replace("''", "'") if raw[0] == "'" else json.loads(raw)
+            out.append(_Tok("str", raw, col, value))
+        elif kind == "num":
+            out.append(_Tok("num", raw, col, float(raw)))
+        elif kind == "name" and raw.upper() in _KEYWORDS:
+            out.append(_Tok("kw", raw.upper(), col))
+        else:
+            out.append(_Tok(kind, raw, col))
+        pos = m.end()
+    out.append(_Tok("end", "", offset + len(text)))
+    return out
+
+
+class _At(Exception):
+    def __init__(self, col: int, reason: str) -> None:
+        super().__init__(reason)
+        self.col, self.reason = col, reason
+
+
+# -- expressions ---------------------------------------------------------------------------------
+
+Undefined = None  # three-valued logic: True, False, or None (undefined)
+
+
+@dataclass(frozen=True)
+class _Const:
+    value: object
+
+    def eval(self, msg: MessageView) -> object:
+        return self.value
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """A property reference: app property, system property, $connectionDeviceId or $body.x."""
+
+    name: str
+
+    def eval(self, msg: MessageView) -> object:
+        name = self.name
+        if name == "$connectionDeviceId":
+            return msg.device_id
+        if name.startswith("$body"):
+            value = msg.body()
+            for part in name.split(".")[1:]:
+                if not isinstance(value, dict) or part not in value:
+                    return None
+                value = value[part]
+            return value if name != "$body" else None
+        if name in SYSTEM_PROPERTIES:
+            return msg.props().get(SYSTEM_PROPERTIES[name])
+        return msg.props().get(name)
+
+
+@dataclass(frozen=True)
+class _Compare:
+    left: object
+    op: str
+    right: object
+
+    def eval(self, msg: MessageView) -> bool | None:
+        a, b = _comparable(self.left.eval(msg), self.right.eval(msg))
+        if a is None or b is None:
+            return None
+        try:
+            if self.op == "=":
+                return a == b
+            if self.op in ("<>", "!="):
+                return a != b
+            if self.op == "<":
+                return a < b
+            if self.op == ">":
+                return a > b
+            if self.op == "<=":
+                return a <= b
+            return a >= b
+        except TypeError:
+            return None
+
+
+def _comparable(a: object, b: object) -> tuple[object, object]:
+    """Application properties are strings; compared with a number they compare as numbers."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return (a, b) if type(a) is type(b) else (None, None)
+    if isinstance(a, int | float) and isinstance(b, str):
+        b = _number(b)
+    elif isinstance(b, int | float) and isinstance(a, str):
+        a = _number(a)
+    if type(a) is not type(b) and not (isinstance(a, int | float) and isinstance(b, int | float)):
+        return None, None
+    return a, b
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class _Defined:
+    ref: _Ref
+
+    def eval(self, msg: MessageView) -> bool:
+        return self.ref.eval(msg) is not None
+
+
+@dataclass(frozen=True)
+class _Not:
+    inner: object
+
+    def eval(self, msg: MessageView) -> bool | None:
+        value = self.inner.eval(msg)
+        return None if value is None else not value
+
+
+@dataclass(frozen=True)
+class _Logic:
+    op: str  # AND / OR
+    parts: tuple
+
+    def eval(self, msg: MessageView) -> bool | None:
+        values = [p.eval(msg) for p in self.parts]
+        if self.op == "AND":
+            if any(v is False for v in values):
+                return False
+            return None if any(v is None for v in values) else True
+        if any(v is True for v in values):
+            return True
+        return None if any(v is None for v in values) else False
+
+
+class _Parser:
+    def __init__(self, tokens: list[_Tok]) -> None:
+        self.toks, self.i = tokens, 0
+
+    def peek(self) -> _Tok:
+        return self.toks[self.i]
+
+    def take(self) -> _Tok:
+        tok = self.toks[self.i]
+        self.i += 1
+        return tok
+
+    def expect(self, kind: str, text: str | None = None) -> _Tok:
+        tok = self.take()
+        if tok.kind != kind or (text is not None and tok.text != text):
+            raise _At(tok.col, f"expected {text or kind}, found {tok.text or 'the end'!r}")
+        return tok
+
+    def condition(self):
+        parts = [self.conjunction()]
+        while self.peek().kind == "kw" and self.peek().text == "OR":
+            self.take()
+            parts.append(self.conjunction())
+        return parts[0] if len(parts) == 1 else _Logic("OR", tuple(parts))
+
+    def conjunction(self):
+        parts = [self.negation()]
+        while self.peek().kind == "kw" and self.peek().text == "AND":
+            self.take()
+            parts.append(self.negation())
+        return parts[0] if len(parts) == 1 else _Logic("AND", tuple(parts))
+
+    def negation(self):
+        if self.peek().kind == "kw" and self.peek().text == "NOT":
+            self.take()
+            return _Not(self.negation())
+        return self.primary()
+
+    def primary(self):
+        tok = self.peek()
+        if tok.kind == "op" and tok.text == "(":
+            self.take()
+            inner = self.condition()
+            self.expect("op", ")")
+            return inner
+        if tok.kind == "kw" and tok.text == "IS_DEFINED":
+            self.take()
+            self.expect("op", "(")
+            ref = self.operand()
+            if not isinstance(ref, _Ref):
+                raise _At(tok.col, "IS_DEFINED takes a property name")
+            self.expect("op", ")")
+            return _Defined(ref)
+        left = self.operand()
+        op = self.take()
+        if op.kind != "op" or op.text not in ("=", "<>", "!=", "<", ">", "<=", ">="):
+            raise _At(op.col, f"expected a comparison (= <> < > <= >=), found "
+                              f"{op.text or 'the end'!r}")
+        return _Compare(left, op.text, self.operand())
+
+    def operand(self):
+        tok = self.take()
+        if tok.kind in ("str", "num"):
+            return _Const(tok.value)
+        if tok.kind == "kw" and tok.text in ("TRUE", "FALSE"):
+            return _Const(tok.text == "TRUE")
+        if tok.kind == "name":
+            return _Ref(tok.text)
+        raise _At(tok.col, f"expected a property or a value, found {tok.text or 'the end'!r}")
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+_ROUTE = re.compile(
+    r"^\s*FROM\s+(?P<source>\S+)(?:\s+WHERE\s+(?P<where>.+?))?\s+INTO\s+(?P<sink>.+?)\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SOURCE = re.compile(r"^/(?:\*|messages/\*|messages/devices/(?P<device>[^/*]+)/\*)$")
+_CHILD_SINK = re.compile(
+    r'^BrokeredEndpoint\(\s*"/devices/(?P<device>[A-Za-z0-9\-.%_*?!(),:=@$\']{1,128})'
+    r'/messages/devicebound"\s*\)$'
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    source_device: str  # "" for every child
+    condition: object | None
+    sink: Sink
+    priority: int
+    ttl_secs: int | None
+    text: str
+
+    def matches(self, msg: MessageView) -> bool:
+        if self.source_device and msg.device_id != self.source_device:
+            return False
+        if self.sink.device == msg.device_id:
+            return False  # a child's own messages never loop back to it
+        return self.condition is None or self.condition.eval(msg) is True
+
+
+def parse_route(name: str, spec: object) -> Route:
+    """One route, as a string or as {"route": ..., "priority": n, "timeToLiveSecs": s}."""
+    priority, ttl = DEFAULT_PRIORITY, None
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"route", "priority", "timeToLiveSecs"}
+        if unknown:
+            raise RouteError(f"route {name!r}: unknown field {sorted(unknown)[0]!r}")
+        priority = spec.get("priority", DEFAULT_PRIORITY)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise RouteError(f"route {name!r}: priority must be an integer 0..9 (0 highest)")
+        ttl = spec.get("timeToLiveSecs")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int)
+                                or not 1 <= ttl <= MAX_TTL_SECS):
+            raise RouteError(f"route {name!r}: timeToLiveSecs must be an integer 1.."
+                             f"{MAX_TTL_SECS}")
+        spec = spec.get("route")
+    if not isinstance(spec, str):
+        raise RouteError(f"route {name!r}: expected a route string or an object with \"route\"")
+    m = _ROUTE.match(spec)
+    if m is None:
+        raise RouteError(f"route {name!r}: expected FROM <source> [WHERE <condition>] INTO "
+                         f"<sink>, got {spec!r}")
+    source = _SOURCE.match(m.group("source"))
+    if source is None:
+        raise RouteError(f"route {name!r}: unknown source {m.group('source')!r} (column "
+                         f"{m.start('source') + 1}); use /messages/* or "
+                         f"/messages/devices/<id>/*")
+    condition = None
+    if m.group("where"):
+        try:
+            parser = _Parser(_tokens(m.group("where"), m.start("where")))
+            condition = parser.condition()
+            parser.expect("end")
+        except _At as exc:
+            raise RouteError(f"route {name!r}: column {exc.col + 1}: {exc.reason}") from None
+    return Route(name, source.group("device") or "", condition,
+                 _sink(name, m.group("sink").strip(), m.start("sink")), priority, ttl, spec)
+
+
+def _sink(name: str, text: str, col: int) -> Sink:
+    if text == UPSTREAM:
+        return Sink()
+    m = _CHILD_SINK.match(text)
+    if m is None:
+        raise RouteError(f"route {name!r}: column {col + 1}: unknown sink {text!r}; use $upstream "
+                         f'or BrokeredEndpoint("/devices/<id>/messages/devicebound")')
+    return Sink(m.group("device"))
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    routes: tuple[Route, ...] = ()
+
+    def deliveries(self, msg: MessageView, default_ttl: int) -> list[Delivery]:
+        """Each sink once. With no routes, everything goes upstream at the default priority.
+
+        Several routes to one sink: the highest priority wins, and among routes of that
+        priority the longest time to live (a route without one has the gateway's default)."""
+        if not self.routes:
+            return [Delivery(Sink(), DEFAULT_PRIORITY, default_ttl)]
+        best: dict[Sink, Delivery] = {}
+        for route in self.routes:
+            if not route.matches(msg):
+                continue
+            new = Delivery(route.sink, route.priority, route.ttl_secs or default_ttl)
+            old = best.get(route.sink)
+            if old is None or _better(new, old):
+                best[route.sink] = new
+        return list(best.values())
+
+    def allows_call(self, caller: str, target: str) -> bool:
+        """A route from `caller` (or every child) into `target`'s queue also lets it call
+        `target`'s methods: whoever may send it messages may talk to it."""
+        return any(r.sink.device == target and r.source_device in ("", caller)
+                   for r in self.routes)
+
+    def describe(self) -> dict[str, str]:
+        return {r.name: r.text for r in self.routes}
+
+
+def _better(new: Delivery, old: Delivery) -> bool:
+    if new.priority != old.priority:
+        return new.priority < old.priority
+    return new.ttl_secs > old.ttl_secs
+
+
+def parse_routes(doc: object) -> RouteTable:
+    """The whole `routes` object of the desired twin; RouteError on the first bad route."""
+    if not isinstance(doc, dict):
+        raise RouteError("routes must be an object of route name to route")
+    if len(doc) > MAX_ROUTES:
+        raise RouteError(f"{len(doc)} routes; at most {MAX_ROUTES} are supported")
+    return RouteTable(tuple(parse_route(str(name), spec) for name, spec in doc.items()))
+
+
+def check_routes(doc: dict) -> None:
+    """For SettingsSync: raises RouteError (a ValueError) when the table would be refused."""
+    parse_routes(doc)
+
+
+def sinks(table: RouteTable) -> Iterable[str]:
+    return sorted({str(r.sink) for r in table.routes})
