@@ -26,13 +26,18 @@ def status_topic(prefix: str, gateway_id: str) -> str:
 def telemetry_user_properties(
     gateway_id: str, seq: int, msg: Message
 ) -> list[tuple[str, str]]:
-    """The child's property bag followed by gw, seq and enq (what lets the cloud count losses).
+    """The child's property bag, then gw, seq, enq and prio (what lets the cloud count losses).
 
     The property bag is url-decoded: it is the application's data, not a transport encoding.
     System properties (`$.ct`, `$.ce`, `$.mid`...) are passed on under their own names.
     """
     props = parse_qsl(msg.properties, keep_blank_values=True)
-    props += [("gw", gateway_id), ("seq", str(seq)), ("enq", str(msg.enqueued_ms))]
+    props += [
+        ("gw", gateway_id),
+        ("seq", str(seq)),
+        ("enq", str(msg.enqueued_ms)),
+        ("prio", str(msg.priority)),
+    ]
     return props
 
 

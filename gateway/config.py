@@ -72,6 +72,8 @@ class CloudSettings:
     keepalive_secs: int
     reconnect_min_secs: float
     reconnect_max_secs: float
+    live_share: float = 0.0  # share of the window for the newest messages while a backlog drains
+    max_refusals: int = 3  # cloud refusals of one message before it goes to the dead letters
     scheme: str = ""
     host: str = ""
     port: int = 0
@@ -226,6 +228,8 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "keepalive_secs": Key(integer(5, 3600), 30),
         "reconnect_min_secs": Key(number(0, low_open=True), 1.0),
         "reconnect_max_secs": Key(number(0, low_open=True), 60.0),
+        "live_share": Key(number(0, 0.9), 0.0),
+        "max_refusals": Key(integer(1, 100), 3),
     },
     "control": {
         "socket": Key(path(optional=True), ""),

@@ -18,9 +18,9 @@ MAX_REQUEST = 4096
 
 
 class ControlServer:
-    """Answers `{"cmd": name}` with `commands[name]()`, serialised as JSON."""
+    """Answers `{"cmd": name, "args": [...]}` with `commands[name](*args)`, as JSON."""
 
-    def __init__(self, path: Path, commands: dict[str, Callable[[], dict]]) -> None:
+    def __init__(self, path: Path, commands: dict[str, Callable[..., dict]]) -> None:
         self.path = Path(path)
         self._commands = commands
         self._server: asyncio.AbstractServer | None = None
@@ -50,9 +50,15 @@ class ControlServer:
         try:
             request = json.loads(line or b"{}")
             command = self._commands[request["cmd"]]
-        except (ValueError, KeyError, TypeError):
+            args = [str(a) for a in request.get("args", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return {"error": f"unknown request; known commands: {sorted(self._commands)}"}
-        return command()
+        try:
+            return command(*args)
+        except TypeError:
+            return {"error": f"wrong arguments for {request['cmd']}: {args}"}
+        except ValueError as exc:
+            return {"error": str(exc)}
 
     async def close(self) -> None:
         if self._server is not None:
@@ -63,12 +69,12 @@ class ControlServer:
             self.path.unlink()
 
 
-def request(path: Path, cmd: str, timeout: float = 5.0) -> dict:
+def request(path: Path, cmd: str, *args: str, timeout: float = 5.0) -> dict:
     """Ask the running daemon; raises OSError when it is not running or not reachable."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": cmd, "args": list(args)}).encode() + b"\n")
         chunks = []
         while True:
             chunk = sock.recv(65536)

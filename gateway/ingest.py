@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.log import Event, event
-from gateway.message import Message
+from gateway.message import DEFAULT_PRIORITY, Message
 from gateway.outbox import Outbox
 
 STORE_RETRY_SECS = 1.0
@@ -58,11 +58,18 @@ class Ingest:
         outbox.on_safe = self._released
 
     def accept(
-        self, device_id: str, properties: str, payload: bytes, on_safe: Callable[[], None] | None
+        self,
+        device_id: str,
+        properties: str,
+        payload: bytes,
+        on_safe: Callable[[], None] | None,
+        priority: int = DEFAULT_PRIORITY,
+        ttl_secs: int | None = None,
     ) -> int:
         """Queue one message; `on_safe` runs once the cloud or the disk holds it."""
         now_ms = int(self._clock() * 1000)
-        msg = Message(device_id, now_ms, now_ms + self.ttl_secs * 1000, properties, payload)
+        ttl_ms = (ttl_secs or self.ttl_secs) * 1000
+        msg = Message(device_id, now_ms, now_ms + ttl_ms, properties, payload, priority)
         seq = self.outbox.append(msg)
         if on_safe is not None:
             self._waiters[seq] = on_safe

@@ -40,6 +40,8 @@ _U64 = struct.Struct(">Q")
 _META_CEILING = b"seq_ceiling"
 _META_COUNT = b"disk_count"
 _META_BYTES = b"disk_bytes"
+_DLQ = b"dlq/"  # + seq: messages the cloud refused `cloud.max_refusals` times
+_DLQ_HEAD = struct.Struct(">BQ")  # reason code, refused at (ms)
 
 
 def seq_key(seq: int, priority: int = DEFAULT_PRIORITY) -> bytes:
@@ -68,6 +70,7 @@ class OutboxStats:
     committed_batches: int = 0
     committed_messages: int = 0
     acked_before_commit: int = 0
+    dead_lettered: int = 0
 
 
 @dataclass
@@ -408,6 +411,44 @@ class Outbox:
             if msg.priority == priority:
                 return msg.enqueued_ms
         return None
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def dead_letter(self, seq: int, priority: int, reason: int, now_ms: int) -> bool:
+        """Move a message the cloud keeps refusing out of the queue, durably, in one step.
+
+        The dead-letter copy is synced before the message leaves the queue, so it is in one
+        place or the other (or, after a power cut between the two, both: at least once)."""
+        msg = self.get(seq, priority)
+        if msg is None:
+            return False
+        value = _DLQ_HEAD.pack(reason, now_ms) + encode_record(msg)
+        self._store.put_meta(_DLQ + _U64.pack(seq), value, sync=True)
+        in_memory = seq in self._mem
+        self.ack(seq, msg.size(), priority)
+        if in_memory:
+            self.stats.acked_before_commit -= 1
+        self.stats.dead_lettered += 1
+        return True
+
+    def dead_letters(self, limit: int = 1000) -> list[tuple[int, int, int, Message]]:
+        """(seq, reason code, refused at ms, message), oldest first."""
+        out = []
+        for key, value in self._store.meta.items(from_key=_DLQ):
+            if not key.startswith(_DLQ) or len(out) >= limit:
+                break
+            reason, at = _DLQ_HEAD.unpack_from(value)
+            try:
+                msg = decode_record(value[_DLQ_HEAD.size :])
+            except RecordError:
+                continue
+            out.append((_U64.unpack(key[len(_DLQ) :])[0], reason, at, msg))
+        return out
+
+    def drop_dead_letter(self, seq: int) -> None:
+        batch = WriteBatch(raw_mode=True)
+        batch.delete(_DLQ + _U64.pack(seq), self._store.meta_handle)
+        self._store.write(batch, sync=True)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

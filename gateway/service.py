@@ -16,6 +16,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 
 import psutil
 import sdnotify
@@ -29,6 +30,7 @@ from gateway.log import Event, event
 from gateway.mqtt.codec import Connect, Publish
 from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.outbox import Outbox
+from gateway.routes import MessageView, check_routes, parse_routes
 from gateway.settings import SettingsSync
 from gateway.store import Store
 from gateway.sync import RegistrySync
@@ -70,7 +72,9 @@ class Gateway(Handler):
     async def _run_open(self) -> None:
         cfg = self.config
         self.registry = RegistrySync(self.store)
-        self.settings = SettingsSync(self.store)
+        self.settings = SettingsSync(self.store, check_routes)
+        self.routes = parse_routes(self.settings.settings.routes)
+        self.unrouted = 0
         self.outbox = Outbox(self.store)
         self.ingest = Ingest(
             self.outbox,
@@ -84,6 +88,7 @@ class Gateway(Handler):
         self.hub = LocalHub(
             self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children
         )
+        self.hub.route_allows_call = lambda caller, target: self.routes.allows_call(caller, target)
         self.uplink: Uplink | None = None
         if cfg.cloud.enabled:
             self.uplink = Uplink(
@@ -95,7 +100,9 @@ class Gateway(Handler):
             )
             self.uplink.on_online = self._on_online
             self.hub.uplink = self.uplink
-        self.control = ControlServer(cfg.control.socket, {"status": self.status})
+        self.control = ControlServer(
+            cfg.control.socket, {"status": self.status, "dlq": self.dead_letter_command}
+        )
         self.bound = await self.server.start(_server_tls(cfg.listen))
         await self.control.start()
         self.ingest.start()
@@ -169,7 +176,10 @@ class Gateway(Handler):
             raise Refusal(str(exc)) from None
         release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else None
         if isinstance(op, dialect.Telemetry):
-            self.ingest.accept(conn.device_id, op.properties, publish.payload, release)
+            if not self.routes.routes:  # the common case: everything upstream, in order
+                self.ingest.accept(conn.device_id, op.properties, publish.payload, release)
+            else:
+                self._route(conn.device_id, op.properties, publish.payload, release)
             return
         self.hub.child_operation(conn, op, publish.payload)  # answered and stored (synced)
         if release is not None:
@@ -181,6 +191,28 @@ class Gateway(Handler):
         except dialect.TopicRefused as exc:
             raise Refusal(str(exc)) from None
         return min(qos, 1)
+
+    def _route(
+        self, device_id: str, properties: str, payload: bytes, release: Callable[[], None] | None
+    ) -> None:
+        """Each sink once: children's queues now (synced), the cloud through the outbox, whose
+        safety releases the PUBACK; a message no route takes is dropped and counted."""
+        view = MessageView(device_id, properties, payload)
+        upstream = None
+        for delivery in self.routes.deliveries(view, self.ingest.ttl_secs):
+            if delivery.sink.upstream:
+                upstream = delivery
+            elif delivery.sink.device in self.registry.registry.children:
+                bag = [*view.props().items(), ("$.cdid", device_id)]
+                self.hub.enqueue_devicebound(delivery.sink.device, payload, bag, delivery.ttl_secs)
+            else:
+                self.unrouted += 1
+        if upstream is not None:
+            self.ingest.accept(
+                device_id, properties, payload, release, upstream.priority, upstream.ttl_secs
+            )
+        elif release is not None:
+            release()
 
     def on_subscribed(self, conn: ChildConnection) -> None:
         self.hub.child_subscribed(conn)
@@ -226,10 +258,12 @@ class Gateway(Handler):
         settings = self.settings.settings
         if applied:
             self.ingest.ttl_secs = settings.ttl_secs or self.config.storage.time_to_live_secs
+            self.routes = parse_routes(settings.routes)
             event(
                 Event.SETTINGS_APPLIED,
                 f"settings: desired version {settings.version} applied: time to live "
-                f"{self.ingest.ttl_secs} s for messages stored from now on",
+                f"{self.ingest.ttl_secs} s for messages stored from now on; "
+                f"{len(self.routes.routes)} routes",
             )
         elif reason != "unchanged":
             event(
@@ -244,6 +278,34 @@ class Gateway(Handler):
     def _on_online(self) -> None:
         self.hub.on_online()
         self._publish_reported_twin()
+
+    def dead_letter_command(self, action: str = "list", which: str = "all") -> dict:
+        """`gatewayctl dlq list|resend|drop [SEQ|all]`."""
+        letters = self.outbox.dead_letters()
+        if which != "all":
+            if not which.isdigit():
+                raise ValueError(f"expected a sequence number or 'all', got {which!r}")
+            letters = [entry for entry in letters if entry[0] == int(which)]
+            if not letters:
+                raise ValueError(f"no dead letter with seq {which}")
+        if action == "list":
+            return {"dead_letters": [
+                {"seq": seq, "device_id": msg.device_id, "reason_code": reason,
+                 "refused_at_ms": at, "enqueued_ms": msg.enqueued_ms, "bytes": len(msg.payload),
+                 "priority": msg.priority}
+                for seq, reason, at, msg in letters]}
+        if action == "drop":
+            for seq, *_ in letters:
+                self.outbox.drop_dead_letter(seq)
+            return {"dropped": len(letters)}
+        if action == "resend":
+            for seq, _, _, msg in letters:
+                self.ingest.accept(
+                    msg.device_id, msg.properties, msg.payload,
+                    lambda seq=seq: self.outbox.drop_dead_letter(seq), msg.priority,
+                )
+            return {"resent": len(letters)}
+        raise ValueError(f"unknown action {action!r}: use list, resend or drop")
 
     def reported_twin(self) -> dict:
         """The gateway's reported properties: what is in force and how the site is doing."""
@@ -352,6 +414,9 @@ class Gateway(Handler):
             "time_to_live_secs": self.ingest.ttl_secs,
             "last_child_refusal": self.server.last_refusal,
             "hub": self.hub.status(),
+            "routes": self.routes.describe(),
+            "unrouted": self.unrouted,
+            "dead_letters": len(self.outbox.dead_letters(100_000)),
             "backlog": {
                 "messages": stats.count,
                 "bytes": stats.bytes,

@@ -28,7 +28,8 @@ from paho.mqtt.properties import Properties
 
 from gateway import cloud_contract as contract
 from gateway.log import Event, event
-from gateway.outbox import Outbox
+from gateway.message import PRIORITIES
+from gateway.outbox import Cursor, Outbox
 
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0
@@ -50,6 +51,14 @@ class CloudMessage:
             if key == name:
                 return value
         return default
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    seq: int
+    size: int
+    priority: int
+    live: bool
 
 
 class UplinkFailure(Exception):
@@ -90,8 +99,13 @@ class Uplink:
         self.on_online: Callable[[], None] | None = None
         self._clock = clock
         self._client: mqtt.Client | None = None
-        self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (seq, size)
-        self._cursor = 0
+        self._inflight: dict[int, _Sent] = {}  # paho mid -> what it carries
+        self._cursor: Cursor = {}  # per priority: the last seq handed to paho
+        self._live_cursor: Cursor = {}
+        self._live_start: int | None = None  # live-first: seqs from here on are "live"
+        self._live_inflight = 0
+        self._refusals: dict[int, int] = {}  # seq -> refusals so far
+        self._retry: list[tuple[int, int]] = []  # (seq, priority) refused, to send again
         self._lost = asyncio.Event()
         self._connack: asyncio.Future | None = None
         self._stopping = False
@@ -176,6 +190,9 @@ class Uplink:
         self.stats.connects += 1
         event(Event.UPLINK_UP, f"uplink: connected to {self._cfg.url}", address=self.stats.address)
         self._publish_status(client, "online")
+        if self._cfg.live_share > 0:
+            self._live_start = self._outbox.next_seq
+            self._live_cursor = dict.fromkeys(PRIORITIES, self._live_start - 1)
         self._subscribe(client, self._subscriptions)
         if self.on_online is not None:
             self.on_online()
@@ -283,7 +300,11 @@ class Uplink:
         self._inflight.clear()
         self._direct.clear()
         self.stats.inflight = 0
-        self._cursor = 0
+        self._cursor = {}
+        self._live_cursor = {}
+        self._live_start = None
+        self._live_inflight = 0
+        self._retry.clear()
         self._outbox.flush_deletes()
         if not self._stopping:
             self._set_state("offline")
@@ -341,25 +362,38 @@ class Uplink:
             if on_done is not None:
                 on_done(reason_code is None or not reason_code.is_failure)
             return
-        entry = self._inflight.pop(mid, None)
+        sent = self._inflight.pop(mid, None)
         self.stats.inflight = len(self._inflight)
-        if entry is None:
+        if sent is None:
             return
-        seq, size = entry
+        if sent.live:
+            self._live_inflight -= 1
         if reason_code is not None and reason_code.is_failure:
-            self.stats.refused += 1
-            if self.stats.refused == 1 or self.stats.refused % 1000 == 0:
-                event(
-                    Event.UPLINK_REFUSED_MESSAGE,
-                    f"uplink: the cloud broker refused message seq={seq} ({reason_code}); "
-                    f"it stays queued and is retried on the next connection "
-                    f"({self.stats.refused} refused so far); check the broker's ACL for the prefix",
-                    level=logging.WARNING,
-                    seq=seq,
-                )
+            self._refused(sent, reason_code)
             return
+        self._refusals.pop(sent.seq, None)
         self.stats.acked += 1
-        self._outbox.ack(seq, size)
+        self._outbox.ack(sent.seq, sent.size, sent.priority)
+
+    def _refused(self, sent: _Sent, reason_code) -> None:
+        """Retry a refused message a few times, then move it aside: it must not block the queue."""
+        self.stats.refused += 1
+        count = self._refusals.get(sent.seq, 0) + 1
+        self._refusals[sent.seq] = count
+        if count < self._cfg.max_refusals:
+            self._retry.append((sent.seq, sent.priority))
+            return
+        del self._refusals[sent.seq]
+        now_ms = int(self._clock() * 1000)
+        if self._outbox.dead_letter(sent.seq, sent.priority, reason_code.value, now_ms):
+            event(
+                Event.UPLINK_REFUSED_MESSAGE,
+                f"uplink: the cloud broker refused message seq={sent.seq} {count} times "
+                f"({reason_code}); moved to the dead letters (gatewayctl dlq list); check the "
+                f"broker's ACL or quota for the prefix",
+                level=logging.WARNING,
+                seq=sent.seq,
+            )
 
     def _on_message(self, client, userdata, message) -> None:
         """Runs before paho PUBACKs a QoS 1 message: what must be durable is stored here."""
@@ -378,31 +412,59 @@ class Uplink:
     # -- draining ----------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        """Hand paho the next messages in outbox order, up to the inflight window."""
+        """Hand paho the next messages, up to the inflight window: refused ones to retry first,
+        then, with live-first, a share for messages that arrived since the link came back,
+        and the backlog in priority and stored order."""
         client = self._client
         room = self._cfg.inflight_window - len(self._inflight)
         if client is None or self.stats.state != "online" or room <= 0:
             return
         now_ms = int(self._clock() * 1000)
-        batch = self._outbox.read(self._cursor, room, now_ms)
-        prefix = self._cfg.prefix
-        for seq, msg in batch:
-            props = Properties(PacketTypes.PUBLISH)
-            props.UserProperty = contract.telemetry_user_properties(self._gateway_id, seq, msg)
-            props.MessageExpiryInterval = contract.expiry_left_secs(msg, now_ms)
-            info = client.publish(
-                contract.telemetry_topic(prefix, msg.device_id),
-                msg.payload,
-                qos=1,
-                properties=props,
-            )
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                self._lost.set()
-                return
-            self._inflight[info.mid] = (seq, msg.size())
-            self._cursor = seq
-            self.stats.sent += 1
+        while self._retry and room > 0:
+            seq, priority = self._retry.pop(0)
+            msg = self._outbox.get(seq, priority)
+            if msg is not None and msg.expires_ms > now_ms:
+                if not self._send(client, seq, msg, now_ms, live=False):
+                    return
+                room -= 1
+        if self._live_start is not None:
+            live_room = round(self._cfg.inflight_window * self._cfg.live_share)
+            take = min(room, max(live_room - self._live_inflight, 0))
+            room -= self._send_batch(client, self._live_cursor, take, now_ms, None, live=True)
+        backlog = self._send_batch(client, self._cursor, room, now_ms, self._live_start, False)
+        if self._live_start is not None and backlog < room:  # the backlog is drained
+            self._send_batch(client, self._live_cursor, room - backlog, now_ms, None, live=True)
         self.stats.inflight = len(self._inflight)
+
+    def _send_batch(
+        self, client, cursor: Cursor, limit: int, now_ms: int, below: int | None, live: bool
+    ) -> int:
+        if limit <= 0:
+            return 0
+        batch = self._outbox.read(cursor or 0, limit, now_ms, below=below)
+        for seq, msg in batch:
+            if not self._send(client, seq, msg, now_ms, live):
+                break
+            cursor[msg.priority] = seq
+        return len(batch)
+
+    def _send(self, client, seq: int, msg, now_ms: int, live: bool) -> bool:
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = contract.telemetry_user_properties(self._gateway_id, seq, msg)
+        props.MessageExpiryInterval = contract.expiry_left_secs(msg, now_ms)
+        info = client.publish(
+            contract.telemetry_topic(self._cfg.prefix, msg.device_id),
+            msg.payload,
+            qos=1,
+            properties=props,
+        )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self._lost.set()
+            return False
+        self._inflight[info.mid] = _Sent(seq, msg.size(), msg.priority, live)
+        self._live_inflight += live
+        self.stats.sent += 1
+        return True
 
     def _publish_status(self, client: mqtt.Client, state: str) -> None:
         client.publish(

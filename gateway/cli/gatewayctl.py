@@ -2,6 +2,7 @@
 
     gatewayctl status [--json] [--config FILE]   what the daemon is doing now
     gatewayctl config check [FILE]               validate a configuration without starting anything
+    gatewayctl dlq list|resend|drop [SEQ|all]    messages the cloud refused, set aside
     gatewayctl children|twin|settings|invoke|send  the cloud side (see gateway/cli/ctl_cloud.py)
 """
 
@@ -21,17 +22,43 @@ from gateway.errors import GatewayError
 DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.toml"
 
 
-def _status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+class _Unreachable(GatewayError):
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+def _ask(config_path: str, cmd: str, *cmd_args: str) -> dict:
+    config = load_config(config_path)
     try:
-        answer = request(Path(config.control.socket), "status")
+        answer = request(Path(config.control.socket), cmd, *cmd_args)
     except OSError as exc:
-        print(
-            f"gatewayctl: cannot reach gatewayd at {config.control.socket}: {exc.strerror or exc}; "
-            f"is the service running (systemctl status gatewayd) and are you root or in its group?",
-            file=sys.stderr,
-        )
-        return 69  # EX_UNAVAILABLE
+        raise _Unreachable(
+            f"cannot reach gatewayd at {config.control.socket}: {exc.strerror or exc}; "
+            f"is the service running (systemctl status gatewayd) and are you root or in its group?"
+        ) from None
+    if "error" in answer:
+        raise GatewayError(answer["error"])
+    return answer
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    answer = _ask(args.config, "dlq", args.action, args.which)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif args.action == "list":
+        letters = answer["dead_letters"]
+        print(f"{'SEQ':>10}  {'DEVICE':<20} {'REASON':>6} {'BYTES':>7}  REFUSED AT")
+        for d in letters:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["refused_at_ms"] / 1000))
+            print(f"{d['seq']:>10}  {d['device_id']:<20} {d['reason_code']:>#6x} "
+                  f"{d['bytes']:>7}  {at}")
+        print(f"{len(letters)} dead letters")
+    else:
+        print(", ".join(f"{k} {v}" for k, v in answer.items()))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _ask(args.config, "status")
     if args.json:
         print(json.dumps(answer, indent=2, sort_keys=True))
     else:
@@ -81,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
     check.set_defaults(func=_config_check)
+    dlq = sub.add_parser("dlq", help="messages the cloud refused, set aside (dead letters)")
+    dlq.add_argument("action", choices=("list", "resend", "drop"))
+    dlq.add_argument("which", nargs="?", default="all", help="a seq, or all (default)")
+    dlq.add_argument("--json", action="store_true")
+    dlq.add_argument("--config", default=DEFAULT_CONFIG)
+    dlq.set_defaults(func=_dlq)
     ctl_cloud.add_commands(sub)
     args = parser.parse_args(argv)
     try:
