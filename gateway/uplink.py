@@ -106,6 +106,9 @@ class Uplink:
         self._live_inflight = 0
         self._refusals: dict[int, int] = {}  # seq -> refusals so far
         self._retry: list[tuple[int, int]] = []  # (seq, priority) refused, to send again
+        self._last_logged = ""
+        self._acked_on_connection = 0
+        self._first_on_connection: _Sent | None = None
         self._lost = asyncio.Event()
         self._connack: asyncio.Future | None = None
         self._stopping = False
@@ -287,6 +290,12 @@ class Uplink:
         self._lost.set()
 
     def _teardown(self, client: mqtt.Client) -> None:
+        first, self._first_on_connection = self._first_on_connection, None
+        if first is not None and self._acked_on_connection == 0 and not self._stopping:
+            # Many brokers (AWS IoT, some mosquitto versions) close the connection instead of
+            # refusing a message; one that kills every connection it is the first on is poison.
+            self._strike(first, "the broker closed the connection before acknowledging it")
+        self._acked_on_connection = 0
         if self._misc_task is not None:
             self._misc_task.cancel()
             self._misc_task = None
@@ -372,28 +381,34 @@ class Uplink:
             self._refused(sent, reason_code)
             return
         self._refusals.pop(sent.seq, None)
+        self._acked_on_connection += 1
         self.stats.acked += 1
         self._outbox.ack(sent.seq, sent.size, sent.priority)
 
     def _refused(self, sent: _Sent, reason_code) -> None:
         """Retry a refused message a few times, then move it aside: it must not block the queue."""
         self.stats.refused += 1
+        if not self._strike(sent, str(reason_code), reason_code.value):
+            self._retry.append((sent.seq, sent.priority))
+
+    def _strike(self, sent: _Sent, why: str, code: int = 0x80) -> bool:
+        """Count one refusal of a message; True when it has just gone to the dead letters."""
         count = self._refusals.get(sent.seq, 0) + 1
         self._refusals[sent.seq] = count
         if count < self._cfg.max_refusals:
-            self._retry.append((sent.seq, sent.priority))
-            return
+            return False
         del self._refusals[sent.seq]
         now_ms = int(self._clock() * 1000)
-        if self._outbox.dead_letter(sent.seq, sent.priority, reason_code.value, now_ms):
+        if self._outbox.dead_letter(sent.seq, sent.priority, code, now_ms):
             event(
                 Event.UPLINK_REFUSED_MESSAGE,
-                f"uplink: the cloud broker refused message seq={sent.seq} {count} times "
-                f"({reason_code}); moved to the dead letters (gatewayctl dlq list); check the "
-                f"broker's ACL or quota for the prefix",
+                f"uplink: message seq={sent.seq} refused {count} times ({why}); moved to the "
+                f"dead letters (gatewayctl dlq list); check the broker's ACL, quota or "
+                f"message size limit for the prefix",
                 level=logging.WARNING,
                 seq=sent.seq,
             )
+        return True
 
     def _on_message(self, client, userdata, message) -> None:
         """Runs before paho PUBACKs a QoS 1 message: what must be durable is stored here."""
@@ -461,7 +476,9 @@ class Uplink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._lost.set()
             return False
-        self._inflight[info.mid] = _Sent(seq, msg.size(), msg.priority, live)
+        sent = self._inflight[info.mid] = _Sent(seq, msg.size(), msg.priority, live)
+        if self._first_on_connection is None:
+            self._first_on_connection = sent
         self._live_inflight += live
         self.stats.sent += 1
         return True
@@ -482,7 +499,7 @@ class Uplink:
             self.stats.since = self._clock()
 
     def _failed(self, reason: str) -> None:
-        was = self.stats.last_error
+        was, self._last_logged = self._last_logged, reason
         self.stats.last_error = reason
         if reason != was:
             event(

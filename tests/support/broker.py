@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def free_port() -> int:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None,
+                 acl: list[str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -49,6 +51,15 @@ class Mosquitto:
                 ]
             )
         )
+        if acl is not None:  # e.g. ["topic deny a/b", "topic readwrite #"] for anonymous
+            # mosquitto started as root reads the ACL after dropping to its own user
+            acl_dir = Path(tempfile.mkdtemp(prefix="mosq-acl", dir="/tmp"))
+            acl_dir.chmod(0o755)
+            acl_file = acl_dir / "acl"
+            acl_file.write_text("\n".join(acl) + "\n")
+            acl_file.chmod(0o644)
+            with self.conf.open("a") as conf:
+                conf.write(f"acl_file {acl_file}\n")
 
     def start(self, timeout: float = 10.0) -> None:
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process

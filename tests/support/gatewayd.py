@@ -124,6 +124,15 @@ class Gatewayd:
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; last status: {last}")
 
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        """Run the real `gatewayctl` against this daemon's configuration."""
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli.gatewayctl", *args, "--config", str(self.config)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
     def log_text(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
