@@ -79,6 +79,11 @@ class Ingest:
         self._on_new()
         return seq
 
+    def set_cadence(self, commit_interval_ms: int, commit_max: int) -> None:
+        """A reload may change the commit cadence; the next commit uses it."""
+        self._interval = commit_interval_ms / 1000
+        self._max = commit_max
+
     def _released(self, seqs: list[int]) -> None:
         for seq in seqs:
             callback = self._waiters.pop(seq, None)

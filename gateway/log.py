@@ -40,6 +40,7 @@ class Event(Enum):
     SETTINGS_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000033"
     CLOUD_DOCUMENT_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000034"
     TWINS_RECONCILED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000035"
+    CONFIG_RELOADED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000004"
     MESSAGES_EXPIRED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000040"
     STORE_ERROR = "5b0a0e1c2f4c4d6a9a7e2f3c1d000041"
     SUMMARY = "5b0a0e1c2f4c4d6a9a7e2f3c1d000050"
@@ -110,3 +111,8 @@ def setup(level: str = "info", gateway_id: str | None = None) -> None:
     LOGGER.setLevel(level.upper())
     LOGGER.propagate = False
 
+
+
+def set_level(level: str) -> None:
+    """A reload may change the level; handlers stay as they are."""
+    LOGGER.setLevel(level.upper())

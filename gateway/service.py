@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,9 +22,12 @@ from collections.abc import Callable
 import psutil
 import sdnotify
 
-from gateway import auth, dialect
+from gateway import auth, dialect, log
 from gateway import cloud_contract as contract
+from gateway import reload as reload_rules
+from gateway.config import load_config
 from gateway.control import ControlServer
+from gateway.errors import GatewayError
 from gateway.hub import LocalHub
 from gateway.ingest import Ingest
 from gateway.log import Event, event
@@ -90,16 +94,7 @@ class Gateway(Handler):
         )
         self.hub.route_allows_call = lambda caller, target: self.routes.allows_call(caller, target)
         self.uplink: Uplink | None = None
-        if cfg.cloud.enabled:
-            self.uplink = Uplink(
-                cfg.cloud,
-                cfg.gateway.id,
-                self.outbox,
-                on_cloud_message=self._on_cloud_message,
-                subscriptions=sorted(self._cloud_subscriptions()),
-            )
-            self.uplink.on_online = self._on_online
-            self.hub.uplink = self.uplink
+        self._uplink_task: asyncio.Task | None = None
         self.control = ControlServer(
             cfg.control.socket, {"status": self.status, "dlq": self.dead_letter_command}
         )
@@ -107,8 +102,7 @@ class Gateway(Handler):
         await self.control.start()
         self.ingest.start()
         tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
-        if self.uplink is not None:
-            tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+        self._start_uplink(cfg.cloud)
         self._install_signals()
         self._started_event()
         self._notifier.notify("READY=1\nSTATUS=" + self.status_line())
@@ -133,18 +127,70 @@ class Gateway(Handler):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
 
-    def _reload(self) -> None:
-        event(
-            Event.CONFIG_ERROR,
-            "SIGHUP: live reload is not supported yet; restart the service to apply changes",
-            level=logging.WARNING,
+    def _start_uplink(self, cloud) -> None:
+        if not cloud.enabled:
+            return
+        self.uplink = Uplink(
+            cloud,
+            self.config.gateway.id,
+            self.outbox,
+            on_cloud_message=self._on_cloud_message,
+            subscriptions=sorted(self._cloud_subscriptions()),
         )
+        self.uplink.on_online = self._on_online
+        self.hub.uplink = self.uplink
+        self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+
+    async def _stop_uplink(self) -> None:
+        if self.uplink is not None:
+            await self.uplink.stop()
+        if self._uplink_task is not None:
+            self._uplink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._uplink_task
+        self.uplink = self.hub.uplink = None
+        self._uplink_task = None
+
+    def _reload(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload(), name="reload")
+
+    async def reload(self) -> None:
+        """SIGHUP: check the file whole, apply what can change live, name what cannot."""
+        self._notifier.notify("RELOADING=1")
+        try:
+            new = load_config(self.config.source)
+        except GatewayError as exc:
+            event(Event.CONFIG_ERROR, f"reload refused, the running configuration stays: "
+                                      f"{exc.message}", level=logging.ERROR)
+            self._notifier.notify("READY=1")
+            return
+        live, restart = reload_rules.split_live(reload_rules.changed_keys(self.config, new))
+        old, self.config = self.config, new
+        log.set_level(new.log.level)
+        if not self.settings.settings.ttl_secs:
+            self.ingest.ttl_secs = new.storage.time_to_live_secs
+        self.ingest.set_cadence(new.storage.commit_interval_ms, new.storage.commit_max_messages)
+        if any(key.startswith("cloud.") for key in live):
+            await self._stop_uplink()
+            self._start_uplink(new.cloud)
+        if restart:  # keep what is bound to the running process until a restart
+            self.config = dataclasses.replace(
+                new, gateway=old.gateway, listen=old.listen, control=old.control,
+                storage=dataclasses.replace(old.storage, **{
+                    k: getattr(new.storage, k) for k in reload_rules.LIVE_STORAGE_KEYS}))
+        event(
+            Event.CONFIG_RELOADED,
+            f"reload: applied {', '.join(live) or 'nothing (no live change)'}"
+            + (f"; needs a restart (systemctl restart gatewayd): {', '.join(restart)}"
+               if restart else ""),
+            level=logging.WARNING if restart else logging.INFO,
+        )
+        self._notifier.notify("READY=1\nSTATUS=" + self.status_line())
 
     async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         await self.server.close()
         await self.control.close()
-        if self.uplink is not None:
-            await self.uplink.stop()
+        await self._stop_uplink()
         for task in tasks:
             task.cancel()
         for task in tasks:
