@@ -53,6 +53,8 @@ class Ingest:
         self._full = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self.store_error = ""
+        self.accepted = 0
+        self.accepted_bytes = 0
         self._stopping = False
         self._task: asyncio.Task | None = None
         outbox.on_safe = self._released
@@ -71,6 +73,8 @@ class Ingest:
         ttl_ms = (ttl_secs or self.ttl_secs) * 1000
         msg = Message(device_id, now_ms, now_ms + ttl_ms, properties, payload, priority)
         seq = self.outbox.append(msg)
+        self.accepted += 1
+        self.accepted_bytes += msg.size()
         if on_safe is not None:
             self._waiters[seq] = on_safe
         self._pending.set()

@@ -40,6 +40,7 @@ _U64 = struct.Struct(">Q")
 _META_CEILING = b"seq_ceiling"
 _META_COUNT = b"disk_count"
 _META_BYTES = b"disk_bytes"
+_META_LANE_COUNT = b"disk_count/"  # + priority byte: messages on disk per priority
 _DLQ = b"dlq/"  # + seq: messages the cloud refused `cloud.max_refusals` times
 _DLQ_HEAD = struct.Struct(">BQ")  # reason code, refused at (ms)
 
@@ -71,6 +72,7 @@ class OutboxStats:
     committed_messages: int = 0
     acked_before_commit: int = 0
     dead_lettered: int = 0
+    delivered: int = 0  # acknowledged by the cloud, since start
 
 
 @dataclass
@@ -80,6 +82,7 @@ class CommitBatch:
     batch: WriteBatch
     seqs: list[int]
     sizes: list[int]
+    priorities: list[int] = field(default_factory=list)
     seq_set: set[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +102,7 @@ class Outbox:
         self.stats = OutboxStats()
         self._disk_count = _u64(store.get_meta(_META_COUNT))
         self._disk_bytes = _u64(store.get_meta(_META_BYTES))
+        self._lane_disk = [_u64(store.get_meta(_META_LANE_COUNT + bytes((p,)))) for p in PRIORITIES]
         self._floor = {p: self._first_disk_seq(p) for p in PRIORITIES}
         # priorities that hold or held messages: reads skip the others (usually one is used)
         self._lanes = sorted(p for p in PRIORITIES if self._has_disk_lane(p))
@@ -184,16 +188,18 @@ class Outbox:
             return None
         batch = WriteBatch(raw_mode=True)
         handle = self._store.outbox_handle
-        sizes = []
+        sizes, priorities = [], []
         for seq in seqs:
             msg = self._mem[seq]
             batch.put(seq_key(seq, msg.priority), encode_record(msg), handle)
             sizes.append(msg.size())
+            priorities.append(msg.priority)
+            self._lane_disk[msg.priority] += 1
         self._disk_count += len(seqs)
         self._disk_bytes += sum(sizes)
         self._add_deletes(batch)
         self._add_counters(batch)
-        self._committing = CommitBatch(batch, seqs, sizes)
+        self._committing = CommitBatch(batch, seqs, sizes, priorities)
         return self._committing
 
     def write(self, commit: CommitBatch) -> None:
@@ -222,6 +228,8 @@ class Outbox:
         self._committing = None
         self._disk_count -= len(commit.seqs)
         self._disk_bytes -= sum(commit.sizes)
+        for priority in commit.priorities:
+            self._lane_disk[priority] -= 1
         self._acked_while_committing.clear()
 
     def commit_now(self) -> list[int]:
@@ -251,6 +259,7 @@ class Outbox:
             batch.delete(seq_key(seq, priority), handle)
             self._disk_count -= 1
             self._disk_bytes -= size
+            self._lane_disk[priority] = max(self._lane_disk[priority] - 1, 0)
         self._deletes.clear()
         self._disk_count = max(self._disk_count, 0)
         self._disk_bytes = max(self._disk_bytes, 0)
@@ -259,11 +268,29 @@ class Outbox:
         handle = self._store.meta_handle
         batch.put(_META_COUNT, _U64.pack(self._disk_count), handle)
         batch.put(_META_BYTES, _U64.pack(self._disk_bytes), handle)
+        for priority in self._lanes:
+            batch.put(_META_LANE_COUNT + bytes((priority,)),
+                      _U64.pack(self._lane_disk[priority]), handle)
+
+    def backlog_by_priority(self) -> dict[int, int]:
+        """Messages waiting per priority (the operator's table; counters, no scan)."""
+        counts = {p: self._lane_disk[p] for p in self._lanes}
+        for priority, _ in self._deletes.values():
+            counts[priority] = counts.get(priority, 0) - 1
+        for msg in self._mem.values():
+            counts[msg.priority] = counts.get(msg.priority, 0) + 1
+        if self._committing is not None:
+            for priority in self._committing.priorities:
+                counts[priority] -= 1  # counted on disk already, still in memory
+        return {p: max(n, 0) for p, n in sorted(counts.items()) if n > 0}
 
     # -- delivery ----------------------------------------------------------------------------
 
-    def ack(self, seq: int, size: int, priority: int = DEFAULT_PRIORITY) -> None:
+    def ack(
+        self, seq: int, size: int, priority: int = DEFAULT_PRIORITY, delivered: bool = True
+    ) -> None:
         """The cloud acknowledged `seq`: forget it, and release its child if it was not yet safe."""
+        self.stats.delivered += delivered
         if seq in self._mem:
             priority = self._mem[seq].priority
             if self._committing is not None and seq in self._committing.seq_set:
@@ -365,7 +392,7 @@ class Outbox:
     def _expire_mem(self, now_ms: int) -> None:
         for seq in [s for s, m in self._mem.items() if m.expires_ms <= now_ms]:
             msg = self._mem[seq]
-            self.ack(seq, msg.size(), msg.priority)
+            self.ack(seq, msg.size(), msg.priority, delivered=False)
             self.stats.acked_before_commit -= 1
             self.stats.expired += 1
 
@@ -425,7 +452,7 @@ class Outbox:
         value = _DLQ_HEAD.pack(reason, now_ms) + encode_record(msg)
         self._store.put_meta(_DLQ + _U64.pack(seq), value, sync=True)
         in_memory = seq in self._mem
-        self.ack(seq, msg.size(), priority)
+        self.ack(seq, msg.size(), priority, delivered=False)
         if in_memory:
             self.stats.acked_before_commit -= 1
         self.stats.dead_lettered += 1

@@ -34,6 +34,7 @@ from gateway.log import Event, event
 from gateway.mqtt.codec import Connect, Publish
 from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.outbox import Outbox
+from gateway.rates import Rates, Sample, projections
 from gateway.routes import MessageView, check_routes, parse_routes
 from gateway.settings import SettingsSync
 from gateway.store import Store
@@ -61,6 +62,7 @@ class Gateway(Handler):
         self._expired_logged = 0
         self._expired_logged_at = -EXPIRY_LOG_SECS
         self._registry_synced_at: float | None = None
+        self.rates = Rates()
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -412,7 +414,12 @@ class Gateway(Handler):
             if now - last_summary >= SUMMARY_SECS:
                 last_summary = now
                 event(Event.SUMMARY, "summary: " + self.status_line())
+            self._sample_rates()
             self._notifier.notify("STATUS=" + self.status_line())
+
+    def _sample_rates(self) -> None:
+        self.rates.add(Sample(time.monotonic(), self.ingest.accepted, self.ingest.accepted_bytes,
+                              self.outbox.stats.delivered))
 
     def _sweep_expired(self) -> None:
         self.outbox.expire(int(time.time() * 1000))
@@ -444,6 +451,7 @@ class Gateway(Handler):
         oldest = self.outbox.oldest_enqueued_ms()
         disk = psutil.disk_usage(str(self.config.storage.path))
         uplink = self.uplink.stats if self.uplink is not None else None
+        rates = self.rates.per_second()
         return {
             "gateway_id": self.config.gateway.id,
             "pid": os.getpid(),
@@ -467,13 +475,27 @@ class Gateway(Handler):
                 "messages": stats.count,
                 "bytes": stats.bytes,
                 "oldest_age_secs": round(time.time() - oldest / 1000, 1) if oldest else None,
+                "by_priority": {str(p): n for p, n in self.outbox.backlog_by_priority().items()},
             },
+            "rates": rates,
+            "projections": projections(stats.count, disk.free, rates),
+            "store_bytes": _tree_bytes(self.config.storage.path),
             "outbox": vars(stats),
             "next_seq": self.outbox.next_seq,
             "store_error": self.ingest.store_error,
             "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
             "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
         }
+
+
+def _tree_bytes(path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat().st_size
+    return total
 
 
 def _iso(stamp: float | None) -> str | None:

@@ -58,6 +58,8 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
     answer = _ask(args.config, "status")
     if args.json:
         print(json.dumps(answer, indent=2, sort_keys=True))
@@ -66,26 +68,73 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    """Refresh the table in place; while a backlog drains, show a bar with rate and time left."""
+    peak = 0
+    shown = 0
+    try:
+        while args.count == 0 or shown < args.count:
+            answer = _ask(args.config, "status")
+            backlog = answer["backlog"]["messages"]
+            peak = backlog if backlog > peak or backlog == 0 else peak
+            screen = _table(answer)
+            if answer["rates"]["out_msgs"] > 0 and backlog and peak:
+                screen += "\n" + _progress(peak, backlog, answer)
+            sys.stdout.write("\x1b[H\x1b[2J" + screen + "\n")
+            sys.stdout.flush()
+            shown += 1
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _progress(peak: int, backlog: int, s: dict, width: int = 30) -> str:
+    done = (peak - backlog) / peak
+    filled = int(done * width)
+    left = s["projections"]["drain_secs"]
+    eta = _duration(left) if left is not None else "?"
+    return (f"draining  [{'#' * filled}{'.' * (width - filled)}] {done * 100:3.0f}%  "
+            f"{s['rates']['out_msgs']:.0f} msg/s, {backlog} left, {eta} to go")
+
+
+def _duration(secs: float | None) -> str:
+    if secs is None:
+        return "-"
+    secs = int(secs)
+    if secs >= 86400:
+        return f"{secs // 86400} d {secs % 86400 // 3600} h"
+    return f"{secs // 3600:02d}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
+
+
 def _table(s: dict) -> str:
     up = s["uplink"]
     since = ""
-    if "since" in up:
-        since = f" since {time.strftime('%H:%M:%S', time.localtime(up['since']))}"
+    if up.get("since"):
+        since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(up['since']))}"
     backlog = s["backlog"]
     age = backlog["oldest_age_secs"]
+    by_priority = ", ".join(f"p{p}: {n}" for p, n in backlog.get("by_priority", {}).items())
+    rates, proj = s.get("rates", {}), s.get("projections", {})
     rows = [
-        ("gateway", f"{s['gateway_id']} (pid {s['pid']}, up {s['uptime_secs']:.0f} s)"),
+        ("gateway", f"{s['gateway_id']} (pid {s['pid']}, up {_duration(s['uptime_secs'])})"),
         ("uplink", f"{up['state']}{since} {up.get('address', '')} {up.get('last_error', '')}"),
         ("children", f"{len(s['children'])} connected, {s['children_refused']} refused"),
+        ("backlog", f"{backlog['messages']} msgs, {backlog['bytes']} bytes"
+         + (f", oldest {_duration(age)}" if age is not None else "")
+         + (f" ({by_priority})" if by_priority else "")),
+        ("rates", f"in {rates.get('in_msgs', 0):.0f} msg/s, out {rates.get('out_msgs', 0):.0f} "
+         f"msg/s"),
+        ("drain", f"{_duration(proj.get('drain_secs'))} left at this rate"),
+        ("disk", f"{s['disk']['free_bytes'] // 2**20} MiB free of "
+         f"{s['disk']['total_bytes'] // 2**20} MiB; store {s.get('store_bytes', 0) // 2**20} MiB;"
+         f" full in {_duration(proj.get('disk_full_secs'))} at this rate"),
+        ("expired", f"{s['outbox']['expired']}; refused by the cloud "
+         f"{up.get('refused', 0)}; dead letters {s.get('dead_letters', 0)}"),
         ("registry", f"version {s['registry_version']}, {s['registry_children']} children"),
-        (
-            "backlog",
-            f"{backlog['messages']} msgs, {backlog['bytes']} bytes"
-            + (f", oldest {age:.0f} s" if age is not None else ""),
-        ),
-        ("expired", str(s["outbox"]["expired"])),
-        ("disk free", f"{s['disk']['free_bytes'] // 2**20} MiB"),
-        ("written", f"{s['process_write_bytes']} bytes since start"),
+        ("settings", f"twin version {s.get('settings_version', 0)}, time to live "
+         f"{s.get('time_to_live_secs', '?')} s, {len(s.get('routes', {}))} routes"),
+        ("written", f"{s['process_write_bytes'] // 1024} KiB since start"),
     ]
     return "\n".join(f"{k:<10} {v.strip()}" for k, v in rows)
 
@@ -101,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="what the running daemon is doing")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=float, default=1.0, help="--watch refresh, seconds")
+    status.add_argument("--count", type=int, default=0, help="--watch: stop after N screens")
     status.add_argument("--config", default=DEFAULT_CONFIG)
     status.set_defaults(func=_status)
     config = sub.add_parser("config", help="configuration tools")

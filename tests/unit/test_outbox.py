@@ -202,3 +202,18 @@ def test_commit_with_cutoff_takes_only_the_old_prefix(h):
     h.outbox.commit_end(commit)
     assert h.safe == seqs[:3]
     assert h.outbox.uncommitted() == 2
+
+
+def test_backlog_by_priority_counts_memory_disk_and_deletes(tmp_path):
+    h = Harness(tmp_path)
+    for i in range(6):
+        h.outbox.append(Message("s1", NOW + i, NOW + 60_000, "", b"x", priority=i % 2))
+    assert h.outbox.backlog_by_priority() == {0: 3, 1: 3}
+    h.outbox.commit_now()
+    h.outbox.append(Message("s1", NOW, NOW + 60_000, "", b"x", priority=5))
+    got = h.outbox.read(0, 1, NOW)
+    assert got[0][1].priority == 0, "the highest priority is read first"
+    h.outbox.ack(got[0][0], got[0][1].size(), 0)
+    assert h.outbox.backlog_by_priority() == {0: 2, 1: 3, 5: 1}
+    h.reopen()
+    assert h.outbox.backlog_by_priority() == {0: 2, 1: 3, 5: 1}

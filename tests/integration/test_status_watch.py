@@ -1,0 +1,67 @@
+"""Issue 5 done-when 4: `gatewayctl status --watch` in a terminal shows a draining backlog with a
+progress bar, its rate and the time left; and the one-shot table has the planning figures."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import time
+
+from gateway.cloud_contract import registry_topic
+from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+
+BAR = re.compile(r"draining  \[(#*)(\.*)\] +(\d+)%  (\d+) msg/s, (\d+) left, (\S+) to go")
+
+
+def test_watch_shows_a_progress_bar_while_the_backlog_drains(cloud, gateways):
+    key = new_key()
+    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"w": key}))
+    verifier = CloudVerifier(cloud.port)
+    verifier.connect()
+    verifier.disconnect()
+    gw = gateways(cloud_url=cloud.url)
+    gw.start()
+    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry")
+    cloud.stop()
+    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
+    child = Child("w", key, gw.plain_port)
+    child.client.max_inflight_messages_set(500)
+    assert child.connect() == 0
+    child.wait_acked([child.send(i, size=200).mid for i in range(30000)], timeout=180)
+
+    table = gw.ctl("status").stdout
+    for row in ("uplink", "backlog", "rates", "drain", "disk", "expired", "registry", "written"):
+        assert re.search(rf"^{row} ", table, re.M), f"no {row} row in:\n{table}"
+    assert "30000 msgs" in table and "(p9: 30000)" in table
+
+    main, secondary = pty.openpty()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli.gatewayctl", "status", "--watch", "--interval",
+         "0.25", "--count", "400", "--config", str(gw.config)],
+        stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    cloud.start()
+    screen, bars = b"", []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(bars) < 2:
+        ready, _, _ = select.select([main], [], [], 1.0)
+        if ready:
+            try:
+                screen += os.read(main, 65536)
+            except OSError:
+                break
+            bars = BAR.findall(screen.decode(errors="replace"))
+    watch.kill()
+    watch.wait()
+    os.close(main)
+    assert len(bars) >= 2, f"no progress bar in:\n{screen.decode(errors='replace')[-2000:]}"
+    filled, empty, pct, rate, left, eta = bars[-1]
+    assert len(filled) + len(empty) == 30 and int(rate) > 0
+    assert 0 < int(left) < 30000 and 0 <= int(pct) <= 100
+    assert b"\x1b[2J" in screen, "the screen is redrawn in place"
+    print(f"progress bar: {bars[-1]}")
+    child.close()

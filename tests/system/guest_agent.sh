@@ -1,0 +1,78 @@
+#!/bin/bash
+# Runs inside the test VM, under its real systemd, as gwtest.service. Each check prints one
+# "GWTEST <name> PASS|FAIL <detail>" line on the serial console; the host test reads them.
+set -u
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+say() { echo "GWTEST $*" > /dev/ttyS0; }
+check() {
+    local name=$1; shift
+    if "$@" > /tmp/gwtest.out 2>&1; then say "$name PASS"
+    else say "$name FAIL $(tail -c 400 /tmp/gwtest.out | tr '\n' ' ')"; fi
+}
+wait_for() {  # SECONDS COMMAND...: poll a condition, a tenth of a second apart
+    local tries=$(( $1 * 10 )); shift
+    for _ in $(seq 1 "$tries"); do "$@" > /dev/null 2>&1 && return 0; sleep 0.1; done
+    "$@"
+}
+status_json() { gatewayctl status --json; }
+jq_py() { /opt/gatewayd/bin/python -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+backlog() { status_json | jq_py 'd["backlog"]["messages"]'; }
+main_pid() { systemctl show -p MainPID --value gatewayd; }
+export -f status_json jq_py backlog main_pid
+CONF=/etc/gatewayd/gatewayd.toml
+
+say "booted $(uname -r) systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
+check install dpkg -i /root/debs/gatewayd_0.1.0_amd64.deb
+check active wait_for 60 systemctl is-active --quiet gatewayd
+check status-line bash -c 'systemctl status gatewayd --no-pager | grep -q "Status: \"uplink"'
+check journal-ready bash -c 'journalctl -u gatewayd --no-pager | grep -q "ready: listening on"'
+check journal-fields bash -c 'journalctl -u gatewayd -o verbose --no-pager | grep -q "GATEWAY_ID=edge-gateway"'
+check ca-made test -s /etc/gatewayd/ca.pem -a -s /etc/gatewayd/gateway.pem
+check key-private bash -c '[ "$(stat -c %a /etc/gatewayd/ca.key)" = 600 ]'
+
+sed -i 's|^url = ""|url = "mqtt://127.0.0.1:1883"|; s|^port = 8883|port = 8883\nplain_port = 1884|' $CONF
+check restart systemctl restart gatewayd
+check registry /opt/gatewayd/bin/python /root/child.py registry
+check online wait_for 60 bash -c 'status_json | jq_py "d[\"uplink\"][\"state\"]==\"online\" and d[\"registry_version\"]==1" | grep -q True'
+
+sed -i 's|^time_to_live_secs = 7200|time_to_live_secs = 3600|' $CONF
+check reload systemctl reload gatewayd
+check reload-journal wait_for 20 bash -c 'journalctl -u gatewayd --no-pager | grep -q "reload: applied storage.time_to_live_secs"'
+check reload-applied bash -c 'status_json | jq_py "d[\"time_to_live_secs\"]" | grep -qx 3600'
+
+check cloud-down systemctl stop mosquitto
+check offline wait_for 30 bash -c 'status_json | jq_py "d[\"uplink\"][\"state\"]" | grep -vq online'
+check send-200 /opt/gatewayd/bin/python /root/child.py send 200
+check backlog-200 bash -c '[ "$(backlog)" = 200 ]'
+
+pid=$(main_pid)
+kill -STOP "$pid"
+check watchdog-restart wait_for 90 bash -c "[ \"\$(systemctl show -p MainPID --value gatewayd)\" != $pid ] && systemctl is-active --quiet gatewayd"
+check watchdog-journal bash -c 'journalctl -u gatewayd --no-pager | grep -qi "watchdog timeout"'
+check backlog-after-watchdog wait_for 30 bash -c '[ "$(backlog)" = 200 ]'
+say "security $(systemd-analyze security gatewayd --no-pager 2>/dev/null | tail -1)"
+
+check stop systemctl stop gatewayd
+check store-clean /opt/gatewayd/bin/python -c '
+from gateway.store import Store
+from gateway.outbox import Outbox
+s = Store("/var/lib/gatewayd"); o = Outbox(s)
+assert o.stats.count == 200, o.stats.count
+o.close(); s.close()'
+check start-again systemctl start gatewayd
+
+check upgrade dpkg -i /root/debs/gatewayd_0.1.1_amd64.deb
+check upgraded-version bash -c 'dpkg-query -W -f="\${Version}" gatewayd | grep -qx 0.1.1'
+check upgraded-active wait_for 60 systemctl is-active --quiet gatewayd
+check config-kept grep -q 'mqtt://127.0.0.1:1883' $CONF
+check backlog-kept wait_for 30 bash -c '[ "$(backlog)" = 200 ]'
+check cloud-back systemctl start mosquitto
+check drained wait_for 60 bash -c '[ "$(backlog)" = 0 ]'
+
+check remove dpkg -r gatewayd
+check removed-stopped bash -c '! systemctl is-active --quiet gatewayd'
+check store-stays test -d /var/lib/gatewayd
+check purge dpkg -P gatewayd
+check purged bash -c '! test -e /var/lib/gatewayd'
+say "done"
+systemctl poweroff
