@@ -96,6 +96,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    host: str
+    port: int  # 0: off
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySettings
     listen: ListenSettings
@@ -104,6 +110,7 @@ class Config:
     control: ControlSettings
     log: LogSettings
     source: Path
+    metrics: MetricsSettings = MetricsSettings("127.0.0.1", 0)
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -237,6 +244,10 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
     "log": {
         "level": Key(choice(*LOG_LEVELS), "info"),
     },
+    "metrics": {
+        "host": Key(text(is_host, "a host name or IP address"), "127.0.0.1"),
+        "port": Key(integer(0, 65535), 0),
+    },
 }
 
 
@@ -340,6 +351,7 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         control=ControlSettings(**control),
         log=LogSettings(**values["log"]),
         source=source,
+        metrics=MetricsSettings(**values["metrics"]),
     )
 
 
