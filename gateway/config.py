@@ -48,6 +48,7 @@ class ListenSettings:
     plain_port: int
     max_message_bytes: int
     max_connections: int
+    connect_timeout_secs: float = 10.0  # TLS handshake + CONNECT, slowloris guard
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "plain_port": Key(integer(0, 65535), 0),
         "max_message_bytes": Key(integer(128, 268435455), 262144),
         "max_connections": Key(integer(1, 1_000_000), 1000),
+        "connect_timeout_secs": Key(number(0.1, 300), 10.0),
     },
     "storage": {
         "path": Key(path(optional=False), "/var/lib/gatewayd"),

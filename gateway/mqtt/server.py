@@ -36,9 +36,10 @@ from gateway.mqtt.codec import (
     Unsubscribe,
 )
 
-CONNECT_DEADLINE_SECS = 10.0
 READ_CHUNK = 65536
 PACKET_OVERHEAD = 4096  # topic, property bag and header on top of the payload limit
+PRE_AUTH_MAX_BYTES = 8192  # a CONNECT with a SAS token or a will fits; nothing bigger before auth
+WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
 
 
 class Refusal(Exception):
@@ -96,13 +97,14 @@ class ChildConnection:
         self.device_id = ""
         self.peer = _peer(writer)
         self.connected_at = time.time()
-        self._decoder = codec.Decoder(server.max_message_bytes + PACKET_OVERHEAD)
+        # Before authentication only a small packet is buffered: a stranger's declared length
+        # must not make us allocate or wait for megabytes.
+        self._decoder = codec.Decoder(PRE_AUTH_MAX_BYTES)
         self._acks: deque[list] = deque()  # [packet_id, ready]
         self._keepalive = 0
         self._closed = asyncio.Event()
         self.close_reason = ""
         self.received = 0
-        self._backlog: list = []
         self.subscriptions: set[str] = set()
         self._outgoing: dict[int, Callable[[], None] | None] = {}  # packet id -> on PUBACK
         self._next_id = 0
@@ -115,6 +117,12 @@ class ChildConnection:
             await self._packet_loop()
         except Refusal as exc:
             self._log_refusal(str(exc))
+        except codec.UnsupportedProtocol as exc:
+            if not self.device_id:
+                self.send(ConnAck(False, exc.return_code))  # MQTT-3.1.2-2: CONNACK 1, close
+                with contextlib.suppress(Exception):
+                    await self._writer.drain()
+            self._log_refusal(f"protocol error: {exc.reason}")
         except codec.ProtocolError as exc:
             self._log_refusal(f"protocol error: {exc.reason}")
         except (_Refused, ConnectionError, ssl.SSLError, TimeoutError):
@@ -154,9 +162,17 @@ class ChildConnection:
     # -- CONNECT -----------------------------------------------------------------------------
 
     async def _handshake(self) -> None:
-        connect = await asyncio.wait_for(self._first_packet(), CONNECT_DEADLINE_SECS)
+        deadline = self._server.connect_timeout
+        try:
+            connect = await asyncio.wait_for(self._first_packet(), deadline)
+        except TimeoutError:
+            raise Refusal(f"no CONNECT within {deadline:g} s (listen.connect_timeout_secs)") \
+                from None
         if not isinstance(connect, Connect):
             raise Refusal(f"first packet was {type(connect).__name__}, not CONNECT")
+        if not connect.client_id:
+            self.send(ConnAck(False, codec.CONNACK_ID_REJECTED))
+            raise Refusal("empty client id: an IoT Hub device connects with its device id")
         verdict = self._server.admit(self, connect)
         if not verdict.ok:
             self.send(ConnAck(False, verdict.return_code))
@@ -171,6 +187,7 @@ class ChildConnection:
             raise _Refused
         self.device_id = connect.client_id
         self._keepalive = connect.keepalive
+        self._decoder.max_packet_bytes = self._server.max_message_bytes + PACKET_OVERHEAD
         self.send(ConnAck(False, CONNACK_ACCEPTED))
         event(
             Event.CHILD_CONNECTED,
@@ -183,15 +200,14 @@ class ChildConnection:
             data = await self._reader.read(READ_CHUNK)
             if not data:
                 raise ConnectionResetError
-            packets = self._decoder.feed(data)
+            packets = self._decoder.feed(data, max_packets=1)
             if packets:
-                self._backlog = packets[1:]
                 return packets[0]
 
     # -- packets -----------------------------------------------------------------------------
 
     async def _packet_loop(self) -> None:
-        for packet in self._backlog:
+        for packet in self._decoder.feed(b""):  # what came right behind CONNECT
             self._dispatch(packet)
         timeout = self._keepalive * 1.5 if self._keepalive else None
         while not self._closed.is_set():
@@ -205,8 +221,13 @@ class ChildConnection:
                 return
             for packet in self._decoder.feed(data):
                 self._dispatch(packet)
-            if self._writer.transport.get_write_buffer_size() > 1 << 20:
-                await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
+                try:  # stop reading from a child that does not read what we send it
+                    await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
+                except TimeoutError:
+                    raise Refusal(
+                        f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
+                    ) from None
 
     def _dispatch(self, packet: object) -> None:
         if isinstance(packet, Publish):
@@ -317,6 +338,7 @@ class ChildServer:
         self._cfg = listen
         self.handler = handler
         self.max_message_bytes = listen.max_message_bytes
+        self.connect_timeout = listen.connect_timeout_secs
         self.sessions: dict[str, ChildConnection] = {}
         self._all: set[ChildConnection] = set()
         self._servers: list[asyncio.Server] = []
@@ -341,7 +363,8 @@ class ChildServer:
             await conn.serve()
 
         server = await asyncio.start_server(
-            on_client, self._cfg.host, port, ssl=tls, limit=READ_CHUNK, backlog=128
+            on_client, self._cfg.host, port, ssl=tls, limit=READ_CHUNK, backlog=128,
+            ssl_handshake_timeout=self.connect_timeout if tls is not None else None,
         )
         self._servers.append(server)
         return server.sockets[0].getsockname()[:2]
