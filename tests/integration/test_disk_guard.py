@@ -59,3 +59,28 @@ def test_refuse_new_withholds_the_puback_and_loses_nothing(cloud, gateways):
     print(f"refuse-new: quota {QUOTA} B, {held} stored before refusing, "
           f"{gw.status()['disk']['refused']} refusals, 400 of 400 delivered")
     child.close()
+
+
+def test_max_publish_rate_paces_the_drain(cloud, gateways):
+    key = new_key()
+    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
+    verifier = CloudVerifier(cloud.port)
+    verifier.connect()
+    verifier.disconnect()
+    gw = gateways(cloud_url=cloud.url, cloud={"max_publish_rate": 50})
+    gw.start()
+    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry")
+    cloud.stop()
+    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
+    child = Child("d", key, gw.plain_port)
+    assert child.connect() == 0
+    child.wait_acked([child.send(i).mid for i in range(250)])
+    cloud.start()
+    verifier.connect()
+    arrivals = []
+    verifier.client.on_message = lambda c, u, m: arrivals.append(__import__("time").monotonic())
+    gw.wait_status(lambda s: s["backlog"]["messages"] == 0, timeout=60, what="drained")
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else 0.0
+    print(f"max_publish_rate 50: 250 messages drained in {span:.2f} s")
+    assert span >= 3.0, "at most 50 a second after a one-second burst: at least 4 s for 250"
+    child.close()
