@@ -36,9 +36,22 @@ from gateway.mqtt.codec import (
     Unsubscribe,
 )
 
-CONNECT_DEADLINE_SECS = 10.0
+CONNECT_DEADLINE_SECS = 10.0  # TCP accept to CONNECT, and the TLS handshake on its own
 READ_CHUNK = 65536
 PACKET_OVERHEAD = 4096  # topic, property bag and header on top of the payload limit
+# Before authentication a peer is a stranger: its packets are capped far below the message limit
+# so that a declared length cannot make the gateway hold a large buffer for someone unknown.
+# A CONNECT is client id, user name, SAS token and an optional will: a few hundred bytes.
+PREAUTH_MAX_PACKET = 16384
+# Connections still in TLS handshake or waiting for CONNECT, on top of listen.max_connections.
+PREAUTH_SLACK = 64
+# A child that does not read: what may wait in its socket's write buffer before it is closed.
+MAX_WRITE_BUFFER = 1 << 20
+DRAIN_DEADLINE_SECS = 30.0
+# The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
+# Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
+MAX_KEEPALIVE_SECS = 1200
+LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
 class Refusal(Exception):
@@ -96,7 +109,9 @@ class ChildConnection:
         self.device_id = ""
         self.peer = _peer(writer)
         self.connected_at = time.time()
-        self._decoder = codec.Decoder(server.max_message_bytes + PACKET_OVERHEAD)
+        self._decoder = codec.Decoder(
+            min(PREAUTH_MAX_PACKET, server.max_message_bytes + PACKET_OVERHEAD)
+        )
         self._acks: deque[list] = deque()  # [packet_id, ready]
         self._keepalive = 0
         self._closed = asyncio.Event()
@@ -170,7 +185,8 @@ class ChildConnection:
             await self._writer.drain()
             raise _Refused
         self.device_id = connect.client_id
-        self._keepalive = connect.keepalive
+        self._keepalive = min(connect.keepalive or MAX_KEEPALIVE_SECS, MAX_KEEPALIVE_SECS)
+        self._decoder.max_packet_bytes = self._server.max_message_bytes + PACKET_OVERHEAD
         self.send(ConnAck(False, CONNACK_ACCEPTED))
         event(
             Event.CHILD_CONNECTED,
@@ -193,7 +209,7 @@ class ChildConnection:
     async def _packet_loop(self) -> None:
         for packet in self._backlog:
             self._dispatch(packet)
-        timeout = self._keepalive * 1.5 if self._keepalive else None
+        timeout = self._keepalive * 1.5
         while not self._closed.is_set():
             try:
                 data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
@@ -205,8 +221,14 @@ class ChildConnection:
                 return
             for packet in self._decoder.feed(data):
                 self._dispatch(packet)
-            if self._writer.transport.get_write_buffer_size() > 1 << 20:
-                await self._writer.drain()
+            if self._writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER // 2:
+                # Stop reading until the child reads its answers, but not for ever.
+                try:
+                    await asyncio.wait_for(self._writer.drain(), DRAIN_DEADLINE_SECS)
+                except TimeoutError:
+                    raise Refusal(
+                        f"not reading: answers unread for {DRAIN_DEADLINE_SECS:.0f} s"
+                    ) from None
 
     def _dispatch(self, packet: object) -> None:
         if isinstance(packet, Publish):
@@ -256,8 +278,15 @@ class ChildConnection:
     # -- output ------------------------------------------------------------------------------
 
     def send(self, packet: object) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(codec.encode(packet))
+        """Queue a packet; a child whose unread output passes MAX_WRITE_BUFFER is closed."""
+        if self._writer.is_closing():
+            return
+        if self._writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self._log_refusal(f"not reading: over {MAX_WRITE_BUFFER} bytes of output unread")
+            self.close(self.close_reason)
+            self._writer.transport.abort()
+            return
+        self._writer.write(codec.encode(packet))
 
     def subscribed(self, topic: str) -> bool:
         """Whether any of the child's filters matches `topic` (it asked to receive it)."""
@@ -336,12 +365,22 @@ class ChildServer:
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
         async def on_client(reader, writer) -> None:
+            if len(self._all) >= self._cfg.max_connections + PREAUTH_SLACK:
+                self.log_limited(
+                    Event.CHILD_REFUSED,
+                    f"peer {_peer(writer)}: closed: {len(self._all)} connections open "
+                    "(listen.max_connections and those still handshaking)",
+                    cause="connections",
+                )
+                writer.transport.abort()
+                return
             conn = ChildConnection(self, reader, writer, name)
             self._all.add(conn)
             await conn.serve()
 
         server = await asyncio.start_server(
-            on_client, self._cfg.host, port, ssl=tls, limit=READ_CHUNK, backlog=128
+            on_client, self._cfg.host, port, ssl=tls, limit=READ_CHUNK, backlog=128,
+            ssl_handshake_timeout=CONNECT_DEADLINE_SECS if tls is not None else None,
         )
         self._servers.append(server)
         return server.sockets[0].getsockname()[:2]
@@ -381,6 +420,10 @@ class ChildServer:
         """One line per device, kind and cause a minute: a looping child must not wear the card."""
         key = f"{kind.name}:{device_id}:{cause}"
         now = time.monotonic()
+        if len(self._log_times) >= LOG_KEYS_MAX:
+            self._log_times = {k: t for k, t in self._log_times.items() if now - t < 60}
+            if len(self._log_times) >= LOG_KEYS_MAX:  # a flood of client ids: one line for all
+                key = f"{kind.name}:*:{cause}"
         if now - self._log_times.get(key, -1e9) >= 60:
             self._log_times[key] = now
             event(kind, message, level=logging.WARNING, device_id=device_id)
