@@ -47,7 +47,7 @@ PREAUTH_MAX_PACKET = 16384
 PREAUTH_SLACK = 64
 # A child that does not read: what may wait in its socket's write buffer before it is closed.
 MAX_WRITE_BUFFER = 1 << 20
-DRAIN_DEADLINE_SECS = 30.0
+DRAIN_DEADLINE_SECS = 10.0
 # The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
 # Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
 MAX_KEEPALIVE_SECS = 1200
@@ -150,6 +150,9 @@ class ChildConnection:
         with contextlib.suppress(Exception):
             self._writer.close()
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        # close() waits for unread output to flush; a peer that never reads would keep the socket
+        # and its buffer for ever.
+        self._writer.transport.abort()
         if self.device_id and self.close_reason:
             event(
                 Event.CHILD_CLOSED,
