@@ -14,52 +14,10 @@ import time
 import pytest
 
 from gateway.cloud_contract import registry_topic
+from tests.faults.delivery import check_delivery, sender
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 
 CHILDREN = 4
-
-
-def _sender(child: Child, start: int, end: int, infos: list,
-            stop: threading.Event) -> threading.Thread:
-    """Messages start..end-1 from `child`, a steady stream in a thread."""
-    def run() -> None:
-        for i in range(start, end):
-            if stop.is_set():
-                return
-            infos.append(child.send(i))
-            if i % 50 == 49:
-                time.sleep(0.01)  # a steady stream rather than one burst
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _check_delivery(verifier: CloudVerifier, sent: dict[str, int]) -> dict[str, int]:
-    """Every PUBACKed message arrived; order per child and of seq kept: the figures."""
-    expected = {(d, i) for d, n in sent.items() for i in range(n)}
-    verifier.wait_for(lambda msgs: {(m.device, m.i) for m in msgs} >= expected,
-                      timeout=120, what=f"all {len(expected)} messages at the cloud")
-    msgs = list(verifier.messages)
-    assert {(m.device, m.i) for m in msgs} == expected
-    first_seq: list[int] = []
-    seen_seq: set[int] = set()
-    for m in msgs:
-        if m.seq not in seen_seq:
-            seen_seq.add(m.seq)
-            first_seq.append(m.seq)
-    assert first_seq == sorted(first_seq), "seq order broken"
-    for device in sent:
-        firsts: list[int] = []
-        seen: set[int] = set()
-        for m in msgs:
-            if m.device == device and m.i not in seen:
-                seen.add(m.i)
-                firsts.append(m.i)
-        assert firsts == sorted(firsts), f"{device}: order broken"
-    redelivered = len(msgs) - len(seen_seq)  # same seq twice: the uplink re-sent it
-    stored_twice = len(seen_seq) - len(expected)  # a child re-sent what the daemon had stored
-    return {"delivered": len(msgs), "distinct": len(expected), "redelivered": redelivered,
-            "stored_twice": stored_twice}
 
 
 def _kill_at_random(gw, rnd: random.Random, kills: int, low: float, high: float,
@@ -94,7 +52,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     stop = threading.Event()
     half = per_child // 2
     # 1. offline ingest: the children stream, the daemon dies under them
-    senders = [_sender(c, 0, half, infos[c.device_id], stop) for c in children]
+    senders = [sender(c, 0, half, infos[c.device_id], stop) for c in children]
     _kill_at_random(gw, rnd, ingest_kills, 0.02, 0.3)
     for t in senders:
         t.join(120)
@@ -106,7 +64,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     # 2. drain: the cloud is back, the backlog flows out, more arrives live, the daemon dies
     cloud.start()
     verifier.connect()
-    more = [_sender(c, half, per_child, infos[c.device_id], stop) for c in children]
+    more = [sender(c, half, per_child, infos[c.device_id], stop) for c in children]
     _kill_at_random(gw, rnd, drain_kills, 0.05, 0.4)
     for t in more:
         t.join(120)
@@ -123,7 +81,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
 
     for child in children:
         child.wait_acked([info.mid for info in infos[child.device_id]], timeout=120)
-    figures = _check_delivery(verifier, {d: per_child for d in keys})
+    figures = check_delivery(verifier, {d: per_child for d in keys})
     gw.wait_status(lambda s: s["backlog"]["messages"] == 0, what="backlog drained")
     for child in children:
         child.close()
