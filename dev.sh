@@ -44,6 +44,9 @@ run)
 test)
     shift
     apt_install mosquitto e2fsprogs
+    # tests/system: the .deb under a real systemd in qemu, and the image build
+    apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
+        dosfstools mtools fdisk
     venv .venv -e '.[test]'
     # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
     venv .venv-sdk 'azure-iot-device==2.14.0'

@@ -48,6 +48,7 @@ class ListenSettings:
     plain_port: int
     max_message_bytes: int
     max_connections: int
+    connect_timeout_secs: float = 10.0  # TLS handshake + CONNECT, slowloris guard
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    host: str
+    port: int  # 0: off
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySettings
     listen: ListenSettings
@@ -104,6 +111,7 @@ class Config:
     control: ControlSettings
     log: LogSettings
     source: Path
+    metrics: MetricsSettings = MetricsSettings("127.0.0.1", 0)
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -208,6 +216,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "plain_port": Key(integer(0, 65535), 0),
         "max_message_bytes": Key(integer(128, 268435455), 262144),
         "max_connections": Key(integer(1, 1_000_000), 1000),
+        "connect_timeout_secs": Key(number(0.1, 300), 10.0),
     },
     "storage": {
         "path": Key(path(optional=False), "/var/lib/gatewayd"),
@@ -236,6 +245,10 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
     },
     "log": {
         "level": Key(choice(*LOG_LEVELS), "info"),
+    },
+    "metrics": {
+        "host": Key(text(is_host, "a host name or IP address"), "127.0.0.1"),
+        "port": Key(integer(0, 65535), 0),
     },
 }
 
@@ -340,6 +353,7 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         control=ControlSettings(**control),
         log=LogSettings(**values["log"]),
         source=source,
+        metrics=MetricsSettings(**values["metrics"]),
     )
 
 

@@ -32,6 +32,7 @@ from gateway.errors import GatewayError
 from gateway.hub import LocalHub
 from gateway.ingest import Ingest
 from gateway.log import Event, event
+from gateway.metrics import MetricsServer
 from gateway.mqtt.codec import Connect, Publish
 from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.outbox import Outbox
@@ -105,6 +106,8 @@ class Gateway(Handler):
         )
         self.bound = await self.server.start(_server_tls(cfg.listen))
         await self.control.start()
+        self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
+        await self.metrics.start()
         self.ingest.start()
         tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         self._start_uplink(cfg.cloud)
@@ -196,6 +199,7 @@ class Gateway(Handler):
     async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
         await self.server.close()
         await self.control.close()
+        await self.metrics.close()
         await self._stop_uplink()
         for task in tasks:
             task.cancel()
@@ -461,6 +465,7 @@ class Gateway(Handler):
             "pid": os.getpid(),
             "uptime_secs": round(time.time() - self.started, 1),
             "listeners": [f"{h}:{p}" for h, p in self.bound],
+            "metrics": "{}:{}".format(*self.metrics.bound) if self.metrics.bound else None,
             "uplink": vars(uplink) if uplink is not None else {"state": "disabled"},
             "children": sorted(self.server.sessions),
             "children_refused": self.server.refused,

@@ -296,14 +296,17 @@ class Decoder:
         self._buf = bytearray()
         self._error: ProtocolError | None = None
 
-    def feed(self, data: bytes) -> list[Packet]:
-        """Append `data` and return every packet now complete, oldest first."""
+    def feed(self, data: bytes, max_packets: int | None = None) -> list[Packet]:
+        """Append `data` and return every packet now complete, oldest first.
+
+        With `max_packets`, parsing stops after that many and the rest stays buffered (a server
+        reads CONNECT alone under a small size limit, then raises the limit)."""
         if self._error is not None:
             raise self._error.with_traceback(None)
         self._buf += data
         packets: list[Packet] = []
         try:
-            consumed = self._parse_buffer(packets)
+            consumed = self._parse_buffer(packets, max_packets)
         except ProtocolError as exc:
             self._error = exc
             # A fresh buffer rather than clear(): a memoryview kept alive by the traceback would
@@ -316,14 +319,14 @@ class Decoder:
             self._buf = self._buf[consumed:]
         return packets
 
-    def _parse_buffer(self, out: list[Packet]) -> int:
+    def _parse_buffer(self, out: list[Packet], max_packets: int | None = None) -> int:
         """Decode complete packets from the buffer into `out`; return how many bytes they used."""
         buf = self._buf
         size = len(buf)
         pos = 0
         view: memoryview | None = None
         try:
-            while pos < size:
+            while pos < size and (max_packets is None or len(out) < max_packets):
                 header = _parse_fixed_header(buf, pos, size, self.max_packet_bytes)
                 if header is None:
                     break

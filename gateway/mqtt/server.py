@@ -36,18 +36,12 @@ from gateway.mqtt.codec import (
     Unsubscribe,
 )
 
-CONNECT_DEADLINE_SECS = 10.0  # TCP accept to CONNECT, and the TLS handshake on its own
 READ_CHUNK = 65536
 PACKET_OVERHEAD = 4096  # topic, property bag and header on top of the payload limit
-# Before authentication a peer is a stranger: its packets are capped far below the message limit
-# so that a declared length cannot make the gateway hold a large buffer for someone unknown.
-# A CONNECT is client id, user name, SAS token and an optional will: a few hundred bytes.
-PREAUTH_MAX_PACKET = 16384
+PRE_AUTH_MAX_BYTES = 8192  # a CONNECT with a SAS token or a will fits; nothing bigger before auth
+WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
 # Connections still in TLS handshake or waiting for CONNECT, on top of listen.max_connections.
 PREAUTH_SLACK = 64
-# A child that does not read: what may wait in its socket's write buffer before it is closed.
-MAX_WRITE_BUFFER = 1 << 20
-DRAIN_DEADLINE_SECS = 10.0
 # The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
 # Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
 MAX_KEEPALIVE_SECS = 1200
@@ -109,15 +103,14 @@ class ChildConnection:
         self.device_id = ""
         self.peer = _peer(writer)
         self.connected_at = time.time()
-        self._decoder = codec.Decoder(
-            min(PREAUTH_MAX_PACKET, server.max_message_bytes + PACKET_OVERHEAD)
-        )
+        # Before authentication only a small packet is buffered: a stranger's declared length
+        # must not make us allocate or wait for megabytes.
+        self._decoder = codec.Decoder(PRE_AUTH_MAX_BYTES)
         self._acks: deque[list] = deque()  # [packet_id, ready]
         self._keepalive = 0
         self._closed = asyncio.Event()
         self.close_reason = ""
         self.received = 0
-        self._backlog: list = []
         self.subscriptions: set[str] = set()
         self._outgoing: dict[int, Callable[[], None] | None] = {}  # packet id -> on PUBACK
         self._next_id = 0
@@ -130,6 +123,12 @@ class ChildConnection:
             await self._packet_loop()
         except Refusal as exc:
             self._log_refusal(str(exc))
+        except codec.UnsupportedProtocol as exc:
+            if not self.device_id:
+                self.send(ConnAck(False, exc.return_code))  # MQTT-3.1.2-2: CONNACK 1, close
+                with contextlib.suppress(Exception):
+                    await self._writer.drain()
+            self._log_refusal(f"protocol error: {exc.reason}")
         except codec.ProtocolError as exc:
             self._log_refusal(f"protocol error: {exc.reason}")
         except (_Refused, ConnectionError, ssl.SSLError, TimeoutError):
@@ -172,9 +171,17 @@ class ChildConnection:
     # -- CONNECT -----------------------------------------------------------------------------
 
     async def _handshake(self) -> None:
-        connect = await asyncio.wait_for(self._first_packet(), CONNECT_DEADLINE_SECS)
+        deadline = self._server.connect_timeout
+        try:
+            connect = await asyncio.wait_for(self._first_packet(), deadline)
+        except TimeoutError:
+            raise Refusal(f"no CONNECT within {deadline:g} s (listen.connect_timeout_secs)") \
+                from None
         if not isinstance(connect, Connect):
             raise Refusal(f"first packet was {type(connect).__name__}, not CONNECT")
+        if not connect.client_id:
+            self.send(ConnAck(False, codec.CONNACK_ID_REJECTED))
+            raise Refusal("empty client id: an IoT Hub device connects with its device id")
         verdict = self._server.admit(self, connect)
         if not verdict.ok:
             self.send(ConnAck(False, verdict.return_code))
@@ -202,15 +209,14 @@ class ChildConnection:
             data = await self._reader.read(READ_CHUNK)
             if not data:
                 raise ConnectionResetError
-            packets = self._decoder.feed(data)
+            packets = self._decoder.feed(data, max_packets=1)
             if packets:
-                self._backlog = packets[1:]
                 return packets[0]
 
     # -- packets -----------------------------------------------------------------------------
 
     async def _packet_loop(self) -> None:
-        for packet in self._backlog:
+        for packet in self._decoder.feed(b""):  # what came right behind CONNECT
             self._dispatch(packet)
         timeout = self._keepalive * 1.5
         while not self._closed.is_set():
@@ -224,13 +230,12 @@ class ChildConnection:
                 return
             for packet in self._decoder.feed(data):
                 self._dispatch(packet)
-            if self._writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER // 2:
-                # Stop reading until the child reads its answers, but not for ever.
-                try:
-                    await asyncio.wait_for(self._writer.drain(), DRAIN_DEADLINE_SECS)
+            if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
+                try:  # stop reading from a child that does not read what we send it
+                    await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
                 except TimeoutError:
                     raise Refusal(
-                        f"not reading: answers unread for {DRAIN_DEADLINE_SECS:.0f} s"
+                        f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
                     ) from None
 
     def _dispatch(self, packet: object) -> None:
@@ -281,11 +286,12 @@ class ChildConnection:
     # -- output ------------------------------------------------------------------------------
 
     def send(self, packet: object) -> None:
-        """Queue a packet; a child whose unread output passes MAX_WRITE_BUFFER is closed."""
+        """Queue a packet; a child whose unread output passes twice WRITE_BUFFER_MAX in one
+        read's worth of answers (the loop pauses at WRITE_BUFFER_MAX) is closed at once."""
         if self._writer.is_closing():
             return
-        if self._writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-            self._log_refusal(f"not reading: over {MAX_WRITE_BUFFER} bytes of output unread")
+        if self._writer.transport.get_write_buffer_size() > 2 * WRITE_BUFFER_MAX:
+            self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self.close(self.close_reason)
             self._writer.transport.abort()
             return
@@ -349,6 +355,7 @@ class ChildServer:
         self._cfg = listen
         self.handler = handler
         self.max_message_bytes = listen.max_message_bytes
+        self.connect_timeout = listen.connect_timeout_secs
         self.sessions: dict[str, ChildConnection] = {}
         self._all: set[ChildConnection] = set()
         self._servers: list[asyncio.Server] = []
@@ -383,7 +390,7 @@ class ChildServer:
 
         server = await asyncio.start_server(
             on_client, self._cfg.host, port, ssl=tls, limit=READ_CHUNK, backlog=128,
-            ssl_handshake_timeout=CONNECT_DEADLINE_SECS if tls is not None else None,
+            ssl_handshake_timeout=self.connect_timeout if tls is not None else None,
         )
         self._servers.append(server)
         return server.sockets[0].getsockname()[:2]

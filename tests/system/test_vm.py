@@ -1,6 +1,6 @@
 """Issue 5 done-when 1 and 2: the freshly built .deb under a real systemd.
 
-A Debian bookworm root filesystem (mmdebstrap) with its own kernel boots under qemu with KVM.
+A Debian bookworm root filesystem (mmdebstrap) with its own kernel boots under qemu.
 An agent (guest_agent.sh, a systemd unit in the guest) installs the .deb, checks the service,
 its STATUS line, the journal, the watchdog (SIGSTOP), reload, a clean stop, an upgrade over a
 backlog, remove and purge, and prints one line per check on the serial console.
@@ -35,8 +35,6 @@ def _missing_tools() -> str:
     for tool in ("mmdebstrap", "qemu-system-x86_64", "dpkg-buildpackage", "mkfs.ext4"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (./dev.sh test installs it)"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm is not usable"
     return ""
 
 
@@ -79,8 +77,10 @@ def _boot(tmp: Path, rootfs: Path, timeout: float) -> str:
     kernel = sorted(glob.glob(str(rootfs / "boot" / "vmlinuz-*")))[-1]
     initrd = sorted(glob.glob(str(rootfs / "boot" / "initrd.img-*")))[-1]
     serial = tmp / "serial.log"
+    # KVM is used when asked for: nested KVM hangs at boot on some CI hosts, TCG always works.
+    accel = os.environ.get("GATEWAYD_VM_ACCEL", "tcg")
     proc = subprocess.Popen([
-        "qemu-system-x86_64", "-enable-kvm", "-m", "1024", "-smp", "2", "-nographic",
+        "qemu-system-x86_64", "-accel", accel, "-m", "1024", "-smp", "2", "-nographic",
         "-no-reboot", "-kernel", kernel, "-initrd", initrd,
         "-append", "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0",
         "-drive", f"file={disk},format=raw,if=virtio", "-nic", "none",
@@ -102,7 +102,7 @@ def test_the_deb_under_a_real_systemd(tmp_path):
     built = time.monotonic()
     rootfs = _rootfs(tmp_path, debs)
     bootstrapped = time.monotonic()
-    console = _boot(tmp_path, rootfs, timeout=600)
+    console = _boot(tmp_path, rootfs, timeout=1200)
     lines = [line.split("GWTEST ", 1)[1].strip() for line in console.splitlines()
              if "GWTEST " in line]
     print("\n".join(lines))

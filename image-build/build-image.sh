@@ -1,0 +1,79 @@
+#!/bin/sh
+# Build a flashable Raspberry Pi 4/5 image with gatewayd:
+#   image-build/build-image.sh [--arch arm64|amd64] [--deb FILE] [--out FILE] [--size 2G]
+# arm64 (the default) is the Pi image: Debian bookworm with Debian's raspi-firmware and arm64
+# kernel, gatewayd installed from the .deb. On an x86_64 host it needs qemu-user-static and
+# binfmt-support for the maintainer scripts. amd64 builds the same tree without the Pi firmware:
+# CI uses it to check the layout, the installed files and the partition table.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+arch=arm64 deb="" out="" size=2G
+while [ $# -gt 0 ]; do
+    case $1 in
+        --arch) arch=$2; shift 2 ;;
+        --deb) deb=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --size) size=$2; shift 2 ;;
+        *) echo "usage: $0 [--arch arm64|amd64] [--deb FILE] [--out FILE] [--size 2G]" >&2; exit 2 ;;
+    esac
+done
+[ -n "$deb" ] || deb=$(ls "$here"/../dist/gatewayd_*_"$arch".deb 2>/dev/null | tail -1)
+[ -f "$deb" ] || { echo "no gatewayd .deb for $arch: run debian/build-deb.sh on $arch first" >&2; exit 1; }
+out=${out:-gatewayd-rpi-$arch.img}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+packages="systemd-sysv,systemd,systemd-timesyncd,systemd-resolved,dbus,udev,python3,python3-venv"
+packages="$packages,python3-systemd,adduser,dosfstools,iproute2,openssh-server,ca-certificates"
+if [ "$arch" = arm64 ]; then
+    packages="$packages,linux-image-arm64,raspi-firmware,firmware-brcm80211,wpasupplicant"
+    components="main contrib non-free non-free-firmware"
+else
+    components="main"
+fi
+
+mkdir -p "$work/root"
+cp "$deb" "$work/gatewayd.deb"
+mmdebstrap --architectures="$arch" --variant=minbase --components="$components" \
+    --include="$packages" \
+    --customize-hook="copy-in $work/gatewayd.deb /tmp" \
+    --customize-hook='chroot "$1" dpkg -i /tmp/gatewayd.deb' \
+    --customize-hook='rm "$1/tmp/gatewayd.deb"' \
+    --customize-hook="sync-in $here/files /" \
+    --customize-hook='chroot "$1" systemctl enable gatewayd-firstboot.service systemd-networkd systemd-resolved' \
+    --customize-hook='chroot "$1" systemctl mask swap.target' \
+    --customize-hook='echo gatewayd > "$1/etc/hostname"' \
+    bookworm "$work/root" >"$work/mmdebstrap.log" 2>&1 \
+    || { tail -30 "$work/mmdebstrap.log" >&2; exit 1; }
+mkdir -p "$work/root/var/lib/gatewayd"
+
+# Partitions: 1 = FAT32 boot/firmware (the Pi's firmware reads it; first-boot settings go in
+# its gatewayd/ folder), 2 = ext4 root. The store may later move to a USB disk labelled
+# GWSTORE (see /etc/fstab).
+boot_mb=256
+root_img=$work/root.ext4
+boot_img=$work/boot.vfat
+truncate -s "$size" "$root_img"
+mkfs.ext4 -q -F -L gwroot -O ^has_journal -E lazy_itable_init=0 -d "$work/root" "$root_img" 2>/dev/null \
+    || mkfs.ext4 -q -F -L gwroot -d "$work/root" "$root_img"
+truncate -s "${boot_mb}M" "$boot_img"
+mkfs.vfat -F 32 -n GWBOOT "$boot_img" >/dev/null
+if [ -d "$work/root/boot/firmware" ] && [ -n "$(ls -A "$work/root/boot/firmware")" ]; then
+    mcopy -s -i "$boot_img" "$work/root/boot/firmware/"* ::/
+fi
+mmd -i "$boot_img" ::/gatewayd
+mcopy -i "$boot_img" "$here/boot/README.txt" ::/gatewayd/README.txt
+mcopy -i "$boot_img" "$here/boot/gatewayd.toml.example" ::/gatewayd/gatewayd.toml.example
+
+root_mb=$(( $(stat -c %s "$root_img") / 1048576 ))
+total_mb=$(( 4 + boot_mb + root_mb + 1 ))
+rm -f "$out"
+truncate -s "${total_mb}M" "$out"
+sfdisk -q "$out" <<TABLE
+label: dos
+start=4MiB, size=${boot_mb}MiB, type=c, bootable
+start=$(( 4 + boot_mb ))MiB, type=83
+TABLE
+dd if="$boot_img" of="$out" bs=1M seek=4 conv=notrunc status=none
+dd if="$root_img" of="$out" bs=1M seek=$(( 4 + boot_mb )) conv=notrunc status=none
+echo "$out: $(( $(stat -c %s "$out") / 1048576 )) MiB, arch $arch, gatewayd $(dpkg-deb -f "$deb" Version)"
