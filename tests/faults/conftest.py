@@ -71,7 +71,7 @@ def site(tmp_path_factory):
     publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     ca, crt, kfile = make_tls(root)
     gw = Gatewayd(root / "gw", cloud_url=cloud.url, tls=(crt, kfile),
-                  listen={"max_connections": 16})
+                  listen={"max_connections": 16, "connect_timeout_secs": 3})
     gw.start()
     gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
     s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid))

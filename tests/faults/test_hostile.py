@@ -123,7 +123,7 @@ def test_closed(site, case):
                 sock.sendall(data[i:i + 4096])
             except (BrokenPipeError, ConnectionResetError):
                 break  # closed early: good
-        got = read_until_closed(sock, 5.0)  # under the 10 s CONNECT deadline: refused at once
+        got = read_until_closed(sock, 2.0)  # under the 3 s CONNECT deadline: refused at once
     _count(site, "catalogue")
     packets = codec.Decoder().feed(got)
     # Nothing is acknowledged: no PUBACK/SUBACK for a packet that broke the rules.
@@ -188,7 +188,8 @@ def test_h38_expired_and_wrong_sas_refused(site):
 
 def test_h39_h40_slowloris_and_silent_tls_are_cut_at_the_deadline(site):
     """50 CONNECTs trickled a byte a second and 50 TLS handshakes that never start: all closed
-    by the 10 s CONNECT/handshake deadline, while a real child is served meanwhile."""
+    by the CONNECT/handshake deadline (listen.connect_timeout_secs, 3 s here), while a real
+    child is served meanwhile."""
     slow = [dial(site.gw.plain_port) for _ in range(50)]
     silent = [dial(site.gw.tls_port) for _ in range(50)]  # TCP only: no ClientHello
     packet = connect_packet("victim-0", site.keys["victim-0"])
@@ -216,7 +217,7 @@ def test_h39_h40_slowloris_and_silent_tls_are_cut_at_the_deadline(site):
         read_until_closed(sock, 20)
     for t in threads:
         t.join(30)
-    assert len(closed_at) == 50 and max(closed_at) < 16, closed_at
+    assert len(closed_at) == 50 and max(closed_at) < 3 + 3, closed_at
     for sock in slow + silent:
         sock.close()
     _count(site, "catalogue", 100)

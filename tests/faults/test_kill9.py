@@ -2,7 +2,8 @@
 
 Real children (paho, QoS 1, re-sending what had no PUBACK), a real mosquitto cloud, the daemon
 killed with SIGKILL and restarted on the same store. Whatever a child got a PUBACK for must reach
-the cloud; duplicates are counted; each child's order and the order of `seq` are kept.
+the cloud; duplicates are counted; the order of `seq` is kept, and per child: a message PUBACKed
+before another was published is stored before it (delivery.py says why that is the rule here).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import pytest
 
 from gateway.cloud_contract import registry_topic
-from tests.faults.delivery import check_delivery, sender
+from tests.faults.delivery import Timeline, check_delivery, sender
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 
 CHILDREN = 4
@@ -49,10 +50,12 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     for child in children:
         assert child.connect() == 0
     infos: dict[str, list] = {c.device_id: [] for c in children}
+    timelines = {c.device_id: Timeline(c) for c in children}
     stop = threading.Event()
     half = per_child // 2
     # 1. offline ingest: the children stream, the daemon dies under them
-    senders = [sender(c, 0, half, infos[c.device_id], stop) for c in children]
+    senders = [sender(c, 0, half, infos[c.device_id], stop, timelines[c.device_id])
+               for c in children]
     _kill_at_random(gw, rnd, ingest_kills, 0.02, 0.3)
     for t in senders:
         t.join(120)
@@ -64,7 +67,8 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     # 2. drain: the cloud is back, the backlog flows out, more arrives live, the daemon dies
     cloud.start()
     verifier.connect()
-    more = [sender(c, half, per_child, infos[c.device_id], stop) for c in children]
+    more = [sender(c, half, per_child, infos[c.device_id], stop, timelines[c.device_id])
+            for c in children]
     _kill_at_random(gw, rnd, drain_kills, 0.05, 0.4)
     for t in more:
         t.join(120)
@@ -81,7 +85,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
 
     for child in children:
         child.wait_acked([info.mid for info in infos[child.device_id]], timeout=120)
-    figures = check_delivery(verifier, {d: per_child for d in keys})
+    figures = check_delivery(verifier, {d: per_child for d in keys}, timelines)
     gw.wait_status(lambda s: s["backlog"]["messages"] == 0, what="backlog drained")
     for child in children:
         child.close()
