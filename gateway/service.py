@@ -25,6 +25,7 @@ import sdnotify
 from gateway import auth, dialect, log
 from gateway import cloud_contract as contract
 from gateway import reload as reload_rules
+from gateway.clock import SteadyClock
 from gateway.config import load_config
 from gateway.control import ControlServer
 from gateway.diskguard import DiskGuard
@@ -84,8 +85,10 @@ class Gateway(Handler):
         self.routes = parse_routes(self.settings.settings.routes)
         self.unrouted = 0
         self.outbox = Outbox(self.store)
+        self.clock = SteadyClock()  # TTL and SAS expiry: immune to wall-clock jumps
         self.ingest = Ingest(
             self.outbox,
+            clock=self.clock,
             ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
             commit_interval_ms=cfg.storage.commit_interval_ms,
             commit_max=cfg.storage.commit_max_messages,
@@ -144,6 +147,7 @@ class Gateway(Handler):
             self.outbox,
             on_cloud_message=self._on_cloud_message,
             subscriptions=sorted(self._cloud_subscriptions()),
+            clock=self.clock,
         )
         self.uplink.on_online = self._on_online
         self.hub.uplink = self.uplink
@@ -220,7 +224,7 @@ class Gateway(Handler):
             connect.username,
             connect.password,
             cert_der,
-            time.time(),
+            self.clock(),
         )
         return Verdict(result.ok, result.return_code, result.reason)
 
@@ -442,7 +446,7 @@ class Gateway(Handler):
                               self.outbox.stats.delivered))
 
     def _sweep_expired(self) -> None:
-        self.outbox.expire(int(time.time() * 1000))
+        self.outbox.expire(int(self.clock() * 1000))
         self.outbox.flush_deletes()
         expired = self.outbox.stats.expired
         now = time.monotonic()
