@@ -560,7 +560,9 @@ class Uplink:
 
 
 def _tls_context(cfg) -> ssl.SSLContext:
+    """The broker's certificate and host name are verified; TLS 1.2 is the oldest accepted."""
     ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.cert_file:
         ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
     return ctx
