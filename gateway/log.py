@@ -44,6 +44,7 @@ class Event(Enum):
     MESSAGES_EXPIRED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000040"
     STORE_ERROR = "5b0a0e1c2f4c4d6a9a7e2f3c1d000041"
     DISK_FULL = "5b0a0e1c2f4c4d6a9a7e2f3c1d000042"
+    STORE_SALVAGED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000043"
     SUMMARY = "5b0a0e1c2f4c4d6a9a7e2f3c1d000050"
 
 

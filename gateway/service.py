@@ -39,8 +39,8 @@ from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, 
 from gateway.outbox import Outbox
 from gateway.rates import Rates, Sample, projections
 from gateway.routes import MessageView, check_routes, parse_routes
+from gateway.salvage import open_or_salvage
 from gateway.settings import SettingsSync
-from gateway.store import Store
 from gateway.sync import RegistrySync
 from gateway.uplink import CloudMessage, Uplink
 
@@ -71,7 +71,7 @@ class Gateway(Handler):
 
     async def run(self) -> None:
         cfg = self.config
-        self.store = Store(cfg.storage.path)
+        self.store, self.salvage = open_or_salvage(cfg.storage.path)
         try:
             await self._run_open()
         finally:
@@ -508,6 +508,13 @@ class Gateway(Handler):
             "outbox": vars(stats),
             "next_seq": self.outbox.next_seq,
             "store_error": self.ingest.store_error,
+            "salvage": None if self.salvage is None else {
+                "quarantine": str(self.salvage.quarantine),
+                "messages": self.salvage.messages,
+                "unreadable": self.salvage.unreadable,
+                "other_records": self.salvage.other_records,
+                "error": self.salvage.error,
+            },
             "disk": {
                 "free_bytes": disk.free,
                 "total_bytes": disk.total,
