@@ -79,6 +79,7 @@ class CloudSettings:
     live_share: float = 0.0  # share of the window for the newest messages while a backlog drains
     max_refusals: int = 3  # cloud refusals of one message before it goes to the dead letters
     max_publish_rate: float = 0.0  # messages per second to the cloud; 0: unlimited
+    dns_servers: tuple[str, ...] = ()  # pinned resolvers for the cloud host; (): the system's
     scheme: str = ""
     host: str = ""
     port: int = 0
@@ -173,6 +174,22 @@ def text(check: Callable[[str], bool] = lambda _s: True, wanted: str = "a string
     return convert
 
 
+def ip_list() -> Converter:
+    """An array of IP addresses (resolvers are dialled by address: they cannot need DNS)."""
+
+    def convert(value: Any, _base: Path) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise _Expected("an array of IP addresses")
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except (ValueError, TypeError):
+                raise _Expected(f"an array of IP addresses ({_show(item)} is not one)") from None
+        return tuple(value)
+
+    return convert
+
+
 def choice(*options: str) -> Converter:
     return text(lambda s: s in options, "one of " + ", ".join(options))
 
@@ -247,6 +264,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "live_share": Key(number(0, 0.9), 0.0),
         "max_refusals": Key(integer(1, 100), 3),
         "max_publish_rate": Key(number(0), 0.0),
+        "dns_servers": Key(ip_list(), ()),
     },
     "control": {
         "socket": Key(path(optional=True), ""),

@@ -38,6 +38,7 @@ from gateway.mqtt.codec import Connect, Publish
 from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.outbox import Outbox
 from gateway.rates import Rates, Sample, projections
+from gateway.resolver import CloudResolver
 from gateway.routes import MessageView, check_routes, parse_routes
 from gateway.salvage import open_or_salvage
 from gateway.settings import SettingsSync
@@ -148,6 +149,7 @@ class Gateway(Handler):
             on_cloud_message=self._on_cloud_message,
             subscriptions=sorted(self._cloud_subscriptions()),
             clock=self.clock,
+            resolver=CloudResolver(self.store, cloud.host, cloud.port, list(cloud.dns_servers)),
         )
         self.uplink.on_online = self._on_online
         self.hub.uplink = self.uplink

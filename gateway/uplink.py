@@ -30,6 +30,7 @@ from gateway import cloud_contract as contract
 from gateway.log import Event, event
 from gateway.message import PRIORITIES
 from gateway.outbox import Cursor, Outbox
+from gateway.resolver import CloudResolver, ResolveError
 
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0
@@ -59,6 +60,20 @@ class _Sent:
     size: int
     priority: int
     live: bool
+
+
+class PinnedClient(mqtt.Client):
+    """paho, dialling a resolved address while TLS still checks the certificate against the
+    host name (paho uses `_host` for SNI and verification, and this address for TCP only)."""
+
+    dial_address: str | None = None
+
+    def _create_socket_connection(self):
+        if self.dial_address is None:
+            return super()._create_socket_connection()
+        return socket.create_connection(
+            (self.dial_address, self._port), timeout=self._connect_timeout
+        )
 
 
 class TokenBucket:
@@ -114,8 +129,10 @@ class Uplink:
         on_cloud_message: Callable[[CloudMessage], None],
         subscriptions: list[str],
         clock: Callable[[], float] = time.time,
+        resolver: CloudResolver | None = None,
     ) -> None:
         self._cfg = cloud
+        self._resolver = resolver
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._on_cloud_message = on_cloud_message
@@ -246,16 +263,9 @@ class Uplink:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_SECS
         try:
-            await loop.run_in_executor(
-                None,
-                lambda: client.connect(
-                    self._cfg.host,
-                    self._cfg.port,
-                    keepalive=self._cfg.keepalive_secs,
-                    clean_start=False,
-                    properties=props,
-                ),
-            )
+            await loop.run_in_executor(None, self._dial, client, props)
+        except ResolveError as exc:
+            raise UplinkFailure(str(exc)) from exc
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise UplinkFailure(_describe_connect_error(exc)) from exc
         self._client = client
@@ -274,9 +284,35 @@ class Uplink:
             raise
         return client
 
+    def _dial(self, client: PinnedClient, props: Properties) -> None:
+        """Resolve (pinned servers, then the last addresses that worked) and connect; blocking."""
+
+        def connect() -> None:
+            client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_secs,
+                           clean_start=False, properties=props)
+
+        if self._resolver is None:
+            connect()
+            return
+        addresses = self._resolver.resolve()
+        last: Exception | None = None
+        for address in addresses:
+            client.dial_address = address
+            try:
+                connect()
+            except ssl.SSLError:
+                raise  # the certificate is wrong for every address alike
+            except OSError as exc:
+                last = exc
+                continue
+            self.stats.address = f"{address}:{self._cfg.port} ({self._resolver.last_source})"
+            self._resolver.worked(address, addresses)
+            return
+        raise last or OSError(f"no address for {self._cfg.host}")
+
     def _new_client(self) -> mqtt.Client:
         cfg = self._cfg
-        client = mqtt.Client(
+        client = PinnedClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or self._gateway_id,
             protocol=mqtt.MQTTv5,
