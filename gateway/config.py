@@ -102,6 +102,11 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    offline_trust_secs: int  # 0: cached credentials are trusted for ever
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     host: str
     port: int  # 0: off
@@ -117,6 +122,7 @@ class Config:
     log: LogSettings
     source: Path
     metrics: MetricsSettings = MetricsSettings("127.0.0.1", 0)
+    auth: AuthSettings = AuthSettings(0)
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -272,6 +278,9 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
     "log": {
         "level": Key(choice(*LOG_LEVELS), "info"),
     },
+    "auth": {
+        "offline_trust_secs": Key(integer(0, 2**31 - 1), 0),
+    },
     "metrics": {
         "host": Key(text(is_host, "a host name or IP address"), "127.0.0.1"),
         "port": Key(integer(0, 65535), 0),
@@ -380,6 +389,7 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         log=LogSettings(**values["log"]),
         source=source,
         metrics=MetricsSettings(**values["metrics"]),
+        auth=AuthSettings(**values["auth"]),
     )
 
 

@@ -25,6 +25,7 @@ import sdnotify
 from gateway import auth, dialect, log
 from gateway import cloud_contract as contract
 from gateway import reload as reload_rules
+from gateway.audit import AuditLog, OfflineTrust
 from gateway.clock import SteadyClock
 from gateway.config import load_config
 from gateway.control import ControlServer
@@ -82,11 +83,14 @@ class Gateway(Handler):
     async def _run_open(self) -> None:
         cfg = self.config
         self.registry = RegistrySync(self.store)
+        self.clock = SteadyClock()  # TTL, SAS and trust expiry: immune to wall-clock jumps
+        self.trust = OfflineTrust(self.store, cfg.auth.offline_trust_secs, self.clock)
+        self.audit = AuditLog(self.store)
+        self._audit_inflight = False
         self.settings = SettingsSync(self.store, check_routes)
         self.routes = parse_routes(self.settings.settings.routes)
         self.unrouted = 0
         self.outbox = Outbox(self.store)
-        self.clock = SteadyClock()  # TTL and SAS expiry: immune to wall-clock jumps
         self.ingest = Ingest(
             self.outbox,
             clock=self.clock,
@@ -219,6 +223,17 @@ class Gateway(Handler):
     # -- Handler: what the child server asks -------------------------------------------------
 
     def authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
+        online = self._cloud_online()
+        stale = "" if online else self.trust.expired()
+        if stale:
+            self.audit.record(connect.client_id, False, stale, "cache", "")
+            return Verdict(False, 5, stale)
+        verdict = self._authenticate(connect, cert_der)
+        if not online:
+            self.audit.record(connect.client_id, verdict.ok, verdict.reason, "cache", "")
+        return verdict
+
+    def _authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
         result = auth.authenticate(
             self.registry.registry,
             self.config.gateway.hub_hostname,
@@ -306,6 +321,7 @@ class Gateway(Handler):
         prefix, gw = self.config.cloud.prefix, self.config.gateway.id
         if msg.topic == contract.registry_topic(prefix, gw):
             self._registry_synced_at = time.time()
+            self.trust.synced()
             change = self.registry.apply(msg.payload)
             for device in change.revoked:
                 self.server.disconnect(device, "removed or disabled in the registry")
@@ -433,7 +449,26 @@ class Gateway(Handler):
                 event(Event.SUMMARY, "summary: " + self.status_line())
             self._sample_rates()
             self._guard_disk()
+            self.trust.refresh(self._cloud_online())
+            self._publish_audit()
             self._notifier.notify("STATUS=" + self.status_line())
+
+    def _publish_audit(self) -> None:
+        """Offline authentications go to the cloud once it is back, a batch at a time."""
+        if self._audit_inflight or not self.audit.count or not self._cloud_online():
+            return
+        keys, entries = self.audit.pending()
+        if not keys:
+            return
+
+        def done(ok: bool) -> None:
+            self._audit_inflight = False
+            if ok:
+                self.audit.published(keys)
+
+        topic = contract.audit_topic(self.config.cloud.prefix, self.config.gateway.id)
+        self._audit_inflight = self.uplink.publish(topic, json.dumps(entries).encode(),
+                                                   on_done=done)
 
     def _guard_disk(self) -> None:
         self.disk.check(self.outbox.stats.bytes)
@@ -494,6 +529,12 @@ class Gateway(Handler):
             "settings_last_refusal": self.settings.last_refusal,
             "time_to_live_secs": self.ingest.ttl_secs,
             "last_child_refusal": self.server.last_refusal,
+            "audit_pending": self.audit.count,
+            "offline_trust": {
+                "trust_secs": self.trust.trust_secs,
+                "fresh_at": self.trust.fresh_at,
+                "expired": self.trust.expired(),
+            },
             "hub": self.hub.status(),
             "routes": self.routes.describe(),
             "unrouted": self.unrouted,
