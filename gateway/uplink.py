@@ -112,6 +112,7 @@ class UplinkStats:
     address: str = ""
     last_error: str = ""
     connects: int = 0
+    attempts: int = 0
     sent: int = 0
     acked: int = 0
     refused: int = 0
@@ -258,6 +259,7 @@ class Uplink:
     async def _connect(self) -> mqtt.Client:
         loop = asyncio.get_running_loop()
         self._set_state("connecting")
+        self.stats.attempts += 1
         self._lost.clear()
         client = self._new_client()
         props = Properties(PacketTypes.CONNECT)
@@ -267,7 +269,7 @@ class Uplink:
         except ResolveError as exc:
             raise UplinkFailure(str(exc)) from exc
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise UplinkFailure(_describe_connect_error(exc)) from exc
+            raise UplinkFailure(_describe_connect_error(exc, self._cfg.tls)) from exc
         self._client = client
         self._attach(loop, client)
         self._connack = loop.create_future()
@@ -385,6 +387,10 @@ class Uplink:
         while True:
             await asyncio.sleep(1.0)
             if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                self.stats.last_error = (
+                    f"the broker stopped answering (no PINGRESP within "
+                    f"{self._cfg.keepalive_secs * 1.5:.0f} s): a half-open connection"
+                )
                 self._lost.set()
                 return
 
@@ -604,11 +610,14 @@ def _tls_context(cfg) -> ssl.SSLContext:
     return ctx
 
 
-def _describe_connect_error(exc: Exception) -> str:
+def _describe_connect_error(exc: Exception, tls: bool = False) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate check failed: {exc.verify_message}; check cloud.ca_file"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
+    if tls and isinstance(exc, ConnectionResetError | EOFError | ssl.SSLEOFError):
+        return ("TLS handshake failed: the broker closed the connection; is that port a TLS "
+                "listener (mqtts://) or a plain one (mqtt://)?")
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (broker down or wrong port)"
     if isinstance(exc, TimeoutError):
