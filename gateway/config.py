@@ -57,6 +57,9 @@ class StorageSettings:
     time_to_live_secs: int
     commit_interval_ms: int
     commit_max_messages: int
+    max_bytes: int = 0  # backlog quota in bytes; 0: none (min_free_percent still applies)
+    min_free_percent: float = 10.0  # the filesystem keeps at least this much free
+    full_policy: str = "drop-oldest"  # or "refuse-new"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class CloudSettings:
     reconnect_max_secs: float
     live_share: float = 0.0  # share of the window for the newest messages while a backlog drains
     max_refusals: int = 3  # cloud refusals of one message before it goes to the dead letters
+    max_publish_rate: float = 0.0  # messages per second to the cloud; 0: unlimited
     scheme: str = ""
     host: str = ""
     port: int = 0
@@ -223,6 +227,9 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "time_to_live_secs": Key(integer(1, 2147483647), 7200),
         "commit_interval_ms": Key(integer(1, 60000), 100),
         "commit_max_messages": Key(integer(1, 100000), 256),
+        "max_bytes": Key(integer(0, 2**62), 0),
+        "min_free_percent": Key(number(0, 90), 10.0),
+        "full_policy": Key(choice("drop-oldest", "refuse-new"), "drop-oldest"),
     },
     "cloud": {
         "url": Key(text(), ""),
@@ -239,6 +246,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "reconnect_max_secs": Key(number(0, low_open=True), 60.0),
         "live_share": Key(number(0, 0.9), 0.0),
         "max_refusals": Key(integer(1, 100), 3),
+        "max_publish_rate": Key(number(0), 0.0),
     },
     "control": {
         "socket": Key(path(optional=True), ""),

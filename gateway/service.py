@@ -28,6 +28,7 @@ from gateway import reload as reload_rules
 from gateway.clock import SteadyClock
 from gateway.config import load_config
 from gateway.control import ControlServer
+from gateway.diskguard import DiskGuard
 from gateway.errors import GatewayError
 from gateway.hub import LocalHub
 from gateway.ingest import Ingest
@@ -38,8 +39,8 @@ from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, 
 from gateway.outbox import Outbox
 from gateway.rates import Rates, Sample, projections
 from gateway.routes import MessageView, check_routes, parse_routes
+from gateway.salvage import open_or_salvage
 from gateway.settings import SettingsSync
-from gateway.store import Store
 from gateway.sync import RegistrySync
 from gateway.uplink import CloudMessage, Uplink
 
@@ -70,7 +71,7 @@ class Gateway(Handler):
 
     async def run(self) -> None:
         cfg = self.config
-        self.store = Store(cfg.storage.path)
+        self.store, self.salvage = open_or_salvage(cfg.storage.path)
         try:
             await self._run_open()
         finally:
@@ -95,6 +96,8 @@ class Gateway(Handler):
             cloud_online=self._cloud_online,
         )
         self.server = ChildServer(cfg.listen, self)
+        st = cfg.storage
+        self.disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         self.hub = LocalHub(
             self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children
         )
@@ -230,6 +233,10 @@ class Gateway(Handler):
             op = dialect.classify_publish(conn.device_id, publish.topic)
         except dialect.TopicRefused as exc:
             raise Refusal(str(exc)) from None
+        if isinstance(op, dialect.Telemetry) and self.disk.refuses():
+            self.disk.state.refused += 1
+            raise Refusal(f"storage full ({self.disk.state.reason}): telemetry refused without "
+                          f"PUBACK, the child keeps it (storage.full_policy = refuse-new)")
         release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else None
         if isinstance(op, dialect.Telemetry):
             if not self.routes.routes:  # the common case: everything upstream, in order
@@ -423,7 +430,16 @@ class Gateway(Handler):
                 last_summary = now
                 event(Event.SUMMARY, "summary: " + self.status_line())
             self._sample_rates()
+            self._guard_disk()
             self._notifier.notify("STATUS=" + self.status_line())
+
+    def _guard_disk(self) -> None:
+        self.disk.check(self.outbox.stats.bytes)
+        if self.disk.drops():
+            dropped, _ = self.outbox.drop_oldest(self.disk.drop_budget(self.outbox.stats.count))
+            self.disk.state.dropped += dropped
+            self.outbox.flush_deletes()
+            self.disk.check(self.outbox.stats.bytes)
 
     def _sample_rates(self) -> None:
         self.rates.add(Sample(time.monotonic(), self.ingest.accepted, self.ingest.accepted_bytes,
@@ -492,7 +508,25 @@ class Gateway(Handler):
             "outbox": vars(stats),
             "next_seq": self.outbox.next_seq,
             "store_error": self.ingest.store_error,
-            "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+            "salvage": None if self.salvage is None else {
+                "quarantine": str(self.salvage.quarantine),
+                "messages": self.salvage.messages,
+                "unreadable": self.salvage.unreadable,
+                "other_records": self.salvage.other_records,
+                "error": self.salvage.error,
+            },
+            "disk": {
+                "free_bytes": disk.free,
+                "total_bytes": disk.total,
+                "free_percent": self.disk.state.free_percent,
+                "min_free_percent": self.disk.min_free_percent,
+                "max_bytes": self.disk.max_bytes,
+                "policy": self.disk.policy,
+                "full": self.disk.state.full,
+                "full_reason": self.disk.state.reason,
+                "dropped": self.disk.state.dropped,
+                "refused": self.disk.state.refused,
+            },
             "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
         }
 

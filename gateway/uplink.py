@@ -61,6 +61,31 @@ class _Sent:
     live: bool
 
 
+class TokenBucket:
+    """Publishes per second with a one-second burst; rate 0 means no limit."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = max(rate, 1.0)
+        self._at = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def available(self, now: float) -> int:
+        self._refill(now)
+        return int(self._tokens)
+
+    def take(self) -> None:
+        if self.rate:
+            self._tokens -= 1
+
+    def wait_for_one(self, now: float) -> float:
+        self._refill(now)
+        return max(0.001, (1 - self._tokens) / self.rate)
+
+
 class UplinkFailure(Exception):
     """A connection attempt failed; the message is the one-line reason for the journal."""
 
@@ -109,6 +134,8 @@ class Uplink:
         self._last_logged = ""
         self._acked_on_connection = 0
         self._first_on_connection: _Sent | None = None
+        self._bucket = TokenBucket(cloud.max_publish_rate)
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._lost = asyncio.Event()
         self._connack: asyncio.Future | None = None
         self._stopping = False
@@ -434,6 +461,7 @@ class Uplink:
         room = self._cfg.inflight_window - len(self._inflight)
         if client is None or self.stats.state != "online" or room <= 0:
             return
+        room = self._paced(room)
         now_ms = int(self._clock() * 1000)
         while self._retry and room > 0:
             seq, priority = self._retry.pop(0)
@@ -450,6 +478,20 @@ class Uplink:
         if self._live_start is not None and backlog < room:  # the backlog is drained
             self._send_batch(client, self._live_cursor, room - backlog, now_ms, None, live=True)
         self.stats.inflight = len(self._inflight)
+
+    def _paced(self, room: int) -> int:
+        """cloud.max_publish_rate: what the token bucket allows now; a timer fills the rest."""
+        if not self._bucket.rate:
+            return room
+        allowed = min(room, self._bucket.available(time.monotonic()))
+        if allowed < room and self._refill_timer is None:
+            delay = self._bucket.wait_for_one(time.monotonic())
+            self._refill_timer = asyncio.get_running_loop().call_later(delay, self._refilled)
+        return allowed
+
+    def _refilled(self) -> None:
+        self._refill_timer = None
+        self._fill()
 
     def _send_batch(
         self, client, cursor: Cursor, limit: int, now_ms: int, below: int | None, live: bool
@@ -476,6 +518,7 @@ class Uplink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._lost.set()
             return False
+        self._bucket.take()
         sent = self._inflight[info.mid] = _Sent(seq, msg.size(), msg.priority, live)
         if self._first_on_connection is None:
             self._first_on_connection = sent
@@ -517,7 +560,9 @@ class Uplink:
 
 
 def _tls_context(cfg) -> ssl.SSLContext:
+    """The broker's certificate and host name are verified; TLS 1.2 is the oldest accepted."""
     ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.cert_file:
         ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
     return ctx
