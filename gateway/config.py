@@ -60,6 +60,7 @@ class StorageSettings:
     max_bytes: int = 0  # backlog quota in bytes; 0: none (min_free_percent still applies)
     min_free_percent: float = 10.0  # the filesystem keeps at least this much free
     full_policy: str = "drop-oldest"  # or "refuse-new"
+    reserve_bytes: int = 32 * 1024 * 1024  # the ballast that lets a full store reopen
 
 
 @dataclass(frozen=True)
@@ -253,6 +254,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "max_bytes": Key(integer(0, 2**62), 0),
         "min_free_percent": Key(number(0, 90), 10.0),
         "full_policy": Key(choice("drop-oldest", "refuse-new"), "drop-oldest"),
+        "reserve_bytes": Key(integer(0, 2**40), 32 * 1024 * 1024),
     },
     "cloud": {
         "url": Key(text(), ""),

@@ -53,8 +53,8 @@ def open_or_salvage(path: Path) -> tuple[Store, SalvageReport | None]:
 def _looks_damaged(text: str) -> bool:
     """Damage, as opposed to permissions or a full disk (which salvage would not fix)."""
     lowered = text.lower()
-    if "permission denied" in lowered or "no space left" in lowered:
-        return False
+    if any(word in lowered for word in ("permission denied", "no space left", "lock")):
+        return False  # a lock held by another process means a healthy store in use
     return any(word in lowered for word in ("corruption", "no such file", "io error",
                                              "invalid argument", "not an sst", "bad magic",
                                              "checksum", "truncated", "manifest", "current"))

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import psutil
 import sdnotify
 
-from gateway import auth, dialect, log
+from gateway import auth, ballast, dialect, log
 from gateway import cloud_contract as contract
 from gateway import reload as reload_rules
 from gateway.audit import AuditLog, OfflineTrust
@@ -71,14 +71,35 @@ class Gateway(Handler):
 
     # -- start and stop ----------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Returns the exit status: 0, or EX_TEMPFAIL after a full disk (systemd restarts)."""
         cfg = self.config
+        self.exit_code = 0
         self.store, self.salvage = open_or_salvage(cfg.storage.path)
+        problem = ballast.ensure(cfg.storage.path, cfg.storage.reserve_bytes)
+        if problem:
+            event(Event.DISK_FULL, f"storage: {problem}", level=logging.WARNING)
         try:
             await self._run_open()
         finally:
-            self.store.close()
+            try:
+                self.store.close()
+            except Exception as exc:  # after ENOSPC RocksDB cannot even close; the log is safe
+                event(Event.STORE_ERROR, f"store: close failed ({exc}); its log holds every "
+                                         f"acknowledged message", level=logging.ERROR)
         event(Event.STOPPED, "gatewayd stopped; every accepted message is on disk or delivered")
+        return self.exit_code
+
+    def _disk_full(self, reason: str) -> None:
+        released = ballast.release(self.config.storage.path)
+        event(Event.DISK_FULL,
+              f"storage: the disk is full ({reason.splitlines()[0][:160]}); RocksDB accepts no "
+              f"more writes until it is reopened: "
+              + ("released the reserve and " if released else "no reserve to release; ")
+              + "restarting to reopen the store (nothing PUBACKed is lost)",
+              level=logging.CRITICAL)
+        self.exit_code = ballast.EX_TEMPFAIL
+        self._stop.set()
 
     async def _run_open(self) -> None:
         cfg = self.config
@@ -116,6 +137,7 @@ class Gateway(Handler):
         await self.control.start()
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
         await self.metrics.start()
+        self.ingest.on_disk_full = self._disk_full
         self.ingest.start()
         tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         self._start_uplink(cfg.cloud)
