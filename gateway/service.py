@@ -51,6 +51,7 @@ EXPIRY_SWEEP_SECS = 1.0
 EXPIRY_LOG_SECS = 60.0
 SUMMARY_SECS = 3600.0
 REPORTED_TWIN_SECS = 60.0
+RECLAIM_SECS = 2.0
 
 
 class Gateway(Handler):
@@ -68,6 +69,7 @@ class Gateway(Handler):
         self._expired_logged_at = -EXPIRY_LOG_SECS
         self._registry_synced_at: float | None = None
         self.rates = Rates()
+        self._reclaimed_at = 0.0
 
     # -- start and stop ----------------------------------------------------------------------
 
@@ -503,6 +505,11 @@ class Gateway(Handler):
             dropped, _ = self.outbox.drop_oldest(self.disk.drop_budget(self.outbox.stats.count))
             self.disk.state.dropped += dropped
             self.outbox.flush_deletes()
+            now = time.monotonic()
+            if dropped and self.disk.state.free_percent < self.disk.min_free_percent \
+                    and now - self._reclaimed_at >= RECLAIM_SECS:
+                self._reclaimed_at = now
+                self.store.reclaim_outbox()  # deleted messages free nothing until compacted
             self.disk.check(self.outbox.stats.bytes)
 
     def _sample_rates(self) -> None:

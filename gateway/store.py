@@ -12,6 +12,7 @@ inconsistent.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from rocksdict import (
@@ -37,14 +38,24 @@ def _family_options() -> Options:
     return opts
 
 
-def _db_options() -> Options:
+def _wal_cap(path: Path) -> int:
+    """All column families share the log; a family that rarely writes keeps old log files
+    alive until the total passes this cap. On a small disk the cap must be small too."""
+    try:
+        total = shutil.disk_usage(path).total
+    except OSError:
+        return 32 * _MiB
+    return max(1 * _MiB, min(32 * _MiB, total // 20))
+
+
+def _db_options(path: Path) -> Options:
     opts = _family_options()
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
     opts.set_paranoid_checks(True)
     opts.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
     opts.set_recycle_log_file_num(4)
-    opts.set_max_total_wal_size(32 * _MiB)
+    opts.set_max_total_wal_size(_wal_cap(path))
     opts.set_max_log_file_size(1 * _MiB)
     opts.set_keep_log_file_num(2)
     return opts
@@ -58,7 +69,9 @@ class Store:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             families = {name: _family_options() for name in COLUMN_FAMILIES}
-            self._db = Rdict(str(self.path), options=_db_options(), column_families=families)
+            self._db = Rdict(
+                str(self.path), options=_db_options(self.path), column_families=families
+            )
         except Exception as exc:  # rocksdict raises plain Exception with RocksDB's text
             raise StoreError(
                 f"cannot open the store at {self.path}: {exc}; check that the directory is "
@@ -86,6 +99,12 @@ class Store:
 
     def get_meta(self, key: bytes) -> bytes | None:
         return self.meta.get(key)
+
+    def reclaim_outbox(self) -> None:
+        """Flush and compact the outbox so that dropped messages give their space back; the
+        disk guard calls it only past the free-space floor, at most every few seconds."""
+        self._db.flush()
+        self.outbox.compact_range(None, None)
 
     def close(self) -> None:
         """Flush the WAL and close, so that the next start needs no recovery."""

@@ -5,6 +5,8 @@ With refuse-new and a free-space floor the disk never fills at all."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 
 import pytest
@@ -21,6 +23,13 @@ def small_fs(tmp_path):
     fs = LoopFilesystem(tmp_path / "fs", size_mib=24)
     yield fs
     fs.close()
+
+
+def send_random(child: Child, i: int):
+    """About 1 KB that compression cannot shrink: the disk must really fill."""
+    body = {"device": child.device_id, "i": i, "pad": base64.b64encode(os.urandom(700)).decode()}
+    return child.client.publish(f"devices/{child.device_id}/messages/events/",
+                                json.dumps(body), qos=1)
 
 
 def offline_gateway(cloud, gateways, small_fs, **storage):
@@ -43,7 +52,7 @@ def test_a_full_disk_restarts_and_loses_nothing_acknowledged(cloud, gateways, sm
     child = Child("d", key, gw.plain_port)
     child.client.reconnect_delay_set(60, 120)  # stay away once the daemon is gone
     assert child.connect() == 0
-    mids = {child.send(i, size=1000).mid: i for i in range(30000)}
+    mids = {send_random(child, i).mid: i for i in range(30000)}
     assert gw.proc.wait(120) == 75, "EX_TEMPFAIL: systemd's Restart=on-failure restarts it"
     gw.proc = None
     acked = sorted(i for mid, i in mids.items() if mid in child.acked)
@@ -68,7 +77,7 @@ def test_refuse_new_keeps_the_floor_and_the_disk_never_fills(cloud, gateways, sm
     child = Child("d", key, gw.plain_port)
     assert child.connect() == 0
     for i in range(30000):
-        child.send(i, size=1000)
+        send_random(child, i)
     status = gw.wait_status(lambda s: s["disk"]["full"] and s["disk"]["refused"] > 0,
                             timeout=120, what="refusing at the floor")
     assert gw.proc.poll() is None and "the disk is full" not in gw.log_text()
@@ -80,3 +89,27 @@ def test_refuse_new_keeps_the_floor_and_the_disk_never_fills(cloud, gateways, sm
     print(f"refuse-new on 24 MiB, floor 40%: {held} stored, free {status['disk']['free_percent']}%")
     child.close()
 
+
+
+def test_drop_oldest_on_a_small_filesystem_keeps_running(cloud, gateways, small_fs):
+    gw, key, verifier = offline_gateway(cloud, gateways, small_fs, min_free_percent=40)
+    child = Child("d", key, gw.plain_port)
+    assert child.connect() == 0
+    mids = [send_random(child, i).mid for i in range(30000)]
+    child.wait_acked(mids, timeout=180)
+    status = gw.wait_status(lambda s: s["disk"]["dropped"] > 0, timeout=60, what="dropping")
+    assert gw.proc.poll() is None, "still running: the floor held before the disk filled"
+    kept = status["backlog"]["messages"]
+    gw.terminate()
+    gw.start()
+    assert gw.status()["salvage"] is None
+    cloud.start()
+    verifier.connect()
+    verifier.wait_for(lambda m: any(x.i == 29999 for x in m), timeout=120, what="the newest")
+    gw.wait_status(lambda s: s["backlog"]["messages"] == 0, timeout=120, what="drained")
+    got = sorted({x.i for x in verifier.messages})
+    assert got and got[-1] == 29999 and got == list(range(got[0], 30000)), \
+        "the newest survive, contiguous: only the oldest were dropped"
+    print(f"drop-oldest on 24 MiB, floor 40%: {len(got)} delivered, "
+          f"{30000 - len(got)} oldest dropped, {kept} kept at the stop")
+    child.close()
