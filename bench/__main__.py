@@ -32,6 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                      help="stored backlogs to start with (default 10^4 10^5 10^6)")
     run.add_argument("--scenarios", nargs="*", default=["relay", "outage", "wear", "startup"])
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
+    run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
     run.add_argument("--out", type=Path, default=Path("bench-results"))
     return p.parse_args(argv)
 
@@ -44,7 +45,7 @@ def sizes(args: argparse.Namespace) -> dict:
         "children": args.children or ([10] if quick else [1, 10, 100]),
         "outage": args.outage or (2000 if quick else 1_000_000),
         "wear": 2000 if quick else 20000,
-        "wear_rate_secs": 2 if quick else 20,
+        "wear_rate_secs": args.wear_secs or (2 if quick else 20),
         "startup": args.startup or ([1000] if quick else [10_000, 100_000, 1_000_000]),
     }
 
