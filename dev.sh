@@ -43,7 +43,8 @@ run)
     ;;
 test)
     shift
-    apt_install mosquitto e2fsprogs
+    # faketime: clock jumps; fuse3 + python3-pyfuse3 (Debian's python3 runs tests/support/powerfs.py)
+    apt_install mosquitto e2fsprogs faketime fuse3 python3-pyfuse3
     # tests/system: the .deb under a real systemd in qemu, and the image build
     apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
         dosfstools mtools fdisk

@@ -19,6 +19,10 @@ def registry_topic(prefix: str, gateway_id: str) -> str:
     return f"{prefix}gateways/{gateway_id}/registry"
 
 
+def audit_topic(prefix: str, gateway_id: str) -> str:
+    return f"{prefix}gateways/{gateway_id}/audit"
+
+
 def status_topic(prefix: str, gateway_id: str) -> str:
     return f"{prefix}gateways/{gateway_id}/status"
 

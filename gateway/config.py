@@ -57,6 +57,10 @@ class StorageSettings:
     time_to_live_secs: int
     commit_interval_ms: int
     commit_max_messages: int
+    max_bytes: int = 0  # backlog quota in bytes; 0: none (min_free_percent still applies)
+    min_free_percent: float = 10.0  # the filesystem keeps at least this much free
+    full_policy: str = "drop-oldest"  # or "refuse-new"
+    reserve_bytes: int = 32 * 1024 * 1024  # the ballast that lets a full store reopen
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class CloudSettings:
     reconnect_max_secs: float
     live_share: float = 0.0  # share of the window for the newest messages while a backlog drains
     max_refusals: int = 3  # cloud refusals of one message before it goes to the dead letters
+    max_publish_rate: float = 0.0  # messages per second to the cloud; 0: unlimited
+    dns_servers: tuple[str, ...] = ()  # pinned resolvers for the cloud host; (): the system's
     scheme: str = ""
     host: str = ""
     port: int = 0
@@ -97,6 +103,11 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    offline_trust_secs: int  # 0: cached credentials are trusted for ever
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     host: str
     port: int  # 0: off
@@ -112,6 +123,7 @@ class Config:
     log: LogSettings
     source: Path
     metrics: MetricsSettings = MetricsSettings("127.0.0.1", 0)
+    auth: AuthSettings = AuthSettings(0)
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -165,6 +177,22 @@ def text(check: Callable[[str], bool] = lambda _s: True, wanted: str = "a string
         if not isinstance(value, str) or not check(value):
             raise _Expected(wanted)
         return value
+
+    return convert
+
+
+def ip_list() -> Converter:
+    """An array of IP addresses (resolvers are dialled by address: they cannot need DNS)."""
+
+    def convert(value: Any, _base: Path) -> tuple[str, ...]:
+        if not isinstance(value, list | tuple):
+            raise _Expected("an array of IP addresses")
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except (ValueError, TypeError):
+                raise _Expected(f"an array of IP addresses ({_show(item)} is not one)") from None
+        return tuple(value)
 
     return convert
 
@@ -223,6 +251,10 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "time_to_live_secs": Key(integer(1, 2147483647), 7200),
         "commit_interval_ms": Key(integer(1, 60000), 100),
         "commit_max_messages": Key(integer(1, 100000), 256),
+        "max_bytes": Key(integer(0, 2**62), 0),
+        "min_free_percent": Key(number(0, 90), 10.0),
+        "full_policy": Key(choice("drop-oldest", "refuse-new"), "drop-oldest"),
+        "reserve_bytes": Key(integer(0, 2**40), 32 * 1024 * 1024),
     },
     "cloud": {
         "url": Key(text(), ""),
@@ -239,12 +271,17 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "reconnect_max_secs": Key(number(0, low_open=True), 60.0),
         "live_share": Key(number(0, 0.9), 0.0),
         "max_refusals": Key(integer(1, 100), 3),
+        "max_publish_rate": Key(number(0), 0.0),
+        "dns_servers": Key(ip_list(), ()),
     },
     "control": {
         "socket": Key(path(optional=True), ""),
     },
     "log": {
         "level": Key(choice(*LOG_LEVELS), "info"),
+    },
+    "auth": {
+        "offline_trust_secs": Key(integer(0, 2**31 - 1), 0),
     },
     "metrics": {
         "host": Key(text(is_host, "a host name or IP address"), "127.0.0.1"),
@@ -354,6 +391,7 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         log=LogSettings(**values["log"]),
         source=source,
         metrics=MetricsSettings(**values["metrics"]),
+        auth=AuthSettings(**values["auth"]),
     )
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from gateway import ballast
 from gateway.log import Event, event
 from gateway.message import DEFAULT_PRIORITY, Message
 from gateway.outbox import Outbox
@@ -55,6 +56,7 @@ class Ingest:
         self.store_error = ""
         self.accepted = 0
         self.accepted_bytes = 0
+        self.on_disk_full: Callable[[str], None] = lambda reason: None
         self._stopping = False
         self._task: asyncio.Task | None = None
         outbox.on_safe = self._released
@@ -125,6 +127,9 @@ class Ingest:
         except Exception as exc:  # RocksDB raises plain Exception (ENOSPC, EIO...)
             self.outbox.commit_failed(commit)
             self._store_failed(str(exc))
+            if ballast.is_disk_full(str(exc)):
+                self.on_disk_full(str(exc))
+                return
             await asyncio.sleep(STORE_RETRY_SECS)
             return
         self.outbox.commit_end(commit)
@@ -150,4 +155,6 @@ class Ingest:
         if self._task is not None:
             await self._task
         self._executor.shutdown(wait=True)
+        if self.store_error and ballast.is_disk_full(self.store_error):
+            return  # RocksDB refuses every write now; what was PUBACKed is already in its log
         self.outbox.close()

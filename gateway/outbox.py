@@ -73,6 +73,7 @@ class OutboxStats:
     acked_before_commit: int = 0
     dead_lettered: int = 0
     delivered: int = 0  # acknowledged by the cloud, since start
+    dropped_full: int = 0  # dropped by the disk guard (storage.full_policy = drop-oldest)
 
 
 @dataclass
@@ -438,6 +439,30 @@ class Outbox:
             if msg.priority == priority:
                 return msg.enqueued_ms
         return None
+
+    def drop_oldest(self, budget: int) -> tuple[int, int]:
+        """Drop up to `budget` stored messages, lowest priority first, oldest first within it:
+        the disk is full and the policy says so. Only committed ones: a message still in memory
+        has not had its PUBACK, and its child keeps it. Returns (messages, bytes)."""
+        dropped = dropped_bytes = 0
+        for priority in reversed(self._lanes):
+            it = self._store.outbox.iter()
+            it.seek(seq_key(self._floor[priority], priority))
+            while it.valid() and it.key()[0] == priority and dropped < budget:
+                seq = _key_seq(it.key())
+                if seq not in self._deletes and seq not in self._mem:
+                    size = len(it.value())
+                    msg = self._decode(seq, priority, it.value())
+                    if msg is not None:
+                        size = msg.size()
+                        self.ack(seq, size, priority, delivered=False)
+                        dropped += 1
+                        dropped_bytes += size
+                it.next()
+            if dropped >= budget:
+                break
+        self.stats.dropped_full += dropped
+        return dropped, dropped_bytes
 
     # -- dead letters ------------------------------------------------------------------------
 

@@ -22,11 +22,14 @@ from collections.abc import Callable
 import psutil
 import sdnotify
 
-from gateway import auth, dialect, log
+from gateway import auth, ballast, dialect, log
 from gateway import cloud_contract as contract
 from gateway import reload as reload_rules
+from gateway.audit import AuditLog, OfflineTrust
+from gateway.clock import SteadyClock
 from gateway.config import load_config
 from gateway.control import ControlServer
+from gateway.diskguard import DiskGuard
 from gateway.errors import GatewayError
 from gateway.hub import LocalHub
 from gateway.ingest import Ingest
@@ -36,9 +39,10 @@ from gateway.mqtt.codec import Connect, Publish
 from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.outbox import Outbox
 from gateway.rates import Rates, Sample, projections
+from gateway.resolver import CloudResolver
 from gateway.routes import MessageView, check_routes, parse_routes
+from gateway.salvage import open_or_salvage
 from gateway.settings import SettingsSync
-from gateway.store import Store
 from gateway.sync import RegistrySync
 from gateway.uplink import CloudMessage, Uplink
 
@@ -67,24 +71,50 @@ class Gateway(Handler):
 
     # -- start and stop ----------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Returns the exit status: 0, or EX_TEMPFAIL after a full disk (systemd restarts)."""
         cfg = self.config
-        self.store = Store(cfg.storage.path)
+        self.exit_code = 0
+        self.store, self.salvage = open_or_salvage(cfg.storage.path)
+        problem = ballast.ensure(cfg.storage.path, cfg.storage.reserve_bytes)
+        if problem:
+            event(Event.DISK_FULL, f"storage: {problem}", level=logging.WARNING)
         try:
             await self._run_open()
         finally:
-            self.store.close()
+            try:
+                self.store.close()
+            except Exception as exc:  # after ENOSPC RocksDB cannot even close; the log is safe
+                event(Event.STORE_ERROR, f"store: close failed ({exc}); its log holds every "
+                                         f"acknowledged message", level=logging.ERROR)
         event(Event.STOPPED, "gatewayd stopped; every accepted message is on disk or delivered")
+        return self.exit_code
+
+    def _disk_full(self, reason: str) -> None:
+        released = ballast.release(self.config.storage.path)
+        event(Event.DISK_FULL,
+              f"storage: the disk is full ({reason.splitlines()[0][:160]}); RocksDB accepts no "
+              f"more writes until it is reopened: "
+              + ("released the reserve and " if released else "no reserve to release; ")
+              + "restarting to reopen the store (nothing PUBACKed is lost)",
+              level=logging.CRITICAL)
+        self.exit_code = ballast.EX_TEMPFAIL
+        self._stop.set()
 
     async def _run_open(self) -> None:
         cfg = self.config
         self.registry = RegistrySync(self.store)
+        self.clock = SteadyClock()  # TTL, SAS and trust expiry: immune to wall-clock jumps
+        self.trust = OfflineTrust(self.store, cfg.auth.offline_trust_secs, self.clock)
+        self.audit = AuditLog(self.store)
+        self._audit_inflight = False
         self.settings = SettingsSync(self.store, check_routes)
         self.routes = parse_routes(self.settings.settings.routes)
         self.unrouted = 0
         self.outbox = Outbox(self.store)
         self.ingest = Ingest(
             self.outbox,
+            clock=self.clock,
             ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
             commit_interval_ms=cfg.storage.commit_interval_ms,
             commit_max=cfg.storage.commit_max_messages,
@@ -92,6 +122,8 @@ class Gateway(Handler):
             cloud_online=self._cloud_online,
         )
         self.server = ChildServer(cfg.listen, self)
+        st = cfg.storage
+        self.disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         self.hub = LocalHub(
             self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children
         )
@@ -105,6 +137,7 @@ class Gateway(Handler):
         await self.control.start()
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
         await self.metrics.start()
+        self.ingest.on_disk_full = self._disk_full
         self.ingest.start()
         tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         self._start_uplink(cfg.cloud)
@@ -141,6 +174,8 @@ class Gateway(Handler):
             self.outbox,
             on_cloud_message=self._on_cloud_message,
             subscriptions=sorted(self._cloud_subscriptions()),
+            clock=self.clock,
+            resolver=CloudResolver(self.store, cloud.host, cloud.port, list(cloud.dns_servers)),
         )
         self.uplink.on_online = self._on_online
         self.hub.uplink = self.uplink
@@ -210,6 +245,17 @@ class Gateway(Handler):
     # -- Handler: what the child server asks -------------------------------------------------
 
     def authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
+        online = self._cloud_online()
+        stale = "" if online else self.trust.expired()
+        if stale:
+            self.audit.record(connect.client_id, False, stale, "cache", "")
+            return Verdict(False, 5, stale)
+        verdict = self._authenticate(connect, cert_der)
+        if not online:
+            self.audit.record(connect.client_id, verdict.ok, verdict.reason, "cache", "")
+        return verdict
+
+    def _authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
         result = auth.authenticate(
             self.registry.registry,
             self.config.gateway.hub_hostname,
@@ -217,7 +263,7 @@ class Gateway(Handler):
             connect.username,
             connect.password,
             cert_der,
-            time.time(),
+            self.clock(),
         )
         return Verdict(result.ok, result.return_code, result.reason)
 
@@ -226,6 +272,10 @@ class Gateway(Handler):
             op = dialect.classify_publish(conn.device_id, publish.topic)
         except dialect.TopicRefused as exc:
             raise Refusal(str(exc)) from None
+        if isinstance(op, dialect.Telemetry) and self.disk.refuses():
+            self.disk.state.refused += 1
+            raise Refusal(f"storage full ({self.disk.state.reason}): telemetry refused without "
+                          f"PUBACK, the child keeps it (storage.full_policy = refuse-new)")
         release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else None
         if isinstance(op, dialect.Telemetry):
             if not self.routes.routes:  # the common case: everything upstream, in order
@@ -293,6 +343,7 @@ class Gateway(Handler):
         prefix, gw = self.config.cloud.prefix, self.config.gateway.id
         if msg.topic == contract.registry_topic(prefix, gw):
             self._registry_synced_at = time.time()
+            self.trust.synced()
             change = self.registry.apply(msg.payload)
             for device in change.revoked:
                 self.server.disconnect(device, "removed or disabled in the registry")
@@ -419,14 +470,42 @@ class Gateway(Handler):
                 last_summary = now
                 event(Event.SUMMARY, "summary: " + self.status_line())
             self._sample_rates()
+            self._guard_disk()
+            self.trust.refresh(self._cloud_online())
+            self._publish_audit()
             self._notifier.notify("STATUS=" + self.status_line())
+
+    def _publish_audit(self) -> None:
+        """Offline authentications go to the cloud once it is back, a batch at a time."""
+        if self._audit_inflight or not self.audit.count or not self._cloud_online():
+            return
+        keys, entries = self.audit.pending()
+        if not keys:
+            return
+
+        def done(ok: bool) -> None:
+            self._audit_inflight = False
+            if ok:
+                self.audit.published(keys)
+
+        topic = contract.audit_topic(self.config.cloud.prefix, self.config.gateway.id)
+        self._audit_inflight = self.uplink.publish(topic, json.dumps(entries).encode(),
+                                                   on_done=done)
+
+    def _guard_disk(self) -> None:
+        self.disk.check(self.outbox.stats.bytes)
+        if self.disk.drops():
+            dropped, _ = self.outbox.drop_oldest(self.disk.drop_budget(self.outbox.stats.count))
+            self.disk.state.dropped += dropped
+            self.outbox.flush_deletes()
+            self.disk.check(self.outbox.stats.bytes)
 
     def _sample_rates(self) -> None:
         self.rates.add(Sample(time.monotonic(), self.ingest.accepted, self.ingest.accepted_bytes,
                               self.outbox.stats.delivered))
 
     def _sweep_expired(self) -> None:
-        self.outbox.expire(int(time.time() * 1000))
+        self.outbox.expire(int(self.clock() * 1000))
         self.outbox.flush_deletes()
         expired = self.outbox.stats.expired
         now = time.monotonic()
@@ -472,6 +551,12 @@ class Gateway(Handler):
             "settings_last_refusal": self.settings.last_refusal,
             "time_to_live_secs": self.ingest.ttl_secs,
             "last_child_refusal": self.server.last_refusal,
+            "audit_pending": self.audit.count,
+            "offline_trust": {
+                "trust_secs": self.trust.trust_secs,
+                "fresh_at": self.trust.fresh_at,
+                "expired": self.trust.expired(),
+            },
             "hub": self.hub.status(),
             "routes": self.routes.describe(),
             "unrouted": self.unrouted,
@@ -488,7 +573,25 @@ class Gateway(Handler):
             "outbox": vars(stats),
             "next_seq": self.outbox.next_seq,
             "store_error": self.ingest.store_error,
-            "disk": {"free_bytes": disk.free, "total_bytes": disk.total},
+            "salvage": None if self.salvage is None else {
+                "quarantine": str(self.salvage.quarantine),
+                "messages": self.salvage.messages,
+                "unreadable": self.salvage.unreadable,
+                "other_records": self.salvage.other_records,
+                "error": self.salvage.error,
+            },
+            "disk": {
+                "free_bytes": disk.free,
+                "total_bytes": disk.total,
+                "free_percent": self.disk.state.free_percent,
+                "min_free_percent": self.disk.min_free_percent,
+                "max_bytes": self.disk.max_bytes,
+                "policy": self.disk.policy,
+                "full": self.disk.state.full,
+                "full_reason": self.disk.state.reason,
+                "dropped": self.disk.state.dropped,
+                "refused": self.disk.state.refused,
+            },
             "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
         }
 

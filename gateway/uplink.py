@@ -30,6 +30,7 @@ from gateway import cloud_contract as contract
 from gateway.log import Event, event
 from gateway.message import PRIORITIES
 from gateway.outbox import Cursor, Outbox
+from gateway.resolver import CloudResolver, ResolveError
 
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0
@@ -61,6 +62,45 @@ class _Sent:
     live: bool
 
 
+class PinnedClient(mqtt.Client):
+    """paho, dialling a resolved address while TLS still checks the certificate against the
+    host name (paho uses `_host` for SNI and verification, and this address for TCP only)."""
+
+    dial_address: str | None = None
+
+    def _create_socket_connection(self):
+        if self.dial_address is None:
+            return super()._create_socket_connection()
+        return socket.create_connection(
+            (self.dial_address, self._port), timeout=self._connect_timeout
+        )
+
+
+class TokenBucket:
+    """Publishes per second with a one-second burst; rate 0 means no limit."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = max(rate, 1.0)
+        self._at = time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def available(self, now: float) -> int:
+        self._refill(now)
+        return int(self._tokens)
+
+    def take(self) -> None:
+        if self.rate:
+            self._tokens -= 1
+
+    def wait_for_one(self, now: float) -> float:
+        self._refill(now)
+        return max(0.001, (1 - self._tokens) / self.rate)
+
+
 class UplinkFailure(Exception):
     """A connection attempt failed; the message is the one-line reason for the journal."""
 
@@ -72,6 +112,7 @@ class UplinkStats:
     address: str = ""
     last_error: str = ""
     connects: int = 0
+    attempts: int = 0
     sent: int = 0
     acked: int = 0
     refused: int = 0
@@ -89,8 +130,10 @@ class Uplink:
         on_cloud_message: Callable[[CloudMessage], None],
         subscriptions: list[str],
         clock: Callable[[], float] = time.time,
+        resolver: CloudResolver | None = None,
     ) -> None:
         self._cfg = cloud
+        self._resolver = resolver
         self._gateway_id = gateway_id
         self._outbox = outbox
         self._on_cloud_message = on_cloud_message
@@ -109,6 +152,8 @@ class Uplink:
         self._last_logged = ""
         self._acked_on_connection = 0
         self._first_on_connection: _Sent | None = None
+        self._bucket = TokenBucket(cloud.max_publish_rate)
+        self._refill_timer: asyncio.TimerHandle | None = None
         self._lost = asyncio.Event()
         self._connack: asyncio.Future | None = None
         self._stopping = False
@@ -214,23 +259,17 @@ class Uplink:
     async def _connect(self) -> mqtt.Client:
         loop = asyncio.get_running_loop()
         self._set_state("connecting")
+        self.stats.attempts += 1
         self._lost.clear()
         client = self._new_client()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_SECS
         try:
-            await loop.run_in_executor(
-                None,
-                lambda: client.connect(
-                    self._cfg.host,
-                    self._cfg.port,
-                    keepalive=self._cfg.keepalive_secs,
-                    clean_start=False,
-                    properties=props,
-                ),
-            )
+            await loop.run_in_executor(None, self._dial, client, props)
+        except ResolveError as exc:
+            raise UplinkFailure(str(exc)) from exc
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise UplinkFailure(_describe_connect_error(exc)) from exc
+            raise UplinkFailure(_describe_connect_error(exc, self._cfg.tls)) from exc
         self._client = client
         self._attach(loop, client)
         self._connack = loop.create_future()
@@ -247,9 +286,35 @@ class Uplink:
             raise
         return client
 
+    def _dial(self, client: PinnedClient, props: Properties) -> None:
+        """Resolve (pinned servers, then the last addresses that worked) and connect; blocking."""
+
+        def connect() -> None:
+            client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_secs,
+                           clean_start=False, properties=props)
+
+        if self._resolver is None:
+            connect()
+            return
+        addresses = self._resolver.resolve()
+        last: Exception | None = None
+        for address in addresses:
+            client.dial_address = address
+            try:
+                connect()
+            except ssl.SSLError:
+                raise  # the certificate is wrong for every address alike
+            except OSError as exc:
+                last = exc
+                continue
+            self.stats.address = f"{address}:{self._cfg.port} ({self._resolver.last_source})"
+            self._resolver.worked(address, addresses)
+            return
+        raise last or OSError(f"no address for {self._cfg.host}")
+
     def _new_client(self) -> mqtt.Client:
         cfg = self._cfg
-        client = mqtt.Client(
+        client = PinnedClient(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or self._gateway_id,
             protocol=mqtt.MQTTv5,
@@ -322,6 +387,10 @@ class Uplink:
         while True:
             await asyncio.sleep(1.0)
             if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                self.stats.last_error = (
+                    f"the broker stopped answering (no PINGRESP within "
+                    f"{self._cfg.keepalive_secs * 1.5:.0f} s): a half-open connection"
+                )
                 self._lost.set()
                 return
 
@@ -434,6 +503,7 @@ class Uplink:
         room = self._cfg.inflight_window - len(self._inflight)
         if client is None or self.stats.state != "online" or room <= 0:
             return
+        room = self._paced(room)
         now_ms = int(self._clock() * 1000)
         while self._retry and room > 0:
             seq, priority = self._retry.pop(0)
@@ -450,6 +520,20 @@ class Uplink:
         if self._live_start is not None and backlog < room:  # the backlog is drained
             self._send_batch(client, self._live_cursor, room - backlog, now_ms, None, live=True)
         self.stats.inflight = len(self._inflight)
+
+    def _paced(self, room: int) -> int:
+        """cloud.max_publish_rate: what the token bucket allows now; a timer fills the rest."""
+        if not self._bucket.rate:
+            return room
+        allowed = min(room, self._bucket.available(time.monotonic()))
+        if allowed < room and self._refill_timer is None:
+            delay = self._bucket.wait_for_one(time.monotonic())
+            self._refill_timer = asyncio.get_running_loop().call_later(delay, self._refilled)
+        return allowed
+
+    def _refilled(self) -> None:
+        self._refill_timer = None
+        self._fill()
 
     def _send_batch(
         self, client, cursor: Cursor, limit: int, now_ms: int, below: int | None, live: bool
@@ -476,6 +560,7 @@ class Uplink:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._lost.set()
             return False
+        self._bucket.take()
         sent = self._inflight[info.mid] = _Sent(seq, msg.size(), msg.priority, live)
         if self._first_on_connection is None:
             self._first_on_connection = sent
@@ -517,17 +602,22 @@ class Uplink:
 
 
 def _tls_context(cfg) -> ssl.SSLContext:
+    """The broker's certificate and host name are verified; TLS 1.2 is the oldest accepted."""
     ctx = ssl.create_default_context(cafile=cfg.ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.cert_file:
         ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
     return ctx
 
 
-def _describe_connect_error(exc: Exception) -> str:
+def _describe_connect_error(exc: Exception, tls: bool = False) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate check failed: {exc.verify_message}; check cloud.ca_file"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake failed: {exc.reason or exc}"
+    if tls and isinstance(exc, ConnectionResetError | EOFError | ssl.SSLEOFError):
+        return ("TLS handshake failed: the broker closed the connection; is that port a TLS "
+                "listener (mqtts://) or a plain one (mqtt://)?")
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (broker down or wrong port)"
     if isinstance(exc, TimeoutError):

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.service import Gateway  # heavy imports only once the config is known good
 
     try:
-        asyncio.run(Gateway(config).run())
+        return asyncio.run(Gateway(config).run())
     except GatewayError as exc:
         event(Event.STORE_ERROR, f"gatewayd: {exc.message}", level=40)
         return exc.exit_code

@@ -40,6 +40,12 @@ READ_CHUNK = 65536
 PACKET_OVERHEAD = 4096  # topic, property bag and header on top of the payload limit
 PRE_AUTH_MAX_BYTES = 8192  # a CONNECT with a SAS token or a will fits; nothing bigger before auth
 WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
+# Connections still in TLS handshake or waiting for CONNECT, on top of listen.max_connections.
+PREAUTH_SLACK = 64
+# The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
+# Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
+MAX_KEEPALIVE_SECS = 1200
+LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
 class Refusal(Exception):
@@ -143,6 +149,9 @@ class ChildConnection:
         with contextlib.suppress(Exception):
             self._writer.close()
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        # close() waits for unread output to flush; a peer that never reads would keep the socket
+        # and its buffer for ever.
+        self._writer.transport.abort()
         if self.device_id and self.close_reason:
             event(
                 Event.CHILD_CLOSED,
@@ -186,7 +195,7 @@ class ChildConnection:
             await self._writer.drain()
             raise _Refused
         self.device_id = connect.client_id
-        self._keepalive = connect.keepalive
+        self._keepalive = min(connect.keepalive or MAX_KEEPALIVE_SECS, MAX_KEEPALIVE_SECS)
         self._decoder.max_packet_bytes = self._server.max_message_bytes + PACKET_OVERHEAD
         self.send(ConnAck(False, CONNACK_ACCEPTED))
         event(
@@ -209,7 +218,7 @@ class ChildConnection:
     async def _packet_loop(self) -> None:
         for packet in self._decoder.feed(b""):  # what came right behind CONNECT
             self._dispatch(packet)
-        timeout = self._keepalive * 1.5 if self._keepalive else None
+        timeout = self._keepalive * 1.5
         while not self._closed.is_set():
             try:
                 data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
@@ -277,8 +286,16 @@ class ChildConnection:
     # -- output ------------------------------------------------------------------------------
 
     def send(self, packet: object) -> None:
-        if not self._writer.is_closing():
-            self._writer.write(codec.encode(packet))
+        """Queue a packet; a child whose unread output passes twice WRITE_BUFFER_MAX in one
+        read's worth of answers (the loop pauses at WRITE_BUFFER_MAX) is closed at once."""
+        if self._writer.is_closing():
+            return
+        if self._writer.transport.get_write_buffer_size() > 2 * WRITE_BUFFER_MAX:
+            self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
+            self.close(self.close_reason)
+            self._writer.transport.abort()
+            return
+        self._writer.write(codec.encode(packet))
 
     def subscribed(self, topic: str) -> bool:
         """Whether any of the child's filters matches `topic` (it asked to receive it)."""
@@ -358,6 +375,15 @@ class ChildServer:
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
         async def on_client(reader, writer) -> None:
+            if len(self._all) >= self._cfg.max_connections + PREAUTH_SLACK:
+                self.log_limited(
+                    Event.CHILD_REFUSED,
+                    f"peer {_peer(writer)}: closed: {len(self._all)} connections open "
+                    "(listen.max_connections and those still handshaking)",
+                    cause="connections",
+                )
+                writer.transport.abort()
+                return
             conn = ChildConnection(self, reader, writer, name)
             self._all.add(conn)
             await conn.serve()
@@ -404,6 +430,10 @@ class ChildServer:
         """One line per device, kind and cause a minute: a looping child must not wear the card."""
         key = f"{kind.name}:{device_id}:{cause}"
         now = time.monotonic()
+        if len(self._log_times) >= LOG_KEYS_MAX:
+            self._log_times = {k: t for k, t in self._log_times.items() if now - t < 60}
+            if len(self._log_times) >= LOG_KEYS_MAX:  # a flood of client ids: one line for all
+                key = f"{kind.name}:*:{cause}"
         if now - self._log_times.get(key, -1e9) >= 60:
             self._log_times[key] = now
             event(kind, message, level=logging.WARNING, device_id=device_id)

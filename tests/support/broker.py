@@ -25,7 +25,8 @@ def free_port() -> int:
 
 class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None,
-                 acl: list[str] | None = None) -> None:
+                 acl: list[str] | None = None, tls: tuple[Path, Path] | None = None,
+                 password_file: Path | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -51,6 +52,27 @@ class Mosquitto:
                 ]
             )
         )
+        extra = []
+        if tls is not None or password_file is not None:
+            # mosquitto started as root reads these after dropping to its own user
+            shared = Path(tempfile.mkdtemp(prefix="mosq-files", dir="/tmp"))
+            shared.chmod(0o755)
+            for source in [*(tls or ()), *([password_file] if password_file else [])]:
+                target = shared / Path(source).name
+                target.write_bytes(Path(source).read_bytes())
+                target.chmod(0o644)
+            if tls is not None:
+                extra += [f"certfile {shared / Path(tls[0]).name}",
+                          f"keyfile {shared / Path(tls[1]).name}"]
+            if password_file is not None:
+                extra += ["allow_anonymous false",
+                          f"password_file {shared / Path(password_file).name}"]
+            text = self.conf.read_text()
+            if password_file is not None:
+                text = text.replace("allow_anonymous true\n", "")
+            self.conf.write_text(text.replace(f"listener {self.port} 127.0.0.1\n",
+                                              f"listener {self.port} 127.0.0.1\n"
+                                              + "\n".join(extra) + "\n"))
         if acl is not None:  # e.g. ["topic deny a/b", "topic readwrite #"] for anonymous
             # mosquitto started as root reads the ACL after dropping to its own user
             acl_dir = Path(tempfile.mkdtemp(prefix="mosq-acl", dir="/tmp"))

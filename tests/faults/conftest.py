@@ -1,0 +1,81 @@
+"""A site for the fault tests: a real mosquitto cloud, a registry of children, one gatewayd with a
+TLS and a plain listener, and a sampler of the daemon's resident memory."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+from gateway import certs
+from gateway.cloud_contract import registry_topic
+from tests.support.broker import Mosquitto
+from tests.support.clients import new_key, publish_retained, registry_doc
+from tests.support.gatewayd import Gatewayd
+
+
+class RssSampler:
+    """Samples a process's RSS every 20 ms in a thread; `peak` is the highest seen."""
+
+    def __init__(self, pid: int) -> None:
+        self._proc = psutil.Process(pid)
+        self.peak = self.baseline = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Site:
+    cloud: Mosquitto
+    gw: Gatewayd
+    keys: dict[str, str]
+    ca_file: Path
+    rss: RssSampler
+    counts: dict[str, int] = field(default_factory=dict)  # bad inputs tried, by kind
+
+
+def make_tls(workdir: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1: (ca, cert, key) files."""
+    ca_key, ca_cert = certs.make_ca("faults test CA")
+    key, cert = certs.make_server_cert(ca_key, ca_cert, ["localhost"], ["127.0.0.1"])
+    ca, crt, kfile = workdir / "ca.pem", workdir / "server.pem", workdir / "server.key"
+    certs.write_pem(ca, cert=ca_cert)
+    certs.write_pem(crt, cert=cert)
+    certs.write_pem(kfile, key=key)
+    return ca, crt, kfile
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """One gateway for a whole module of hostile cases: it must survive all of them in a row."""
+    root = tmp_path_factory.mktemp("site")
+    cloud = Mosquitto(root / "cloud")
+    cloud.start()
+    keys = {f"good-{n}": new_key() for n in range(4)}
+    keys.update({f"victim-{n}": new_key() for n in range(4)})
+    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
+    ca, crt, kfile = make_tls(root)
+    gw = Gatewayd(root / "gw", cloud_url=cloud.url, tls=(crt, kfile),
+                  listen={"max_connections": 16, "connect_timeout_secs": 3})
+    gw.start()
+    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid))
+    yield s
+    s.rss.stop()
+    gw.close()
+    cloud.stop()

@@ -1,0 +1,94 @@
+"""Raw-socket tools for the hostile-input cases: hand-made MQTT bytes, and what to expect back."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+
+from gateway.auth import make_sas_token
+from gateway.mqtt import codec
+from gateway.mqtt.codec import Connect, Publish
+from tests.support.gatewayd import HUB
+
+
+def rl(n: int) -> bytes:
+    """The remaining-length bytes of `n`, without the 268,435,455 check (hostile cases need it)."""
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def s16(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def connect_packet(device: str, key: str, keepalive: int = 60, client_id: str | None = None,
+                   expiry: int | None = None) -> bytes:
+    token = make_sas_token(HUB, device, key, expiry or int(time.time()) + 3600)
+    return codec.encode(Connect(
+        client_id if client_id is not None else device,
+        username=f"{HUB}/{device}/?api-version=2021-04-12",
+        password=token.encode(), keepalive=keepalive, clean_session=True,
+    ))
+
+
+def raw_publish(topic: bytes, payload: bytes = b"{}", qos: int = 1, packet_id: int = 1) -> bytes:
+    """A PUBLISH from raw topic bytes: invalid UTF-8, U+0000 and wildcards get through."""
+    body = s16(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
+    return bytes([0x30 | qos << 1]) + rl(len(body)) + body
+
+
+def telemetry(device: str, i: int, packet_id: int) -> bytes:
+    return codec.encode(Publish(f"devices/{device}/messages/events/", b'{"i": %d}' % i, qos=1,
+                                packet_id=packet_id))
+
+
+def dial(port: int, tls_ca: str | None = None, rcvbuf: int = 0) -> socket.socket:
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    if tls_ca:
+        ctx = ssl.create_default_context(cafile=tls_ca)
+        sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 15.0) -> bytes:
+    """Everything the gateway sends until it closes; AssertionError if it keeps the line open."""
+    deadline = time.monotonic() + timeout
+    got = bytearray()
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError):
+            return bytes(got)
+        except TimeoutError:
+            break
+        if not chunk:
+            return bytes(got)
+        got += chunk
+    raise AssertionError(f"gateway kept the connection open {timeout} s (got {len(got)} bytes)")
+
+
+def read_packets(sock: socket.socket, want: int, timeout: float = 10.0) -> list:
+    """Read until `want` packets arrived (or the line closed): the decoded packets."""
+    decoder = codec.Decoder()
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < want and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        out += decoder.feed(chunk)
+    return out

@@ -1,0 +1,331 @@
+"""The hostile-input catalogue of docs/security.md against one running gatewayd.
+
+Every case runs against the same daemon, one after another; after each one a well-behaved child
+must still connect and get its PUBACK (the daemon stays up, other children are served). The
+daemon's RSS is sampled all along: the module ends by checking the peak (memory stays bounded).
+Case ids (H01...) are the catalogue's.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from gateway.mqtt import codec
+from gateway.mqtt.codec import ConnAck, PingResp, PubAck, SubAck
+from tests.faults.hostile import (
+    connect_packet,
+    dial,
+    raw_publish,
+    read_packets,
+    read_until_closed,
+    rl,
+    s16,
+    telemetry,
+)
+from tests.support.clients import Child
+
+RSS_GROWTH_LIMIT = 64 << 20  # peak over the baseline, through every flood of this module
+PINGREQ = b"\xc0\x00"
+
+
+def _served(site) -> None:
+    """A good child connects, publishes QoS 1 and gets its PUBACK: the gateway still serves."""
+    assert site.gw.proc.poll() is None, f"gatewayd died:\n{site.gw.log_text()[-3000:]}"
+    child = Child("good-0", site.keys["good-0"], site.gw.plain_port)
+    try:
+        assert child.connect() == 0
+        child.wait_acked([child.send(0).mid], timeout=10)
+    finally:
+        child.close()
+
+
+@pytest.fixture(autouse=True)
+def still_serving(site):
+    yield
+    _served(site)
+
+
+def _connected(site, device: str = "victim-0", keepalive: int = 60, **kw) -> socket.socket:
+    sock = dial(site.gw.plain_port, **kw)
+    sock.sendall(connect_packet(device, site.keys[device], keepalive))
+    (ack,) = read_packets(sock, 1)
+    assert ack == ConnAck(False, 0)
+    return sock
+
+
+def _count(site, kind: str, n: int = 1) -> None:
+    site.counts[kind] = site.counts.get(kind, 0) + n
+
+
+# Cases where the gateway must close the connection; `True` means after a good CONNECT.
+CLOSED = {
+    "H01 remaining length in 5 bytes": (False, b"\x10\xff\xff\xff\xff\x7f"),
+    "H02 270 MB declared before CONNECT": (False, b"\x10" + rl(268_435_455) + b"\x00\x04MQTT"),
+    "H03 20 KB CONNECT (over the pre-auth cap)": (False, b"\x10" + rl(20_000) + b"\x00" * 64),
+    "H04 first packet PUBLISH": (False, raw_publish(b"devices/victim-0/messages/events/")),
+    "H05 first packet PINGREQ": (False, PINGREQ),
+    "H06 first packet garbage": (False, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+    "H07 CONNECT with protocol MQIsdp level 3": (
+        False, b"\x10" + rl(20) + s16(b"MQIsdp") + b"\x03\x02\x00\x3c" + s16(b"abcdef")),
+    "H08 CONNECT client id length past the end": (
+        False, b"\x10" + rl(14) + s16(b"MQTT") + b"\x04\x02\x00\x3c" + b"\xff\xff" + b"ab"),
+    "H09 CONNECT invalid UTF-8 client id": (
+        False, b"\x10" + rl(16) + s16(b"MQTT") + b"\x04\x02\x00\x3c" + s16(b"\xc3\x28ab")),
+    "H10 CONNECT reserved flag bit": (
+        False, b"\x10" + rl(14) + s16(b"MQTT") + b"\x04\x03\x00\x3c" + s16(b"ab")),
+    "H11 second CONNECT": (True, None),
+    "H12 reserved packet type 0": (True, b"\x00\x00"),
+    "H13 reserved packet type 15": (True, b"\xf0\x00"),
+    "H14 SUBSCRIBE with flags 0000": (True, b"\x80\x07\x00\x01" + s16(b"a/b") + b"\x00"[:0]),
+    "H15 PUBLISH QoS 3": (True, b"\x36" + rl(5) + s16(b"a/b") + b"x"),
+    "H16 PUBLISH topic length past the end": (True, b"\x32\x06\x01\x00abcd"),
+    "H17 PUBLISH topic invalid UTF-8": (True, raw_publish(b"devices/victim-0/\xff\xfe")),
+    "H18 PUBLISH topic with U+0000": (True, raw_publish(b"devices/victim-0/messages/\x00")),
+    "H19 PUBLISH empty topic": (True, raw_publish(b"")),
+    "H22 PUBLISH topic with +": (True, raw_publish(b"devices/victim-0/messages/events/+")),
+    "H23 PUBLISH topic with #": (True, raw_publish(b"devices/victim-0/messages/#")),
+    "H24 PUBLISH to $SYS": (True, raw_publish(b"$SYS/broker/uptime")),
+    "H25 PUBLISH as another device": (True, raw_publish(b"devices/victim-1/messages/events/")),
+    "H26 PUBLISH packet id 0": (True, raw_publish(b"devices/victim-0/messages/events/",
+                                                  packet_id=0)),
+    "H27 PUBLISH QoS 2": (True, b"\x34" + rl(40) + s16(b"devices/victim-0/messages/events/")
+                          + b"\x00\x01" + b"{}" + b"\x00" * 3),
+    "H28 PUBLISH over max_message_bytes": (
+        True, raw_publish(b"devices/victim-0/messages/events/", b"x" * 300_000)),
+    "H29 PUBLISH declared 200 MB, trickled": (True, b"\x32" + rl(200_000_000) + b"\x00\x21"),
+    "H30 PUBACK with packet id 0": (True, b"\x40\x02\x00\x00"),
+    "H31 PUBACK with 3 bytes of body": (True, b"\x40\x03\x00\x01\x00"),
+    "H32 SUBSCRIBE with no filters": (True, b"\x82\x02\x00\x01"),
+    "H33 SUBSCRIBE with a bad filter a/#/b": (True, b"\x82" + rl(10) + b"\x00\x01"
+                                             + s16(b"a/#/b") + b"\x01"),
+    "H34 server-only packet CONNACK": (True, b"\x20\x02\x00\x00"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLOSED))
+def test_closed(site, case):
+    after_connect, data = CLOSED[case]
+    if after_connect:
+        sock = _connected(site)
+        if data is None:  # H11
+            data = connect_packet("victim-0", site.keys["victim-0"])
+    else:
+        sock = dial(site.gw.plain_port)
+    with sock:
+        sock.sendall(data[:7])
+        for i in range(7, len(data), 4096):
+            try:
+                sock.sendall(data[i:i + 4096])
+            except (BrokenPipeError, ConnectionResetError):
+                break  # closed early: good
+        got = read_until_closed(sock, 2.0)  # under the 3 s CONNECT deadline: refused at once
+    _count(site, "catalogue")
+    packets = codec.Decoder().feed(got)
+    # Nothing is acknowledged: no PUBACK/SUBACK for a packet that broke the rules.
+    assert not [p for p in packets if isinstance(p, (PubAck, SubAck))], packets
+    if not after_connect:
+        assert not any(p == ConnAck(False, 0) for p in packets), "accepted a bad CONNECT"
+
+
+# Legal but extreme: stored and PUBACKed (the property bag is kept verbatim), line stays open.
+ACCEPTED = {
+    "H20 PUBLISH 65,535-byte topic": raw_publish(
+        b"devices/victim-0/messages/events/" + b"a" * (65535 - 33)),
+    "H21 PUBLISH 5,000 topic levels": raw_publish(
+        b"devices/victim-0/messages/events/x" + b"/a" * 5000),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_accepted(site, case):
+    with _connected(site) as sock:
+        sock.sendall(ACCEPTED[case] + PINGREQ)
+        assert set(read_packets(sock, 2)) == {PubAck(1), PingResp()}
+    _count(site, "catalogue")
+
+
+def test_h35_puback_for_unknown_id_is_ignored(site):
+    with _connected(site) as sock:
+        sock.sendall(b"\x40\x02\x12\x34" + PINGREQ)
+        assert read_packets(sock, 1) == [PingResp()]
+    _count(site, "catalogue")
+
+
+def test_h36_client_id_takeover(site):
+    """A second connection with the same id wins; the first is closed (MQTT-3.1.4-2)."""
+    first = _connected(site, "victim-2")
+    second = _connected(site, "victim-2")
+    read_until_closed(first, 5)
+    second.sendall(telemetry("victim-2", 1, 7))
+    assert read_packets(second, 1) == [PubAck(7)]
+    first.close()
+    second.close()
+    _count(site, "catalogue")
+
+
+def test_h37_empty_client_id_refused(site):
+    with dial(site.gw.plain_port) as sock:
+        sock.sendall(connect_packet("victim-0", site.keys["victim-0"], client_id=""))
+        packets = codec.Decoder().feed(read_until_closed(sock))
+    assert packets and isinstance(packets[0], ConnAck) and packets[0].return_code != 0
+    _count(site, "catalogue")
+
+
+def test_h38_expired_and_wrong_sas_refused(site):
+    for packet in (connect_packet("victim-0", site.keys["victim-0"], expiry=int(time.time()) - 5),
+                   connect_packet("victim-0", site.keys["victim-1"])):
+        with dial(site.gw.plain_port) as sock:
+            sock.sendall(packet)
+            (ack,) = codec.Decoder().feed(read_until_closed(sock))
+            assert ack.return_code in (4, 5)  # bad user name or password / not authorised
+    _count(site, "catalogue", 2)
+
+
+def test_h39_h40_slowloris_and_silent_tls_are_cut_at_the_deadline(site):
+    """50 CONNECTs trickled a byte a second and 50 TLS handshakes that never start: all closed
+    by the CONNECT/handshake deadline (listen.connect_timeout_secs, 3 s here), while a real
+    child is served meanwhile."""
+    slow = [dial(site.gw.plain_port) for _ in range(50)]
+    silent = [dial(site.gw.tls_port) for _ in range(50)]  # TCP only: no ClientHello
+    packet = connect_packet("victim-0", site.keys["victim-0"])
+    start = time.monotonic()
+    closed_at: list[float] = []
+
+    def trickle(sock: socket.socket) -> None:
+        for byte in packet:
+            try:
+                sock.sendall(bytes([byte]))
+                sock.settimeout(1.0)
+                if sock.recv(1) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        closed_at.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=trickle, args=(s,)) for s in slow]
+    for t in threads:
+        t.start()
+    _served(site)
+    for sock in silent:
+        read_until_closed(sock, 20)
+    for t in threads:
+        t.join(30)
+    assert len(closed_at) == 50 and max(closed_at) < 3 + 3, closed_at
+    for sock in slow + silent:
+        sock.close()
+    _count(site, "catalogue", 100)
+
+
+def test_h41_pre_auth_connection_flood_is_capped(site):
+    """Thousands of silent TCP connections: those past listen.max_connections + the handshake
+    slack are dropped at once; the listener keeps accepting once they go."""
+    socks = []
+    for _ in range(400):
+        socks.append(dial(site.gw.plain_port))
+    dropped = 0
+    for sock in socks:
+        sock.settimeout(0.1)
+        try:
+            if sock.recv(1) == b"":
+                dropped += 1
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            dropped += 1
+    for sock in socks:
+        sock.close()
+    assert dropped >= 400 - (16 + 64), dropped
+    _count(site, "catalogue", 400)
+
+
+def test_h42_huge_keepalive_accepted_and_served(site):
+    """Keepalive 65,535 (18 h) is legal: accepted; the idle cap itself is in test_server_limits."""
+    with _connected(site, keepalive=65535) as sock:
+        sock.sendall(PINGREQ)
+        assert read_packets(sock, 1) == [PingResp()]
+    _count(site, "catalogue")
+
+
+def test_h43_reader_that_never_reads_is_closed(site):
+    """A child floods PINGREQs and never reads a PINGRESP: its unread output is bounded and it
+    is closed after the drain deadline, not kept for ever."""
+    sock = _connected(site, "victim-3", rcvbuf=4096)
+    sock.settimeout(0.5)
+    burst = PINGREQ * 32768
+    sent = 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(burst)
+        except TimeoutError:
+            continue  # the gateway stopped reading us: keep the pressure on until it closes
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    else:
+        raise AssertionError(f"never closed; {sent} bytes sent")
+    sock.close()
+    _count(site, "catalogue")
+
+
+def test_h44_connect_disconnect_churn(site):
+    """2,000 connect/CONNECT/DISCONNECT cycles from 8 threads, half of them refused."""
+    errors: list[str] = []
+
+    def churn(n: int) -> None:
+        for i in range(250):
+            try:
+                with dial(site.gw.plain_port) as sock:
+                    device = f"victim-{n % 4}"
+                    key = site.keys[device] if i % 2 else site.keys["good-3"]
+                    sock.sendall(connect_packet(device, key))
+                    ack = read_packets(sock, 1)
+                    if i % 2:
+                        sock.sendall(b"\xe0\x00")
+            except OSError as exc:
+                errors.append(repr(exc))
+            if not ack:
+                errors.append("no CONNACK")
+
+    threads = [threading.Thread(target=churn, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:5]
+    _count(site, "churn", 2000)
+
+
+def test_h45_random_mutations_of_a_good_session(site):
+    """300 byte-level mutations of CONNECT+PUBLISH+SUBSCRIBE+PINGREQ, each on its own
+    connection: whatever comes back decodes, and the daemon stays up."""
+    rnd = random.Random(6)
+    good = (connect_packet("victim-0", site.keys["victim-0"]) + telemetry("victim-0", 1, 1)
+            + b"\x82" + rl(36) + b"\x00\x02" + s16(b"devices/victim-0/messages/devicebound/#")[:33]
+            + PINGREQ)
+    for _ in range(300):
+        data = bytearray(good)
+        for _ in range(rnd.randint(1, 6)):
+            data[rnd.randrange(len(data))] = rnd.randrange(256)
+        with dial(site.gw.plain_port) as sock:
+            try:
+                sock.sendall(bytes(data))
+                sock.shutdown(socket.SHUT_WR)
+                read_until_closed(sock, 15)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+    _count(site, "mutations", 300)
+
+
+def test_zz_memory_stayed_bounded(site):
+    """Last in the module: the peak RSS through every flood above stayed under the bound."""
+    growth = site.rss.peak - site.rss.baseline
+    print(f"\nhostile inputs tried: {site.counts} = {sum(site.counts.values())}; "
+          f"RSS baseline {site.rss.baseline >> 20} MiB, peak {site.rss.peak >> 20} MiB")
+    assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth >> 20} MiB"
