@@ -50,6 +50,14 @@ def sizes(args: argparse.Namespace) -> dict:
     }
 
 
+def attempt(fn, *args, **kwargs) -> dict:
+    """One run; a failure is recorded with its reason instead of losing the rounds already run."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of a system under test is a result
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
 def rotate(kinds: tuple[str, ...], r: int) -> list[str]:
     """Alternate who goes first in each round, so no system always runs on a warmer machine."""
     return list(kinds[r % len(kinds):] + kinds[:r % len(kinds)])
@@ -64,14 +72,14 @@ def run(args: argparse.Namespace) -> dict:
         if "relay" in args.scenarios:
             for n in cfg["children"]:
                 for kind in rotate(RELAY_KINDS, r):
-                    figures = scenarios.relay(kind, work / f"relay{r}-{n}-{kind}", n,
-                                              cfg["relay"])
+                    figures = attempt(scenarios.relay, kind, work / f"relay{r}-{n}-{kind}", n,
+                                      cfg["relay"])
                     rounds["relay"].setdefault(str(n), {}).setdefault(kind, []).append(figures)
                     print(f"round {r} relay {n} children {kind}: {report.short(figures)}",
                           flush=True)
         if "outage" in args.scenarios:
             for kind in rotate(("gatewayd", "paho-floor"), r):
-                figures = scenarios.outage(kind, work / f"outage{r}-{kind}", cfg["outage"])
+                figures = attempt(scenarios.outage, kind, work / f"outage{r}-{kind}", cfg["outage"])
                 rounds["outage"].setdefault(kind, []).append(figures)
                 print(f"round {r} outage {kind}: {report.short(figures)}", flush=True)
         if "wear" in args.scenarios and os.geteuid() == 0:
@@ -79,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
                 for label, fn in wear_runs(cfg):
                     fs = LoopFilesystem(work / f"wear{r}-{kind}-{label}", size_mib=1024)
                     try:
-                        figures = fn(kind, work / f"wear{r}-{kind}-{label}", fs)
+                        figures = attempt(fn, kind, work / f"wear{r}-{kind}-{label}", fs)
                     finally:
                         fs.close()
                     rounds["wear"].setdefault(label, {}).setdefault(kind, []).append(figures)
@@ -88,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     if "startup" in args.scenarios:
         for count in cfg["startup"]:
             for _ in range(cfg["rounds"]):
-                figures = scenarios.startup(work / f"startup-{count}", count)
+                figures = attempt(scenarios.startup, work / f"startup-{count}", count)
                 rounds["startup"].setdefault(str(count), []).append(figures)
                 print(f"startup {count}: {report.short(figures)}", flush=True)
     return rounds

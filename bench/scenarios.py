@@ -215,7 +215,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
         d1 = time.perf_counter()
         out["peak_rss_mib"] = peak_rss_mib(system.pid)
     else:
-        d1 = await counter.wait_for(total, timeout=1200)
+        d1 = await counter.wait_for(total, timeout=1200, stall=60)  # bridge reconnect backoff
         timeline = [(counter.first - d0, 0)] + [(t - d0, n) for t, n in counter.timeline]
         out["peak_rss_mib"] = peak_rss_mib(system.pid)
     counter.close()
