@@ -34,7 +34,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
     run.add_argument("--out", type=Path, default=Path("bench-results"))
+    again = sub.add_parser("report", help="write report.md and the plots again from report.json")
+    again.add_argument("dirs", type=Path, nargs="+", help="result directories to merge")
+    again.add_argument("--out", type=Path, default=Path("bench-results"))
     return p.parse_args(argv)
+
+
+def merged(dirs: list[Path]) -> dict:
+    """Several runs' report.json as one (e.g. the relay and the million-message outage)."""
+    out: dict = {}
+    for d in dirs:
+        data = json.loads((d / "report.json").read_text())
+        for key, value in data.items():
+            if isinstance(value, dict) and value and key not in ("sizes", "machine"):
+                out[key] = value
+            else:
+                out.setdefault(key, value)
+    for key in ("relay", "outage", "wear", "startup"):
+        out.setdefault(key, {})
+    return out
 
 
 def sizes(args: argparse.Namespace) -> dict:
@@ -115,8 +133,11 @@ def wear_runs(cfg: dict) -> list:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     started = time.time()
-    rounds = run(args)
-    rounds["elapsed_secs"] = round(time.time() - started)
+    if args.command == "report":
+        rounds = merged(args.dirs)
+    else:
+        rounds = run(args)
+        rounds["elapsed_secs"] = round(time.time() - started)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(rounds, indent=1, default=str))
     table = report.table(rounds)

@@ -38,12 +38,17 @@ def median(runs: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _first(*values: float | None) -> float | None:
+    """The first value that was measured (0 is a measurement, None is not)."""
+    return next((v for v in values if v is not None), None)
+
+
 def _f(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
 
 def _ratio(a: float | None, b: float | None) -> str:
-    return "–" if not a or not b else f"{a / b:.2f}"
+    return "–" if a is None or not b else f"{a / b:.2f}"
 
 
 def table(rounds: dict) -> str:
@@ -82,9 +87,9 @@ def table(rounds: dict) -> str:
                 "|---|---|---|---|---|---|---|"]
         for label, kinds in rounds["wear"].items():
             for kind, runs in kinds.items():
-                total = median(runs, "wear_online") or median(runs, "wear_offline")
-                flushes = median(runs, "flushes_per_sec") or median(runs,
-                                                                    "flushes_per_sec_ingest")
+                total = _first(median(runs, "wear_online"), median(runs, "wear_offline"))
+                flushes = _first(median(runs, "flushes_per_sec"),
+                                 median(runs, "flushes_per_sec_ingest"))
                 out.append(f"| {label} | {kind} | {_f(total)} | {_f(median(runs, 'wear_ingest'))} "
                            f"| {_f(median(runs, 'wear_drain'))} | {_f(flushes)} "
                            f"| {_f(median(runs, 'flushes_per_sec_drain'))} |")
@@ -142,7 +147,8 @@ def plots(rounds: dict, out: Path) -> None:
             values = []
             for label in labels:
                 runs = rounds["wear"][label].get(kind, [])
-                values.append(median(runs, "wear_online") or median(runs, "wear_offline") or 0)
+                values.append(_first(median(runs, "wear_online"),
+                                     median(runs, "wear_offline")) or 0)
             ax.bar([i + j * width for i in range(len(labels))], values, width, label=kind)
         ax.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(labels))], labels)
         ax.set_yscale("log")
