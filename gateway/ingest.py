@@ -57,6 +57,7 @@ class Ingest:
         self.accepted = 0
         self.accepted_bytes = 0
         self.on_disk_full: Callable[[str], None] = lambda reason: None
+        self.after_commit: Callable[[], None] = lambda: None
         self._stopping = False
         self._task: asyncio.Task | None = None
         outbox.on_safe = self._released
@@ -133,6 +134,7 @@ class Ingest:
             await asyncio.sleep(STORE_RETRY_SECS)
             return
         self.outbox.commit_end(commit)
+        self.after_commit()
         if self.store_error:
             self.store_error = ""
             event(Event.STORE_ERROR, "store: writes succeed again")

@@ -39,6 +39,20 @@ def provision(directory: Path, hostnames: list[str], ips: list[str], group: str 
             f"children must trust {ca_file} (server_verification_cert)")
 
 
+def pin_dns(config_file: Path, dropin: Path) -> str:
+    """Pin the system resolver (systemd-resolved) to cloud.dns_servers, so the rest of the
+    machine (NTP, apt) uses the same resolvers as the uplink; '' when none are configured."""
+    from gateway.config import load_config
+
+    servers = load_config(config_file).cloud.dns_servers
+    if not servers:
+        return ""
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    dropin.write_text("# written by gatewayd from cloud.dns_servers in " + str(config_file)
+                      + "\n[Resolve]\nDNS=" + " ".join(servers) + "\nFallbackDNS=\n")
+    return f"gatewayd: pinned the system resolver to {', '.join(servers)} ({dropin})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.provision", description=__doc__
                                      .splitlines()[0])
@@ -46,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostname", action="append", help="default: this host's names")
     parser.add_argument("--ip", action="append", default=[])
     parser.add_argument("--group", help="group that may read the gateway's key")
+    parser.add_argument("--pin-dns", metavar="CONFIG", type=Path,
+                        help="write a systemd-resolved drop-in from CONFIG's cloud.dns_servers")
+    parser.add_argument("--dropin", type=Path,
+                        default=Path("/etc/systemd/resolved.conf.d/gatewayd.conf"))
     args = parser.parse_args(argv)
+    if args.pin_dns:
+        message = pin_dns(args.pin_dns, args.dropin)
+        if message:
+            print(message)
+        return 0
     hostnames = args.hostname or sorted({socket.gethostname(), socket.getfqdn(), "localhost"})
     print(provision(args.dir, hostnames, args.ip, args.group))
     return 0

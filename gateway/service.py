@@ -91,6 +91,8 @@ class Gateway(Handler):
         return self.exit_code
 
     def _disk_full(self, reason: str) -> None:
+        if self.exit_code == ballast.EX_TEMPFAIL:
+            return  # already on the way out
         released = ballast.release(self.config.storage.path)
         event(Event.DISK_FULL,
               f"storage: the disk is full ({reason.splitlines()[0][:160]}); RocksDB accepts no "
@@ -138,6 +140,7 @@ class Gateway(Handler):
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
         await self.metrics.start()
         self.ingest.on_disk_full = self._disk_full
+        self.ingest.after_commit = self._guard_disk
         self.ingest.start()
         tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         self._start_uplink(cfg.cloud)
@@ -493,6 +496,8 @@ class Gateway(Handler):
                                                    on_done=done)
 
     def _guard_disk(self) -> None:
+        """Every second, and after every group commit (a fast ingest fills a small disk
+        between two ticks): check the limits and apply the policy."""
         self.disk.check(self.outbox.stats.bytes)
         if self.disk.drops():
             dropped, _ = self.outbox.drop_oldest(self.disk.drop_budget(self.outbox.stats.count))

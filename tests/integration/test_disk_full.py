@@ -79,3 +79,4 @@ def test_refuse_new_keeps_the_floor_and_the_disk_never_fills(cloud, gateways, sm
     assert gw.status()["backlog"]["messages"] == held, "the store opens cleanly after"
     print(f"refuse-new on 24 MiB, floor 40%: {held} stored, free {status['disk']['free_percent']}%")
     child.close()
+
