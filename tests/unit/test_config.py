@@ -198,7 +198,8 @@ def test_cloud_url_parsing(tmp_path, url, scheme, host, port, tls):
 
 
 def test_schema_sections_match_the_settings():
-    assert list(SCHEMA) == ["gateway", "listen", "storage", "cloud", "control", "log", "metrics"]
+    assert list(SCHEMA) == ["gateway", "listen", "storage", "cloud", "control", "log", "auth",
+                            "metrics"]
 
 
 # -- refusals ---------------------------------------------------------------------------------
