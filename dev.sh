@@ -52,7 +52,7 @@ test)
     # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
     venv .venv-sdk 'azure-iot-device==2.14.0'
     export GATEWAYD_SDK_PYTHON="$PWD/.venv-sdk/bin/python"
-    .venv/bin/ruff check gateway tests
+    .venv/bin/ruff check gateway tests bench
     exec .venv/bin/python -m pytest -q "$@"
     ;;
 *)

@@ -1,0 +1,151 @@
+"""`python -m bench run [--quick]`: every scenario of issue 7, gatewayd and its peers alternating.
+
+Writes report.json (every round's figures), report.md (medians and ratios) and the PNG plots into
+--out (default bench-results/), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import report, scenarios
+from tests.support.blockdev import LoopFilesystem
+
+RELAY_KINDS = ("gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1")
+WEAR_KINDS = ("gatewayd", "mosquitto", "mosquitto-autosave1")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the scenarios and write the report")
+    run.add_argument("--quick", action="store_true", help="small sizes, one round (CI, smoke)")
+    run.add_argument("--rounds", type=int, help="rounds of every scenario (default 3, quick 1)")
+    run.add_argument("--outage", type=int, help="messages in the outage (default 1,000,000)")
+    run.add_argument("--startup", type=int, nargs="*",
+                     help="stored backlogs to start with (default 10^4 10^5 10^6)")
+    run.add_argument("--scenarios", nargs="*", default=["relay", "outage", "wear", "startup"])
+    run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
+    run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
+    run.add_argument("--out", type=Path, default=Path("bench-results"))
+    again = sub.add_parser("report", help="write report.md and the plots again from report.json")
+    again.add_argument("dirs", type=Path, nargs="+", help="result directories to merge")
+    again.add_argument("--out", type=Path, default=Path("bench-results"))
+    return p.parse_args(argv)
+
+
+def merged(dirs: list[Path]) -> dict:
+    """Several runs' report.json as one (e.g. the relay and the million-message outage)."""
+    out: dict = {}
+    for d in dirs:
+        data = json.loads((d / "report.json").read_text())
+        for key, value in data.items():
+            if isinstance(value, dict) and value and key not in ("sizes", "machine"):
+                out[key] = value
+            else:
+                out.setdefault(key, value)
+    for key in ("relay", "outage", "wear", "startup"):
+        out.setdefault(key, {})
+    return out
+
+
+def sizes(args: argparse.Namespace) -> dict:
+    quick = args.quick
+    return {
+        "rounds": args.rounds or (1 if quick else 3),
+        "relay": 1000 if quick else 20000,
+        "children": args.children or ([10] if quick else [1, 10, 100]),
+        "outage": args.outage or (2000 if quick else 1_000_000),
+        "wear": 2000 if quick else 20000,
+        "wear_rate_secs": args.wear_secs or (2 if quick else 20),
+        "startup": args.startup or ([1000] if quick else [10_000, 100_000, 1_000_000]),
+    }
+
+
+def attempt(fn, *args, **kwargs) -> dict:
+    """One run; a failure is recorded with its reason instead of losing the rounds already run."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of a system under test is a result
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def rotate(kinds: tuple[str, ...], r: int) -> list[str]:
+    """Alternate who goes first in each round, so no system always runs on a warmer machine."""
+    return list(kinds[r % len(kinds):] + kinds[:r % len(kinds)])
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = sizes(args)
+    work = Path(tempfile.mkdtemp(prefix="gwbench"))
+    rounds: dict = {"sizes": cfg, "machine": report.machine(), "relay": {}, "outage": {},
+                    "wear": {}, "startup": {}}
+    for r in range(cfg["rounds"]):
+        if "relay" in args.scenarios:
+            for n in cfg["children"]:
+                for kind in rotate(RELAY_KINDS, r):
+                    figures = attempt(scenarios.relay, kind, work / f"relay{r}-{n}-{kind}", n,
+                                      cfg["relay"])
+                    rounds["relay"].setdefault(str(n), {}).setdefault(kind, []).append(figures)
+                    print(f"round {r} relay {n} children {kind}: {report.short(figures)}",
+                          flush=True)
+        if "outage" in args.scenarios:
+            for kind in rotate(("gatewayd", "paho-floor"), r):
+                figures = attempt(scenarios.outage, kind, work / f"outage{r}-{kind}", cfg["outage"])
+                rounds["outage"].setdefault(kind, []).append(figures)
+                print(f"round {r} outage {kind}: {report.short(figures)}", flush=True)
+        if "wear" in args.scenarios and os.geteuid() == 0:
+            for kind in rotate(WEAR_KINDS, r):
+                for label, fn in wear_runs(cfg):
+                    fs = LoopFilesystem(work / f"wear{r}-{kind}-{label}", size_mib=1024)
+                    try:
+                        figures = attempt(fn, kind, work / f"wear{r}-{kind}-{label}", fs)
+                    finally:
+                        fs.close()
+                    rounds["wear"].setdefault(label, {}).setdefault(kind, []).append(figures)
+                    print(f"round {r} wear {label} {kind}: {report.short(figures)}",
+                          flush=True)
+    if "startup" in args.scenarios:
+        for count in cfg["startup"]:
+            for _ in range(cfg["rounds"]):
+                figures = attempt(scenarios.startup, work / f"startup-{count}", count)
+                rounds["startup"].setdefault(str(count), []).append(figures)
+                print(f"startup {count}: {report.short(figures)}", flush=True)
+    return rounds
+
+
+def wear_runs(cfg: dict) -> list:
+    n, secs = cfg["wear"], cfg["wear_rate_secs"]
+    return [
+        ("online-full", lambda k, d, fs: scenarios.wear_online(k, d, n, fs)),
+        ("online-100", lambda k, d, fs: scenarios.wear_online(k, d, 100 * secs, fs, rate=100)),
+        ("offline-full", lambda k, d, fs: scenarios.outage(k, d, n, fs)),
+        ("offline-100", lambda k, d, fs: scenarios.outage(k, d, 100 * secs, fs, rate=100)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    started = time.time()
+    if args.command == "report":
+        rounds = merged(args.dirs)
+    else:
+        rounds = run(args)
+        rounds["elapsed_secs"] = round(time.time() - started)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(rounds, indent=1, default=str))
+    table = report.table(rounds)
+    (args.out / "report.md").write_text(table)
+    report.plots(rounds, args.out)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

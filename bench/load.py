@@ -1,0 +1,177 @@
+"""Load for every system under test: IoT Hub children and a cloud-side counter, on one event loop.
+
+The children are written on the gateway's own sans-I/O codec rather than paho so that 100 of them
+cost one thread, not 100: the load generator must not be what limits the run on 2 cores. Each
+child keeps at most its share of the window in flight and times every PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+from gateway.auth import make_sas_token
+from gateway.mqtt.codec import (
+    ConnAck,
+    Connect,
+    Decoder,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    encode,
+)
+
+HUB = "hub.example.net"
+PAYLOAD_BYTES = 200
+
+
+def payloads(n: int = 512, size: int = PAYLOAD_BYTES, seed: int = 7) -> list[bytes]:
+    """Telemetry-like JSON of exactly `size` bytes: readings that vary, as a sensor's would."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        body = {"i": i, "ts": 1700000000000 + i * 100, "temp": round(rnd.uniform(15, 30), 2),
+                "hum": round(rnd.uniform(20, 80), 1), "v": [round(rnd.random(), 3)
+                                                             for _ in range(6)], "pad": ""}
+        raw = json.dumps(body, separators=(",", ":"))
+        body["pad"] = "".join(rnd.choice("abcdefghij0123456789") for _ in range(size - len(raw)))
+        data = json.dumps(body, separators=(",", ":")).encode()
+        out.append(data[:size])
+    return out
+
+
+def child_credentials(device_id: str, key: str | None) -> tuple[str, bytes | None]:
+    username = f"{HUB}/{device_id}/?api-version=2021-04-12"
+    password = make_sas_token(HUB, device_id, key, int(time.time()) + 3600) if key else None
+    return username, password.encode() if password else None
+
+
+class Child:
+    """One device: connects, then publishes `count` QoS 1 messages keeping `window` in flight."""
+
+    def __init__(self, device_id: str, key: str | None, port: int, window: int) -> None:
+        self.device_id, self.key, self.port, self.window = device_id, key, port, window
+        self.topic = f"devices/{device_id}/messages/events/"
+        self.latencies: list[float] = []
+        self._decoder = Decoder()
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        username, password = child_credentials(self.device_id, self.key)
+        self.writer.write(encode(Connect(self.device_id, username, password, keepalive=120)))
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                raise RuntimeError(f"{self.device_id}: connection closed before CONNACK")
+            for packet in self._decoder.feed(data):
+                if isinstance(packet, ConnAck):
+                    if packet.return_code != 0:
+                        raise RuntimeError(f"{self.device_id}: CONNACK {packet.return_code}")
+                    return
+
+    async def run(self, count: int, bodies: list[bytes], rate: float = 0.0) -> None:
+        """Publish `count` messages (at `rate` msg/s when given) and wait for every PUBACK."""
+        free = asyncio.Semaphore(self.window)
+        sent_at: dict[int, float] = {}
+        done = asyncio.Event()
+        acked = 0
+
+        async def read_acks() -> None:
+            nonlocal acked
+            while acked < count:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise RuntimeError(f"{self.device_id}: connection closed")
+                now = time.perf_counter()
+                for packet in self._decoder.feed(data):
+                    if isinstance(packet, PubAck):
+                        self.latencies.append(now - sent_at.pop(packet.packet_id))
+                        acked += 1
+                        free.release()
+            done.set()
+
+        reader = asyncio.create_task(read_acks())
+        start = time.perf_counter()
+        for i in range(count):
+            await free.acquire()
+            if rate:
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            pid = i % 65535 + 1
+            sent_at[pid] = time.perf_counter()
+            self.writer.write(encode(Publish(self.topic, bodies[i % len(bodies)], 1,
+                                             packet_id=pid)))
+            if i % 64 == 0:
+                await self.writer.drain()
+        await reader
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class CloudCounter:
+    """A QoS 0 subscriber at the cloud that counts telemetry and timestamps every 0.1 s."""
+
+    def __init__(self, port: int, topic: str = "devices/#") -> None:
+        self.port, self.topic = port, topic
+        self.count = 0
+        self.first = 0.0  # when the first message arrived
+        self.timeline: list[tuple[float, int]] = []
+        self._decoder = Decoder()
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(encode(Connect(f"counter-{id(self)}", keepalive=300)))
+        self.writer.write(encode(Subscribe(1, ((self.topic, 0),))))
+        while True:
+            data = await self.reader.read(65536)
+            if not data:
+                raise RuntimeError("cloud closed the counter's connection")
+            if any(isinstance(p, SubAck) for p in self._decoder.feed(data)):
+                break
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        last = 0.0
+        while True:
+            data = await self.reader.read(262144)
+            if not data:
+                return
+            for packet in self._decoder.feed(data):
+                if isinstance(packet, Publish):
+                    self.count += 1
+            now = time.perf_counter()
+            if not self.first and self.count:
+                self.first = now
+            if now - last >= 0.1:
+                self.timeline.append((now, self.count))
+                last = now
+
+    async def wait_for(self, n: int, timeout: float, stall: float = 10.0) -> float:
+        """When the cloud has delivered `n`; fails after `timeout`, or after `stall` seconds
+        without a single new message (a lost QoS 0 delivery must not hang the run)."""
+        deadline = time.perf_counter() + timeout
+        seen, progress = self.count, time.perf_counter()
+        while self.count < n:
+            now = time.perf_counter()
+            if self.count != seen:
+                seen, progress = self.count, now
+            if now > deadline or now - progress > stall:
+                raise TimeoutError(f"cloud delivered {self.count} of {n}")
+            await asyncio.sleep(0.005)
+        return time.perf_counter()
+
+    def close(self) -> None:
+        self._task.cancel()
+        self.writer.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

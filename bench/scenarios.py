@@ -1,0 +1,305 @@
+"""The scenarios of issue 7. Each function runs one system once and returns a dict of figures.
+
+Every run starts its own cloud mosquitto and its own system under test in a fresh directory, so
+that rounds are independent and can alternate between systems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.load import PAYLOAD_BYTES, Child, CloudCounter, payloads, percentile
+from bench.systems import (
+    Cloud,
+    GatewaydSystem,
+    MosquittoBridge,
+    child_keys,
+    cpu_seconds,
+    peak_rss_mib,
+)
+from gateway.message import Message
+from gateway.outbox import Outbox
+from gateway.store import Store
+from tests.support.blockdev import LoopFilesystem
+from tests.support.gatewayd import Gatewayd
+
+WINDOW = 100  # the gateway's default cloud inflight window; the floor and the children use it too
+# Offline, a PUBACK waits for the group commit (every 100 ms), so ingest is bounded by window /
+# cadence; the outage children keep 100 each in flight (paho's default is 20) to fill faster.
+OUTAGE_WINDOW = 100
+BODIES = payloads()
+
+
+def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
+                store: Path | None = None):
+    if kind == "gatewayd":
+        return GatewaydSystem(workdir / "gw", cloud, keys, store)
+    if kind == "mosquitto":
+        return MosquittoBridge(workdir / "bridge", cloud, None, store)
+    if kind == "mosquitto-autosave1":
+        return MosquittoBridge(workdir / "bridge", cloud, 1, store)
+    raise ValueError(kind)
+
+
+async def _children(port: int, keys: dict[str, str], window: int) -> list[Child]:
+    children = [Child(d, k, port, window) for d, k in keys.items()]
+    await asyncio.gather(*(c.connect() for c in children))
+    return children
+
+
+async def _send(children: list[Child], total: int, rate: float = 0.0) -> None:
+    per = total // len(children)
+    each_rate = rate / len(children) if rate else 0.0
+    await asyncio.gather(*(c.run(per, BODIES, each_rate) for c in children))
+
+
+def run_floor(cloud: Cloud, count: int, counted: bool = True) -> dict:
+    """The paho floor, in its own process; in the relay, against a cloud counter like every
+    other system (in the drain, the cloud's PUBACKs are the measure, as for gatewayd)."""
+
+    async def go() -> dict:
+        counter = CloudCounter(cloud.port)
+        if counted:
+            await counter.connect()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.floor", str(cloud.port), str(count), str(WINDOW),
+            stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        if counted:
+            await counter.wait_for(count, timeout=600)
+            counter.close()
+        return json.loads(out)
+
+    figures = asyncio.run(go())
+    return {"msgs_per_sec": count / figures["elapsed"], "puback_p50_ms": figures["p50_ms"],
+            "puback_p99_ms": figures["p99_ms"], "cpu_us_per_msg": figures["cpu_us_per_msg"],
+            "peak_rss_mib": figures["peak_rss_mib"]}
+
+
+def relay(kind: str, workdir: Path, n_children: int, total: int) -> dict:
+    """Scenario 1: N children publish QoS 1 through the system to the cloud, window 100 in all."""
+    cloud = Cloud(workdir / "cloud")
+    cloud.start()
+    try:
+        if kind == "paho-floor":
+            return run_floor(cloud, total)
+        keys = child_keys(n_children)
+        system = make_system(kind, workdir, cloud, keys)
+        system.start()
+        try:
+            system.wait_online()
+            return asyncio.run(_relay(system, cloud, keys, total))
+        finally:
+            system.stop()
+    finally:
+        cloud.stop()
+
+
+async def _relay(system, cloud: Cloud, keys: dict[str, str], total: int) -> dict:
+    counter = CloudCounter(cloud.port)
+    await counter.connect()
+    children = await _children(system.port, keys, max(1, WINDOW // len(keys)))
+    total -= total % len(children)
+    cpu0, t0 = cpu_seconds(system.pid), time.perf_counter()
+    await _send(children, total)
+    t1 = await counter.wait_for(total, timeout=600)
+    cpu1 = cpu_seconds(system.pid)
+    latencies = [x for c in children for x in c.latencies]
+    for c in children:
+        c.close()
+    counter.close()
+    return {"msgs_per_sec": total / (t1 - t0),
+            "puback_p50_ms": percentile(latencies, 0.5) * 1000,
+            "puback_p99_ms": percentile(latencies, 0.99) * 1000,
+            "cpu_us_per_msg": (cpu1 - cpu0) / total * 1e6,
+            "peak_rss_mib": peak_rss_mib(system.pid)}
+
+
+def outage(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem | None = None,
+           rate: float = 0.0) -> dict:
+    """Scenarios 2 and 3 (offline): `total` messages accumulate while the cloud is down, the
+    system is killed -9 and restarted (start-up with that backlog), then the cloud returns and the
+    backlog drains. With `loopfs` the store sits alone on that device and its writes are counted.
+    """
+    if kind == "paho-floor":
+        cloud = Cloud(workdir / "cloud")
+        cloud.start()
+        try:
+            floor = run_floor(cloud, total, counted=False)
+            return {"drain_msgs_per_sec": floor["msgs_per_sec"],
+                    "peak_rss_mib": floor["peak_rss_mib"]}
+        finally:
+            cloud.stop()
+    cloud = Cloud(workdir / "cloud")
+    cloud.start()
+    keys = child_keys(10)
+    store = loopfs.mountpoint / "store" if loopfs else None
+    system = make_system(kind, workdir, cloud, keys, store)
+    system.start()
+    try:
+        system.wait_online()
+        cloud.stop()
+        system.wait_online(False)
+        return asyncio.run(_outage(kind, system, cloud, keys, total, loopfs, rate))
+    finally:
+        system.stop()
+        cloud.stop()
+
+
+def _device(loopfs: LoopFilesystem | None) -> tuple[int, int]:
+    """(bytes written, ext4 journal commits) of the store's own device.
+
+    A loop device does not count flush requests in /sys/block/<dev>/stat, so fsyncs are counted
+    where ext4 turns every fsync that has something to persist into a journal commit: the
+    transaction count in /proc/fs/jbd2/<dev>-8/info (the 5 s periodic commit is counted too).
+    """
+    if loopfs is None:
+        return 0, 0
+    written = loopfs.bytes_written()
+    info = Path(f"/proc/fs/jbd2/{Path(loopfs.device).name}-8/info")
+    commits = int(info.read_text().split()[0]) if info.exists() else 0
+    return written, commits
+
+
+async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: float) -> dict:
+    out: dict = {}
+    children = await _children(system.port, keys, OUTAGE_WINDOW)
+    total -= total % len(children)
+    payload_bytes = total * PAYLOAD_BYTES
+    dev0, flush0 = _device(loopfs)
+    t0 = time.perf_counter()
+    await _send(children, total, rate)
+    t1 = time.perf_counter()
+    for c in children:
+        c.close()
+    out["ingest_msgs_per_sec"] = total / (t1 - t0)
+    if kind == "gatewayd":
+        await asyncio.to_thread(system.gw.wait_status,
+                                lambda s: s["outbox"].get("uncommitted", 0) == 0, 30)
+        status = system.gw.status()
+        out["store_mib"] = status["store_bytes"] / 2**20
+        out["peak_rss_mib_ingest"] = peak_rss_mib(system.pid)
+    if loopfs:
+        dev1, flush1 = _device(loopfs)
+        out["wear_ingest"] = (dev1 - dev0) / payload_bytes
+        out["flushes_per_sec_ingest"] = (flush1 - flush0) / (t1 - t0)
+    restart0, _ = _device(loopfs)
+    if kind == "gatewayd":
+        system.gw.kill()
+        s0 = time.perf_counter()
+        await asyncio.to_thread(system.gw.start)
+        out["startup_secs"] = time.perf_counter() - s0
+    drain0, flushd0 = _device(loopfs)
+    if loopfs:  # WAL replay after the kill -9: a crash's cost, not accumulate-and-drain's
+        out["wear_restart"] = (drain0 - restart0) / payload_bytes
+    counter = CloudCounter(cloud.port)
+    cloud.start()
+    await counter.connect()
+    d0 = time.perf_counter()
+    timeline: list[tuple[float, int]] = []
+    if kind == "gatewayd":
+        while True:
+            left = await asyncio.to_thread(system.backlog)
+            now = time.perf_counter()
+            timeline.append((now - d0, total - left))
+            if left == 0:
+                break
+            if now - d0 > 1200:
+                raise TimeoutError(f"gatewayd still has {left} messages")
+            await asyncio.sleep(0.2)
+        d1 = time.perf_counter()
+        out["peak_rss_mib"] = peak_rss_mib(system.pid)
+    else:
+        d1 = await counter.wait_for(total, timeout=1200, stall=60)  # bridge reconnect backoff
+        timeline = [(counter.first - d0, 0)] + [(t - d0, n) for t, n in counter.timeline]
+        out["peak_rss_mib"] = peak_rss_mib(system.pid)
+    counter.close()
+    started = next((t for t, n in timeline if n > 0), 0.0)
+    out["time_to_empty_secs"] = d1 - d0
+    out["drain_msgs_per_sec"] = total / max(1e-6, (d1 - d0) - started)
+    out["drain_timeline"] = timeline
+    if loopfs:
+        dev2, flush2 = _device(loopfs)
+        out["wear_drain"] = (dev2 - drain0) / payload_bytes
+        out["wear_offline"] = out["wear_ingest"] + out["wear_drain"]
+        out["flushes_per_sec_drain"] = (flush2 - flushd0) / max(1e-6, d1 - d0)
+    return out
+
+
+def wear_online(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem,
+                rate: float = 0.0) -> dict:
+    """Scenario 3 (online): device bytes per payload byte with a healthy uplink."""
+    cloud = Cloud(workdir / "cloud")
+    cloud.start()
+    keys = child_keys(10)
+    system = make_system(kind, workdir, cloud, keys, loopfs.mountpoint / "store")
+    system.start()
+    try:
+        system.wait_online()
+
+        async def go() -> dict:
+            counter = CloudCounter(cloud.port)
+            await counter.connect()
+            children = await _children(system.port, keys, WINDOW // len(keys))
+            n = total - total % len(children)
+            dev0, flush0 = _device(loopfs)
+            t0 = time.perf_counter()
+            await _send(children, n, rate)
+            await counter.wait_for(n, timeout=600)
+            t1 = time.perf_counter()
+            if kind == "gatewayd":
+                await asyncio.to_thread(system.gw.wait_status,
+                                        lambda s: s["backlog"]["messages"] == 0, 60)
+            dev1, flush1 = _device(loopfs)
+            for c in children:
+                c.close()
+            counter.close()
+            return {"wear_online": (dev1 - dev0) / (n * PAYLOAD_BYTES),
+                    "flushes_per_sec": (flush1 - flush0) / (t1 - t0),
+                    "msgs_per_sec": n / (t1 - t0)}
+
+        return asyncio.run(go())
+    finally:
+        system.stop()
+        cloud.stop()
+
+
+def preload(store_path: Path, count: int, batch: int = 20000) -> None:
+    """Write `count` stored messages with the gateway's own outbox code, as an outage would."""
+    store = Store(store_path)
+    outbox = Outbox(store)
+    now = int(time.time() * 1000)
+    body = BODIES[0]
+    written = 0
+    while written < count:
+        n = min(batch, count - written)
+        for _ in range(n):
+            outbox.append(Message("c000", now, now + 86_400_000, "", body))
+        outbox.commit_now()
+        written += n
+    store.close()
+
+
+def startup(workdir: Path, count: int) -> dict:
+    """Scenario 4: time from exec to READY=1 with `count` messages stored (cloud unreachable)."""
+    store = workdir / "store"
+    if not store.exists():
+        preload(store, count)
+    cloud = Cloud(workdir / "cloud")  # not started: the gateway starts offline, as after a cut
+    gw = Gatewayd(workdir / f"gw{time.monotonic_ns()}", cloud_url=cloud.url,
+                  storage={"path": str(store)})
+    t0 = time.perf_counter()
+    gw.start(timeout=300)
+    secs = time.perf_counter() - t0
+    try:
+        backlog = gw.status()["backlog"]["messages"]
+        rss = peak_rss_mib(gw.proc.pid)
+    finally:
+        gw.close()
+    return {"startup_secs": secs, "backlog": backlog, "peak_rss_mib": rss,
+            "us_per_stored_msg": secs / count * 1e6}

@@ -1,0 +1,31 @@
+"""The bench harness keeps working: one tiny relay round and one tiny outage, report fields there.
+
+No speed is asserted (speed is a ratio the harness reports, not a unit-test threshold); this
+only proves that every system starts, carries the messages and that the report is complete.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench.__main__ import main
+
+
+def test_quick_relay_and_outage_report(tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", "--quick", "--scenarios", "relay", "outage", "startup",
+                 "--children", "2", "--outage", "600", "--startup", "500",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    relay = report["relay"]["2"]
+    assert set(relay) == {"gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1"}
+    for runs in relay.values():
+        assert runs[0]["msgs_per_sec"] > 0
+        assert runs[0]["puback_p99_ms"] >= runs[0]["puback_p50_ms"] > 0
+    gw = report["outage"]["gatewayd"][0]
+    for key in ("ingest_msgs_per_sec", "drain_msgs_per_sec", "time_to_empty_secs",
+                "peak_rss_mib", "store_mib", "startup_secs"):
+        assert gw[key] > 0, key
+    assert report["startup"]["500"][0]["backlog"] == 500
+    table = (out / "report.md").read_text()
+    assert "| 2 | gatewayd |" in table and "### Outage and drain" in table
