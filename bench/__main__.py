@@ -31,6 +31,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--startup", type=int, nargs="*",
                      help="stored backlogs to start with (default 10^4 10^5 10^6)")
     run.add_argument("--scenarios", nargs="*", default=["relay", "outage", "wear", "startup"])
+    run.add_argument("--relay", type=int, help="messages per relay run (default 20,000)")
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
     run.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -59,7 +60,7 @@ def sizes(args: argparse.Namespace) -> dict:
     quick = args.quick
     return {
         "rounds": args.rounds or (1 if quick else 3),
-        "relay": 1000 if quick else 20000,
+        "relay": 1000 if quick else (args.relay or 20000),
         "children": args.children or ([10] if quick else [1, 10, 100]),
         "outage": args.outage or (2000 if quick else 1_000_000),
         "wear": 2000 if quick else 20000,

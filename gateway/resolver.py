@@ -5,7 +5,7 @@ and it may boot with no DNS at all. `cloud.dns_servers` pins the resolvers used 
 host name (dnspython, A and AAAA, short timeouts); every answer that led to a connection is kept
 in the store, so that a gateway that cannot resolve — pinned resolvers down, or the system's —
 still dials the addresses that worked last. TLS still checks the certificate against the host
-name: only the TCP connection goes to the address (see `uplink.PinnedClient`).
+name: only the TCP connection goes to the address (see `Uplink._dial`).
 """
 
 from __future__ import annotations

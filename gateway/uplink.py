@@ -1,13 +1,14 @@
 """The connection to the cloud broker: connect, back off, drain the outbox in order, take acks.
 
-paho-mqtt is driven from the gateway's own event loop through its socket callbacks (no paho
-threads): paho costs ~90 µs of CPU per QoS 1 publish, and its threaded loop costs 2-5x more.
-paho is never handed more than the inflight window, because it rescans its queue on every PUBACK.
+The MQTT 5 client is the gateway's own (mqtt/mqtt5.py for the bytes, mqtt/cloud_session.py for
+the socket) on the gateway's event loop: paho cost ~60 µs of CPU per forwarded message, more than
+the rest of the gateway's path together, most of it in building a general Properties object per
+PUBLISH and in its PUBACK bookkeeping (profile in docs/performance.md). Here a telemetry PUBLISH
+is a join of pre-encoded pieces and a fill of the window is one socket write.
 
-A fresh paho client is made for every connection. What was in flight when a connection died is
+A fresh session is made for every connection. What was in flight when a connection died is
 re-read from the outbox (which still holds every unacknowledged message) and sent again in order:
 duplicates after a link loss are bounded by the window, and the cloud can drop them by `seq`.
-Only this module imports paho.
 """
 
 from __future__ import annotations
@@ -22,18 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from gateway import cloud_contract as contract
 from gateway.log import Event, event
 from gateway.message import PRIORITIES
+from gateway.mqtt import mqtt5
+from gateway.mqtt.cloud_session import CloudSession, SessionCallbacks
 from gateway.outbox import Cursor, Outbox
 from gateway.resolver import CloudResolver, ResolveError
 
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0
+SUBSCRIBE_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,18 @@ class CloudMessage:
                 return value
         return default
 
+    @classmethod
+    def from_packet(cls, packet: mqtt5.Publish) -> CloudMessage:
+        props = packet.props
+        return cls(
+            packet.topic,
+            packet.payload,
+            response_topic=str(props.get(mqtt5.P_RESPONSE_TOPIC, "")),
+            correlation=bytes(props.get(mqtt5.P_CORRELATION, b"")),
+            user_properties=tuple(props.user),
+            expiry_secs=props.get(mqtt5.P_MESSAGE_EXPIRY),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
@@ -60,20 +72,6 @@ class _Sent:
     size: int
     priority: int
     live: bool
-
-
-class PinnedClient(mqtt.Client):
-    """paho, dialling a resolved address while TLS still checks the certificate against the
-    host name (paho uses `_host` for SNI and verification, and this address for TCP only)."""
-
-    dial_address: str | None = None
-
-    def _create_socket_connection(self):
-        if self.dial_address is None:
-            return super()._create_socket_connection()
-        return socket.create_connection(
-            (self.dial_address, self._port), timeout=self._connect_timeout
-        )
 
 
 class TokenBucket:
@@ -138,12 +136,14 @@ class Uplink:
         self._outbox = outbox
         self._on_cloud_message = on_cloud_message
         self._subscriptions: set[str] = set(subscriptions)
-        self._direct: dict[int, Callable[[bool], None] | None] = {}  # mid -> on PUBACK(ok)
+        self._encoder = contract.TelemetryEncoder(cloud.prefix, gateway_id)
+        self._direct: dict[int, Callable[[bool], None] | None] = {}  # id -> on PUBACK(ok)
         self.on_online: Callable[[], None] | None = None
         self._clock = clock
-        self._client: mqtt.Client | None = None
-        self._inflight: dict[int, _Sent] = {}  # paho mid -> what it carries
-        self._cursor: Cursor = {}  # per priority: the last seq handed to paho
+        self._session: CloudSession | None = None
+        self._window = cloud.inflight_window  # lowered to the broker's Receive Maximum
+        self._inflight: dict[int, _Sent] = {}  # packet id -> what it carries
+        self._cursor: Cursor = {}  # per priority: the last seq sent
         self._live_cursor: Cursor = {}
         self._live_start: int | None = None  # live-first: seqs from here on are "live"
         self._live_inflight = 0
@@ -154,30 +154,34 @@ class Uplink:
         self._first_on_connection: _Sent | None = None
         self._bucket = TokenBucket(cloud.max_publish_rate)
         self._refill_timer: asyncio.TimerHandle | None = None
+        self._fill_scheduled = False
         self._lost = asyncio.Event()
+        self._lost_reason = ""
         self._connack: asyncio.Future | None = None
         self._stopping = False
-        self._misc_task: asyncio.Task | None = None
         self.stats = UplinkStats(since=clock(), address=f"{cloud.host}:{cloud.port}")
         self._set_state("offline")
 
     # -- public ------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """New messages are in the outbox: send what the window allows."""
-        if self.stats.state == "online":
-            self._fill()
+        """New messages are in the outbox: fill the window once this loop turn's are all in."""
+        if self.stats.state == "online" and not self._fill_scheduled:
+            self._fill_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_fill)
 
     def set_subscriptions(self, topics: set[str]) -> None:
         """Follow the registry: subscribe to new children's topics, drop removed ones."""
         added, removed = topics - self._subscriptions, self._subscriptions - topics
         self._subscriptions = set(topics)
-        client = self._client
-        if client is None or self.stats.state != "online":
+        session = self._session
+        if session is None or self.stats.state != "online":
             return  # the next connection subscribes to the whole set
-        if removed:
-            client.unsubscribe(sorted(removed))
-        self._subscribe(client, added)
+        ordered = sorted(removed)
+        for start in range(0, len(ordered), SUBSCRIBE_BATCH):
+            batch = ordered[start : start + SUBSCRIBE_BATCH]
+            session.send(mqtt5.unsubscribe(session.packet_id(), batch))
+        self._subscribe(session, added)
 
     def publish(
         self,
@@ -193,26 +197,23 @@ class Uplink:
         `on_done(ok)` runs on the broker's PUBACK; if the connection drops first it never runs,
         and the caller's reconcile-on-connect sends the latest state again.
         """
-        client = self._client
-        if client is None or self.stats.state != "online":
+        session = self._session
+        if session is None or self.stats.state != "online":
             return False
-        props = Properties(PacketTypes.PUBLISH)
-        if user_properties:
-            props.UserProperty = user_properties
+        props = [mqtt5.user_property(k, v) for k, v in user_properties or ()]
         if correlation:
-            props.CorrelationData = correlation
-        info = client.publish(topic, payload, qos=1, retain=retain, properties=props)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self._lost.set()
-            return False
-        self._direct[info.mid] = on_done
+            props.append(bytes((mqtt5.P_CORRELATION,)) + mqtt5.binary(correlation))
+        packet_id = session.packet_id()
+        session.send(mqtt5.publish(mqtt5.string(topic), packet_id, mqtt5.properties(*props),
+                                   payload, retain=retain))
+        self._direct[packet_id] = on_done
         return True
 
     async def run(self) -> None:
         attempt = 0
         while not self._stopping:
             try:
-                await self._session()
+                await self._run_session()
                 attempt = 0
             except UplinkFailure as exc:
                 self._failed(str(exc))
@@ -223,154 +224,148 @@ class Uplink:
 
     async def stop(self) -> None:
         self._stopping = True
-        client = self._client
-        if client is not None and self.stats.state == "online":
-            self._publish_status(client, "offline")
-            client.disconnect()
-            client.loop_write()
+        session = self._session
+        if session is not None and self.stats.state == "online":
+            self._publish_status(session, "offline")
+            session.close()
+        elif session is not None:
+            session.abort()
         self._lost.set()
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def _session(self) -> None:
-        client = await self._connect()
+    async def _run_session(self) -> None:
+        session = await self._connect()
         self._set_state("online")
         self.stats.connects += 1
         event(Event.UPLINK_UP, f"uplink: connected to {self._cfg.url}", address=self.stats.address)
-        self._publish_status(client, "online")
+        self._publish_status(session, "online")
         if self._cfg.live_share > 0:
             self._live_start = self._outbox.next_seq
             self._live_cursor = dict.fromkeys(PRIORITIES, self._live_start - 1)
-        self._subscribe(client, self._subscriptions)
+        self._subscribe(session, self._subscriptions)
         if self.on_online is not None:
             self.on_online()
         self._fill()
         await self._lost.wait()
-        self._teardown(client)
+        self._teardown(session)
         if not self._stopping:
-            raise UplinkFailure(self.stats.last_error or "connection lost")
+            raise UplinkFailure(self._lost_reason or "connection lost")
 
     @staticmethod
-    def _subscribe(client: mqtt.Client, topics: set[str]) -> None:
+    def _subscribe(session: CloudSession, topics: set[str]) -> None:
         ordered = sorted(topics)
-        for start in range(0, len(ordered), 100):
-            client.subscribe([(topic, 1) for topic in ordered[start : start + 100]])
+        for start in range(0, len(ordered), SUBSCRIBE_BATCH):
+            batch = ordered[start : start + SUBSCRIBE_BATCH]
+            session.send(mqtt5.subscribe(session.packet_id(), batch, qos=1))
 
-    async def _connect(self) -> mqtt.Client:
+    async def _connect(self) -> CloudSession:
         loop = asyncio.get_running_loop()
         self._set_state("connecting")
         self.stats.attempts += 1
         self._lost.clear()
-        client = self._new_client()
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_SECS
+        self._lost_reason = ""
+        self._connack = loop.create_future()
+        session = self._session = self._new_session()
         try:
-            await loop.run_in_executor(None, self._dial, client, props)
+            await asyncio.wait_for(self._dial(loop, session), CONNACK_TIMEOUT_SECS)
         except ResolveError as exc:
             raise UplinkFailure(str(exc)) from exc
+        except TimeoutError:
+            raise UplinkFailure(
+                f"connection timed out (no TCP/TLS connection within "
+                f"{CONNACK_TIMEOUT_SECS:.0f} s)") from None
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise UplinkFailure(_describe_connect_error(exc, self._cfg.tls)) from exc
-        self._client = client
-        self._attach(loop, client)
-        self._connack = loop.create_future()
+        session.send(self._connect_packet())
         try:
             await asyncio.wait_for(asyncio.shield(self._connack), CONNACK_TIMEOUT_SECS)
         except TimeoutError:
-            self._teardown(client)
+            self._teardown(session)
             raise UplinkFailure(
                 f"no CONNACK within {CONNACK_TIMEOUT_SECS:.0f} s; is {self.stats.address} "
                 f"an MQTT broker?"
             ) from None
         except UplinkFailure:
-            self._teardown(client)
+            self._teardown(session)
             raise
-        return client
+        return session
 
-    def _dial(self, client: PinnedClient, props: Properties) -> None:
-        """Resolve (pinned servers, then the last addresses that worked) and connect; blocking."""
+    def _new_session(self) -> CloudSession:
+        """A session whose callbacks are ignored once it is no longer the current one."""
 
-        def connect() -> None:
-            client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_secs,
-                           clean_start=False, properties=props)
+        def current() -> bool:
+            return self._session is session
+
+        def on_lost(why: str) -> None:
+            if current():
+                self._on_lost(why)
+
+        callbacks = SessionCallbacks(
+            on_connack=lambda p: current() and self._on_connack(p),
+            on_puback=lambda pid, code: current() and self._on_puback(pid, code),
+            on_message=lambda p: self._on_cloud_message(CloudMessage.from_packet(p)),
+            on_lost=on_lost,
+            on_read_done=lambda: current() and self._on_read_done(),
+        )
+        session = CloudSession(callbacks, self._cfg.keepalive_secs)
+        return session
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop, session: CloudSession) -> None:
+        """Resolve (pinned servers, then the last addresses that worked) and connect. TLS checks
+        the certificate against the host name whichever address the TCP connection went to."""
+        cfg = self._cfg
+        tls = _tls_context(cfg) if cfg.tls else None
+
+        async def connect(address: str) -> None:
+            await loop.create_connection(
+                lambda: session, address, cfg.port, ssl=tls,
+                server_hostname=cfg.host if tls else None,
+                ssl_handshake_timeout=CONNACK_TIMEOUT_SECS if tls else None,
+            )
 
         if self._resolver is None:
-            connect()
+            await connect(cfg.host)
             return
-        addresses = self._resolver.resolve()
+        addresses = await loop.run_in_executor(None, self._resolver.resolve)
         last: Exception | None = None
         for address in addresses:
-            client.dial_address = address
             try:
-                connect()
+                await connect(address)
             except ssl.SSLError:
                 raise  # the certificate is wrong for every address alike
             except OSError as exc:
                 last = exc
                 continue
-            self.stats.address = f"{address}:{self._cfg.port} ({self._resolver.last_source})"
+            self.stats.address = f"{address}:{cfg.port} ({self._resolver.last_source})"
             self._resolver.worked(address, addresses)
             return
-        raise last or OSError(f"no address for {self._cfg.host}")
+        raise last or OSError(f"no address for {cfg.host}")
 
-    def _new_client(self) -> mqtt.Client:
+    def _connect_packet(self) -> bytes:
         cfg = self._cfg
-        client = PinnedClient(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or self._gateway_id,
-            protocol=mqtt.MQTTv5,
+        will = mqtt5.WillMessage(contract.status_topic(cfg.prefix, self._gateway_id),
+                                 json.dumps({"state": "offline"}).encode())
+        return mqtt5.connect(
+            cfg.client_id or self._gateway_id,
+            cfg.keepalive_secs,
+            clean_start=False,
+            session_expiry=SESSION_EXPIRY_SECS,
+            username=cfg.username or None,
+            password=(cfg.password or None) if cfg.username else None,
+            will=will,
         )
-        if cfg.tls:
-            client.tls_set_context(_tls_context(cfg))
-        if cfg.username:
-            client.username_pw_set(cfg.username, cfg.password or None)
-        client.will_set(
-            contract.status_topic(cfg.prefix, self._gateway_id),
-            json.dumps({"state": "offline"}),
-            qos=1,
-            retain=True,
-        )
-        client.max_inflight_messages_set(cfg.inflight_window)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        return client
 
-    def _attach(self, loop: asyncio.AbstractEventLoop, client: mqtt.Client) -> None:
-        sock = client.socket()
-        loop.add_reader(sock, self._on_readable, client)
-        client.on_socket_register_write = lambda c, u, s: loop.add_writer(
-            s, self._on_writable, c
-        )
-        client.on_socket_unregister_write = lambda c, u, s: loop.remove_writer(s)
-        client.on_socket_close = lambda c, u, s: self._detach(loop, s)
-        if client.want_write():
-            loop.add_writer(sock, self._on_writable, client)
-        self._misc_task = loop.create_task(self._keepalive(client))
-
-    def _detach(self, loop: asyncio.AbstractEventLoop, sock) -> None:
-        loop.remove_reader(sock)
-        loop.remove_writer(sock)
-        self._lost.set()
-
-    def _teardown(self, client: mqtt.Client) -> None:
+    def _teardown(self, session: CloudSession) -> None:
         first, self._first_on_connection = self._first_on_connection, None
         if first is not None and self._acked_on_connection == 0 and not self._stopping:
             # Many brokers (AWS IoT, some mosquitto versions) close the connection instead of
             # refusing a message; one that kills every connection it is the first on is poison.
             self._strike(first, "the broker closed the connection before acknowledging it")
         self._acked_on_connection = 0
-        if self._misc_task is not None:
-            self._misc_task.cancel()
-            self._misc_task = None
-        sock = client.socket()
-        if sock is not None and sock.fileno() >= 0:
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(sock)
-            loop.remove_writer(sock)
-            sock.close()
-        self._client = None
+        if not self._stopping:
+            session.abort()  # on stop, close() is already flushing the DISCONNECT
+        self._session = None
         self._inflight.clear()
         self._direct.clear()
         self.stats.inflight = 0
@@ -383,81 +378,57 @@ class Uplink:
         if not self._stopping:
             self._set_state("offline")
 
-    async def _keepalive(self, client: mqtt.Client) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
-                self.stats.last_error = (
-                    f"the broker stopped answering (no PINGRESP within "
-                    f"{self._cfg.keepalive_secs * 1.5:.0f} s): a half-open connection"
-                )
-                self._lost.set()
-                return
+    # -- session callbacks (all on the event loop) -------------------------------------------
 
-    # -- paho callbacks (all on the event loop) ----------------------------------------------
-
-    def _on_readable(self, client: mqtt.Client) -> None:
-        try:
-            rc = client.loop_read()
-            sock = client.socket()
-            tls = isinstance(sock, ssl.SSLSocket)
-            while rc == mqtt.MQTT_ERR_SUCCESS and tls and sock.pending():
-                rc = client.loop_read()
-        except Exception as exc:  # a cloud message we could not store: no PUBACK, reconnect
-            self.stats.last_error = f"could not handle a message from the cloud: {exc}"
-            self._lost.set()
-            return
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            self.stats.last_error = self.stats.last_error or f"read failed: {mqtt.error_string(rc)}"
-            self._lost.set()
-            return
-        self._outbox.flush_deletes()
-        self._fill()
-
-    def _on_writable(self, client: mqtt.Client) -> None:
-        if client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
-            self._lost.set()
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connack(self, packet: mqtt5.ConnAck) -> None:
         fut = self._connack
         if fut is None or fut.done():
             return
-        if reason_code.is_failure:
-            fut.set_exception(
-                UplinkFailure(f"the broker refused the connection: {reason_code}")
-            )
-        else:
-            fut.set_result(None)
+        if packet.reason >= 0x80:
+            fut.set_exception(UplinkFailure(
+                f"the broker refused the connection: {mqtt5.reason_name(packet.reason)}"))
+            return
+        receive_max = int(packet.props.get(mqtt5.P_RECEIVE_MAXIMUM, 65535))
+        self._window = max(1, min(self._cfg.inflight_window, receive_max))
+        fut.set_result(None)
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code is not None and reason_code.is_failure:
-            self.stats.last_error = f"disconnected: {reason_code}"
+    def _on_lost(self, why: str) -> None:
+        self._lost_reason = self._lost_reason or why
+        if not self._stopping:
+            self.stats.last_error = self._lost_reason
+        fut = self._connack
+        if fut is not None and not fut.done():
+            fut.set_exception(UplinkFailure(why))
         self._lost.set()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid in self._direct:
-            on_done = self._direct.pop(mid)
+    def _on_read_done(self) -> None:
+        self._outbox.flush_deletes()
+        self._fill()
+
+    def _on_puback(self, packet_id: int, code: int) -> None:
+        if packet_id in self._direct:
+            on_done = self._direct.pop(packet_id)
             if on_done is not None:
-                on_done(reason_code is None or not reason_code.is_failure)
+                on_done(code < 0x80)
             return
-        sent = self._inflight.pop(mid, None)
-        self.stats.inflight = len(self._inflight)
+        sent = self._inflight.pop(packet_id, None)
         if sent is None:
             return
         if sent.live:
             self._live_inflight -= 1
-        if reason_code is not None and reason_code.is_failure:
-            self._refused(sent, reason_code)
+        if code >= 0x80:
+            self._refused(sent, code)
             return
-        self._refusals.pop(sent.seq, None)
+        if self._refusals:
+            self._refusals.pop(sent.seq, None)
         self._acked_on_connection += 1
         self.stats.acked += 1
         self._outbox.ack(sent.seq, sent.size, sent.priority)
 
-    def _refused(self, sent: _Sent, reason_code) -> None:
+    def _refused(self, sent: _Sent, code: int) -> None:
         """Retry a refused message a few times, then move it aside: it must not block the queue."""
         self.stats.refused += 1
-        if not self._strike(sent, str(reason_code), reason_code.value):
+        if not self._strike(sent, mqtt5.reason_name(code), code):
             self._retry.append((sent.seq, sent.priority))
 
     def _strike(self, sent: _Sent, why: str, code: int = 0x80) -> bool:
@@ -479,29 +450,19 @@ class Uplink:
             )
         return True
 
-    def _on_message(self, client, userdata, message) -> None:
-        """Runs before paho PUBACKs a QoS 1 message: what must be durable is stored here."""
-        props = getattr(message, "properties", None)
-        self._on_cloud_message(
-            CloudMessage(
-                message.topic,
-                message.payload,
-                response_topic=getattr(props, "ResponseTopic", "") or "",
-                correlation=getattr(props, "CorrelationData", b"") or b"",
-                user_properties=tuple(getattr(props, "UserProperty", None) or ()),
-                expiry_secs=getattr(props, "MessageExpiryInterval", None),
-            )
-        )
-
     # -- draining ----------------------------------------------------------------------------
 
+    def _scheduled_fill(self) -> None:
+        self._fill_scheduled = False
+        self._fill()
+
     def _fill(self) -> None:
-        """Hand paho the next messages, up to the inflight window: refused ones to retry first,
+        """Send the next messages, up to the inflight window: refused ones to retry first,
         then, with live-first, a share for messages that arrived since the link came back,
         and the backlog in priority and stored order."""
-        client = self._client
-        room = self._cfg.inflight_window - len(self._inflight)
-        if client is None or self.stats.state != "online" or room <= 0:
+        session = self._session
+        room = self._window - len(self._inflight) - len(self._direct)
+        if session is None or self.stats.state != "online" or room <= 0:
             return
         room = self._paced(room)
         now_ms = int(self._clock() * 1000)
@@ -509,17 +470,17 @@ class Uplink:
             seq, priority = self._retry.pop(0)
             msg = self._outbox.get(seq, priority)
             if msg is not None and msg.expires_ms > now_ms:
-                if not self._send(client, seq, msg, now_ms, live=False):
-                    return
+                self._send(session, seq, msg, now_ms, live=False)
                 room -= 1
         if self._live_start is not None:
-            live_room = round(self._cfg.inflight_window * self._cfg.live_share)
+            live_room = round(self._window * self._cfg.live_share)
             take = min(room, max(live_room - self._live_inflight, 0))
-            room -= self._send_batch(client, self._live_cursor, take, now_ms, None, live=True)
-        backlog = self._send_batch(client, self._cursor, room, now_ms, self._live_start, False)
+            room -= self._send_batch(session, self._live_cursor, take, now_ms, None, live=True)
+        backlog = self._send_batch(session, self._cursor, room, now_ms, self._live_start, False)
         if self._live_start is not None and backlog < room:  # the backlog is drained
-            self._send_batch(client, self._live_cursor, room - backlog, now_ms, None, live=True)
+            self._send_batch(session, self._live_cursor, room - backlog, now_ms, None, live=True)
         self.stats.inflight = len(self._inflight)
+        session.flush()
 
     def _paced(self, room: int) -> int:
         """cloud.max_publish_rate: what the token bucket allows now; a timer fills the rest."""
@@ -536,45 +497,35 @@ class Uplink:
         self._fill()
 
     def _send_batch(
-        self, client, cursor: Cursor, limit: int, now_ms: int, below: int | None, live: bool
+        self, session: CloudSession, cursor: Cursor, limit: int, now_ms: int,
+        below: int | None, live: bool
     ) -> int:
         if limit <= 0:
             return 0
         batch = self._outbox.read(cursor or 0, limit, now_ms, below=below)
         for seq, msg in batch:
-            if not self._send(client, seq, msg, now_ms, live):
-                break
+            self._send(session, seq, msg, now_ms, live)
             cursor[msg.priority] = seq
         return len(batch)
 
-    def _send(self, client, seq: int, msg, now_ms: int, live: bool) -> bool:
-        props = Properties(PacketTypes.PUBLISH)
-        props.UserProperty = contract.telemetry_user_properties(self._gateway_id, seq, msg)
-        props.MessageExpiryInterval = contract.expiry_left_secs(msg, now_ms)
-        info = client.publish(
-            contract.telemetry_topic(self._cfg.prefix, msg.device_id),
-            msg.payload,
-            qos=1,
-            properties=props,
-        )
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self._lost.set()
-            return False
+    def _send(self, session: CloudSession, seq: int, msg, now_ms: int, live: bool) -> None:
+        packet_id = session.packet_id()
+        encoder = self._encoder
+        session.send(mqtt5.publish(encoder.topic(msg.device_id), packet_id,
+                                   encoder.properties(seq, msg, now_ms), msg.payload))
         self._bucket.take()
-        sent = self._inflight[info.mid] = _Sent(seq, msg.size(), msg.priority, live)
+        sent = self._inflight[packet_id] = _Sent(seq, msg.size(), msg.priority, live)
         if self._first_on_connection is None:
             self._first_on_connection = sent
         self._live_inflight += live
         self.stats.sent += 1
-        return True
 
-    def _publish_status(self, client: mqtt.Client, state: str) -> None:
-        client.publish(
-            contract.status_topic(self._cfg.prefix, self._gateway_id),
-            json.dumps({"state": state, "since": int(self._clock())}),
-            qos=1,
-            retain=True,
-        )
+    def _publish_status(self, session: CloudSession, state: str) -> None:
+        payload = json.dumps({"state": state, "since": int(self._clock())}).encode()
+        topic = mqtt5.string(contract.status_topic(self._cfg.prefix, self._gateway_id))
+        packet_id = session.packet_id()
+        self._direct[packet_id] = None  # counts against the broker's Receive Maximum
+        session.send(mqtt5.publish(topic, packet_id, b"\x00", payload, retain=True))
 
     # -- state -------------------------------------------------------------------------------
 
