@@ -58,6 +58,10 @@ def _db_options(path: Path) -> Options:
     opts.set_max_total_wal_size(_wal_cap(path))
     opts.set_max_log_file_size(1 * _MiB)
     opts.set_keep_log_file_num(2)
+    # RocksDB dumps ~10 KiB of statistics into its LOG every 10 min by default: on a gateway
+    # with a healthy uplink that was the only write to the card (see docs/performance.md)
+    opts.set_stats_dump_period_sec(0)
+    opts.set_stats_persist_period_sec(0)
     return opts
 
 
