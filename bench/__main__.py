@@ -18,7 +18,7 @@ from bench import report, scenarios
 from tests.support.blockdev import LoopFilesystem
 
 RELAY_KINDS = ("gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1")
-WEAR_KINDS = ("gatewayd", "mosquitto", "mosquitto-autosave1")
+WEAR_KINDS = ("gatewayd", "gatewayd-rocksdb-defaults", "mosquitto", "mosquitto-autosave1")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def sizes(args: argparse.Namespace) -> dict:
         "relay": 1000 if quick else (args.relay or 20000),
         "children": args.children or ([10] if quick else [1, 10, 100]),
         "outage": args.outage or (2000 if quick else 1_000_000),
-        "wear": 2000 if quick else 20000,
+        "wear": 2000 if quick else 200_000,
         "wear_rate_secs": args.wear_secs or (2 if quick else 20),
         "startup": args.startup or ([1000] if quick else [10_000, 100_000, 1_000_000]),
     }

@@ -37,8 +37,10 @@ BODIES = payloads()
 
 def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
                 store: Path | None = None):
-    if kind == "gatewayd":
+    if kind.startswith("gatewayd"):
         return GatewaydSystem(workdir / "gw", cloud, keys, store)
+    if kind == "gatewayd-rocksdb-defaults":
+        return GatewaydSystem(workdir / "gw", cloud, keys, store, module="bench.rocksdb_defaults")
     if kind == "mosquitto":
         return MosquittoBridge(workdir / "bridge", cloud, None, store)
     if kind == "mosquitto-autosave1":
@@ -178,7 +180,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
     for c in children:
         c.close()
     out["ingest_msgs_per_sec"] = total / (t1 - t0)
-    if kind == "gatewayd":
+    if kind.startswith("gatewayd"):
         await asyncio.to_thread(system.gw.wait_status,
                                 lambda s: s["outbox"].get("uncommitted", 0) == 0, 30)
         status = system.gw.status()
@@ -189,7 +191,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
         out["wear_ingest"] = (dev1 - dev0) / payload_bytes
         out["flushes_per_sec_ingest"] = (flush1 - flush0) / (t1 - t0)
     restart0, _ = _device(loopfs)
-    if kind == "gatewayd":
+    if kind.startswith("gatewayd"):
         system.gw.kill()
         s0 = time.perf_counter()
         await asyncio.to_thread(system.gw.start)
@@ -202,7 +204,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
     await counter.connect()
     d0 = time.perf_counter()
     timeline: list[tuple[float, int]] = []
-    if kind == "gatewayd":
+    if kind.startswith("gatewayd"):
         while True:
             left = await asyncio.to_thread(system.backlog)
             now = time.perf_counter()
@@ -252,7 +254,7 @@ def wear_online(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem,
             await _send(children, n, rate)
             await counter.wait_for(n, timeout=600)
             t1 = time.perf_counter()
-            if kind == "gatewayd":
+            if kind.startswith("gatewayd"):
                 await asyncio.to_thread(system.gw.wait_status,
                                         lambda s: s["backlog"]["messages"] == 0, 60)
             dev1, flush1 = _device(loopfs)

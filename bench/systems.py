@@ -42,10 +42,11 @@ class GatewaydSystem:
     name = "gatewayd"
 
     def __init__(self, workdir: Path, cloud: Cloud, keys: dict[str, str],
-                 store: Path | None = None) -> None:
+                 store: Path | None = None, module: str = "gateway.cli.gatewayd") -> None:
         publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
         storage = {"path": str(store)} if store else {}
         self.gw = Gatewayd(workdir, cloud_url=cloud.url, storage=storage)
+        self.gw.module = module
         self.keys = keys
 
     def start(self) -> None:

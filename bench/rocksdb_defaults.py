@@ -1,0 +1,33 @@
+"""gatewayd with RocksDB's default options: the baseline that the store's tuning must beat.
+
+Same code, same records, same commit cadence; only gateway/store.py's option choices (WAL
+recycling, write buffer, LZ4, size caps, no statistics dumps...) are replaced by what RocksDB
+does when given none. Run by the wear scenario as `python -m bench.rocksdb_defaults --config F`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rocksdict import Options
+
+from gateway import store
+from gateway.cli import gatewayd
+
+
+def _defaults() -> Options:
+    return Options(raw_mode=True)
+
+
+def _db_defaults(path: Path) -> Options:
+    opts = _defaults()
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    return opts
+
+
+if __name__ == "__main__":
+    store._family_options = _defaults
+    store._db_options = _db_defaults
+    sys.exit(gatewayd.main())
