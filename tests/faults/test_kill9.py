@@ -16,7 +16,8 @@ import pytest
 
 from gateway.cloud_contract import registry_topic
 from tests.faults.delivery import Timeline, check_delivery, sender
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, new_key, publish_retained, registry_doc
+from tests.support.offline import cut_off_gateway
 
 CHILDREN = 4
 
@@ -36,15 +37,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     rnd = random.Random(seed)
     keys = {f"k-{n}": new_key() for n in range(CHILDREN)}
     version = 1
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(version, keys))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
-    gw = gateways(cloud_url=cloud.url)
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
+    gw, verifier = cut_off_gateway(cloud, gateways, keys)
 
     children = [Child(d, k, gw.plain_port) for d, k in keys.items()]
     for child in children:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
 from tests.faults.delivery import Timeline, check_delivery, sender
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, new_key
+from tests.support.offline import cut_off_gateway
 
 POWERFS = Path(__file__).parent.parent / "support" / "powerfs.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-pyfuse3 lives
@@ -66,15 +66,8 @@ def powerfs(tmp_path):
 def _power_cuts(cloud, gateways, powerfs, cuts: int, per_child: int, seed: int) -> None:
     rnd = random.Random(seed)
     keys = {f"p-{n}": new_key() for n in range(CHILDREN)}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
-    gw = gateways(cloud_url=cloud.url, storage={"path": str(powerfs.mountpoint / "store")})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
+    gw, verifier = cut_off_gateway(cloud, gateways, keys,
+                                   storage={"path": str(powerfs.mountpoint / "store")})
 
     children = [Child(d, k, gw.plain_port) for d, k in keys.items()]
     for child in children:

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
 from tests.support.blockdev import LoopFilesystem
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, new_key
+from tests.support.offline import cut_off_gateway
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a loop device needs root")
 
@@ -34,16 +34,10 @@ def send_random(child: Child, i: int):
 
 def offline_gateway(cloud, gateways, small_fs, **storage):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
-    gw = gateways(cloud_url=cloud.url, storage={"path": str(small_fs.mountpoint / "store"),
-                                                "reserve_bytes": 3 * 1024 * 1024, **storage})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
+    gw, verifier = cut_off_gateway(
+        cloud, gateways, {"d": key},
+        storage={"path": str(small_fs.mountpoint / "store"), "reserve_bytes": 3 * 1024 * 1024,
+                 **storage})
     return gw, key, verifier
 
 

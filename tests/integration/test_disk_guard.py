@@ -3,23 +3,16 @@ resumes by itself when there is room again, and nothing the gateway PUBACKed is 
 
 from __future__ import annotations
 
-from gateway.cloud_contract import registry_topic
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, new_key
+from tests.support.offline import cut_off_gateway
 
 QUOTA = 60_000  # bytes of backlog; a message here costs about 300
 
 
 def start(cloud, gateways, policy: str):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
-    gw = gateways(cloud_url=cloud.url, storage={"max_bytes": QUOTA, "full_policy": policy})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
+    gw, verifier = cut_off_gateway(cloud, gateways, {"d": key},
+                                   storage={"max_bytes": QUOTA, "full_policy": policy})
     return gw, key, verifier
 
 
@@ -63,15 +56,7 @@ def test_refuse_new_withholds_the_puback_and_loses_nothing(cloud, gateways):
 
 def test_max_publish_rate_paces_the_drain(cloud, gateways):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
-    gw = gateways(cloud_url=cloud.url, cloud={"max_publish_rate": 50})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
+    gw, verifier = cut_off_gateway(cloud, gateways, {"d": key}, cloud={"max_publish_rate": 50})
     child = Child("d", key, gw.plain_port)
     assert child.connect() == 0
     child.wait_acked([child.send(i).mid for i in range(250)])

@@ -11,24 +11,16 @@ import subprocess
 import sys
 import time
 
-from gateway.cloud_contract import registry_topic
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, new_key
+from tests.support.offline import cut_off_gateway
 
 BAR = re.compile(r"draining  \[(#*)(\.*)\] +(\d+)%  (\d+) msg/s, (\d+) left, (\S+) to go")
 
 
 def test_watch_shows_a_progress_bar_while_the_backlog_drains(cloud, gateways):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"w": key}))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
     # paced, so the drain lasts long enough for a terminal to see it progress (~6 s)
-    gw = gateways(cloud_url=cloud.url, cloud={"max_publish_rate": 5000})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
+    gw, _ = cut_off_gateway(cloud, gateways, {"w": key}, cloud={"max_publish_rate": 5000})
     child = Child("w", key, gw.plain_port)
     child.client.max_inflight_messages_set(500)
     assert child.connect() == 0

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.cloud_contract import registry_topic
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, new_key
+from tests.support.offline import cut_off_gateway
 
 EXPIRING = 20
 
 
 def test_expired_messages_are_dropped_unsent_and_counted(cloud, gateways):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"s1": key}))
-    verifier = CloudVerifier(cloud.port)
-    verifier.connect()
-    verifier.disconnect()
-    gw = gateways(cloud_url=cloud.url, storage={"time_to_live_secs": 1})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
-    cloud.stop()
-    gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
+    gw, verifier = cut_off_gateway(cloud, gateways, {"s1": key},
+                                   storage={"time_to_live_secs": 1})
 
     child = Child("s1", key, gw.plain_port)
     assert child.connect() == 0
