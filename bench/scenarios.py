@@ -37,7 +37,7 @@ BODIES = payloads()
 
 def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
                 store: Path | None = None):
-    if kind.startswith("gatewayd"):
+    if kind == "gatewayd":
         return GatewaydSystem(workdir / "gw", cloud, keys, store)
     if kind == "gatewayd-rocksdb-defaults":
         return GatewaydSystem(workdir / "gw", cloud, keys, store, module="bench.rocksdb_defaults")
