@@ -127,6 +127,8 @@ def wear_runs(cfg: dict) -> list:
         ("online-full", lambda k, d, fs: scenarios.wear_online(k, d, n, fs)),
         ("online-100", lambda k, d, fs: scenarios.wear_online(k, d, 100 * secs, fs, rate=100)),
         ("offline-full", lambda k, d, fs: scenarios.outage(k, d, n, fs)),
+        # an outage that fits in the outbox's memtable (8 MiB): nothing reaches an SST file
+        ("offline-full-20k", lambda k, d, fs: scenarios.outage(k, d, max(n // 10, 1000), fs)),
         ("offline-100", lambda k, d, fs: scenarios.outage(k, d, 100 * secs, fs, rate=100)),
     ]
 
