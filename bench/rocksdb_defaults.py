@@ -1,8 +1,9 @@
 """gatewayd with RocksDB's default options: the baseline that the store's tuning must beat.
 
 Same code, same records, same commit cadence; only gateway/store.py's option choices (WAL
-recycling, write buffer, LZ4, size caps, no statistics dumps...) are replaced by what RocksDB
-does when given none. Run by the wear scenario as `python -m bench.rocksdb_defaults --config F`.
+recycling and zstd compression, write buffer, zstd SSTs, size caps, no statistics dumps...) are
+replaced by what RocksDB does when given none. The wear scenario runs it as
+`python -m bench.rocksdb_defaults --config F`.
 """
 
 from __future__ import annotations
@@ -30,4 +31,5 @@ def _db_defaults(path: Path) -> Options:
 if __name__ == "__main__":
     store._family_options = _defaults
     store._db_options = _db_defaults
+    store._with_wal_compression = lambda options, families: None
     sys.exit(gatewayd.main())
