@@ -142,18 +142,24 @@ def _children_change(args: argparse.Namespace) -> int:
 # -- twins and settings --------------------------------------------------------------------------
 
 
-def _twin_show(args: argparse.Namespace) -> int:
+def _show_twin(args: argparse.Namespace, topic_of, owner: tuple[str, str]) -> int:
+    """Print a twin's two retained halves; `topic_of(prefix, part)` names their topics."""
     with _Session(args) as cloud:
-        desired = cloud.read_json(contract.device_twin_topic(cloud.prefix, args.device, "desired"))
-        reported = cloud.read_json(
-            contract.device_twin_topic(cloud.prefix, args.device, "reported"))
-    twin = {"deviceId": args.device, "desired": desired, "reported": reported}
+        desired = cloud.read_json(topic_of(cloud.prefix, "desired"))
+        reported = cloud.read_json(topic_of(cloud.prefix, "reported"))
     if args.json:
-        print(json.dumps(twin, indent=2, sort_keys=True))
+        doc = {owner[0]: owner[1], "desired": desired, "reported": reported}
+        print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(f"desired   {json.dumps(desired, sort_keys=True)}")
         print(f"reported  {json.dumps(reported, sort_keys=True)}")
     return 0
+
+
+def _twin_show(args: argparse.Namespace) -> int:
+    return _show_twin(
+        args, lambda prefix, part: contract.device_twin_topic(prefix, args.device, part),
+        ("deviceId", args.device))
 
 
 def _twin_set(args: argparse.Namespace) -> int:
@@ -169,18 +175,9 @@ def _twin_set(args: argparse.Namespace) -> int:
 
 
 def _settings_show(args: argparse.Namespace) -> int:
-    with _Session(args) as cloud:
-        desired = cloud.read_json(contract.gateway_twin_topic(cloud.prefix, args.gateway,
-                                                              "desired"))
-        reported = cloud.read_json(contract.gateway_twin_topic(cloud.prefix, args.gateway,
-                                                               "reported"))
-    doc = {"gateway": args.gateway, "desired": desired, "reported": reported}
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        print(f"desired   {json.dumps(desired, sort_keys=True)}")
-        print(f"reported  {json.dumps(reported, sort_keys=True)}")
-    return 0
+    return _show_twin(
+        args, lambda prefix, part: contract.gateway_twin_topic(prefix, args.gateway, part),
+        ("gateway", args.gateway))
 
 
 def _settings_set(args: argparse.Namespace) -> int:

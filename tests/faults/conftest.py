@@ -10,11 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gateway import certs
 from gateway.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.gatewayd import Gatewayd
+from tests.support.pki import server_tls
 
 
 class RssSampler:
@@ -51,13 +51,7 @@ class Site:
 
 def make_tls(workdir: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1: (ca, cert, key) files."""
-    ca_key, ca_cert = certs.make_ca("faults test CA")
-    key, cert = certs.make_server_cert(ca_key, ca_cert, ["localhost"], ["127.0.0.1"])
-    ca, crt, kfile = workdir / "ca.pem", workdir / "server.pem", workdir / "server.key"
-    certs.write_pem(ca, cert=ca_cert)
-    certs.write_pem(crt, cert=cert)
-    certs.write_pem(kfile, key=key)
-    return ca, crt, kfile
+    return server_tls(workdir)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import certs
 from gateway.cloud_contract import registry_topic
 from tests.support.clients import CloudVerifier, new_key, publish_retained, registry_doc
 from tests.support.gatewayd import HUB
+from tests.support.pki import server_tls
 
 SDK_PYTHON = os.environ.get("GATEWAYD_SDK_PYTHON", "")
 SDK_PORT = 8883  # the SDK always connects to 8883 for MQTT over TCP
@@ -37,12 +37,7 @@ def free_loopback_address() -> str:
 @pytest.mark.skipif(not SDK_PYTHON, reason="GATEWAYD_SDK_PYTHON unset: run ./dev.sh test")
 def test_unmodified_azure_sdk_sends_telemetry_through_the_gateway(cloud, gateways, tmp_path):
     address = free_loopback_address()
-    ca_key, ca_cert = certs.make_ca("gateway test CA")
-    key, cert = certs.make_server_cert(ca_key, ca_cert, [], [address])
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "gw.pem", tmp_path / "gw.key"
-    certs.write_pem(ca_file, cert=ca_cert)
-    certs.write_pem(cert_file, cert=cert)
-    certs.write_pem(key_file, key=key)
+    ca_file, cert_file, key_file = server_tls(tmp_path, (address,), ())
 
     device_key = new_key()
     publish_retained(cloud.port, registry_topic("", "edge-1"),

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway import certs
 from gateway.cloud_contract import registry_topic
 from tests.integration.test_azure_sdk import SDK_PORT, SDK_PYTHON, free_loopback_address
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.gatewayd import HUB
 from tests.support.hub_child import Operator
+from tests.support.pki import server_tls
 
 
 class SdkChild:
@@ -54,12 +54,7 @@ class SdkChild:
 @pytest.mark.skipif(not SDK_PYTHON, reason="GATEWAYD_SDK_PYTHON unset: run ./dev.sh test")
 def test_azure_sdk_twin_methods_and_c2d_through_the_gateway(cloud, gateways, tmp_path):
     address = free_loopback_address()
-    ca_key, ca_cert = certs.make_ca("gateway test CA")
-    key, cert = certs.make_server_cert(ca_key, ca_cert, [], [address])
-    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "gw.pem", tmp_path / "gw.key"
-    certs.write_pem(ca_file, cert=ca_cert)
-    certs.write_pem(cert_file, cert=cert)
-    certs.write_pem(key_file, key=key)
+    ca_file, cert_file, key_file = server_tls(tmp_path, (address,), ())
     device_key = new_key()
     operator = Operator(cloud.port)
     operator.put_retained("devices/sdk-hub/twin/desired", {"$version": 1, "interval": 10})
