@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench import report, scenarios
+from bench.systems import thingsboard_gateway
 from tests.support.blockdev import LoopFilesystem
 
 RELAY_KINDS = ("gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1")
@@ -32,6 +33,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                      help="stored backlogs to start with (default 10^4 10^5 10^6)")
     run.add_argument("--scenarios", nargs="*", default=["relay", "outage", "wear", "startup"])
     run.add_argument("--relay", type=int, help="messages per relay run (default 20,000)")
+    run.add_argument("--systems", nargs="*", help="only these systems (default: all installed)")
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
     run.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -82,6 +84,13 @@ def rotate(kinds: tuple[str, ...], r: int) -> list[str]:
     return list(kinds[r % len(kinds):] + kinds[:r % len(kinds)])
 
 
+def kinds(base: tuple[str, ...], args: argparse.Namespace) -> tuple[str, ...]:
+    """The systems of a scenario: the ThingsBoard gateway when it is installed, and only
+    those asked for with --systems."""
+    found = base + (("thingsboard-gateway",) if thingsboard_gateway() else ())
+    return tuple(k for k in found if not args.systems or k in args.systems)
+
+
 def run(args: argparse.Namespace) -> dict:
     cfg = sizes(args)
     work = Path(tempfile.mkdtemp(prefix="gwbench"))
@@ -90,19 +99,21 @@ def run(args: argparse.Namespace) -> dict:
     for r in range(cfg["rounds"]):
         if "relay" in args.scenarios:
             for n in cfg["children"]:
-                for kind in rotate(RELAY_KINDS, r):
+                for kind in rotate(kinds(RELAY_KINDS, args), r):
                     figures = attempt(scenarios.relay, kind, work / f"relay{r}-{n}-{kind}", n,
                                       cfg["relay"])
                     rounds["relay"].setdefault(str(n), {}).setdefault(kind, []).append(figures)
                     print(f"round {r} relay {n} children {kind}: {report.short(figures)}",
                           flush=True)
         if "outage" in args.scenarios:
-            for kind in rotate(("gatewayd", "paho-floor"), r):
+            outage_kinds = [k for k in ("gatewayd", "paho-floor")
+                            if not args.systems or k in args.systems]
+            for kind in rotate(tuple(outage_kinds), r):
                 figures = attempt(scenarios.outage, kind, work / f"outage{r}-{kind}", cfg["outage"])
                 rounds["outage"].setdefault(kind, []).append(figures)
                 print(f"round {r} outage {kind}: {report.short(figures)}", flush=True)
         if "wear" in args.scenarios and os.geteuid() == 0:
-            for kind in rotate(WEAR_KINDS, r):
+            for kind in rotate(kinds(WEAR_KINDS, args), r):
                 for label, fn in wear_runs(cfg):
                     fs = LoopFilesystem(work / f"wear{r}-{kind}-{label}", size_mib=1024)
                     try:

@@ -18,6 +18,7 @@ from bench.systems import (
     Cloud,
     GatewaydSystem,
     MosquittoBridge,
+    ThingsBoardGateway,
     child_keys,
     cpu_seconds,
     peak_rss_mib,
@@ -41,6 +42,8 @@ def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
         return GatewaydSystem(workdir / "gw", cloud, keys, store)
     if kind == "gatewayd-rocksdb-defaults":
         return GatewaydSystem(workdir / "gw", cloud, keys, store, module="bench.rocksdb_defaults")
+    if kind == "thingsboard-gateway":
+        return ThingsBoardGateway(workdir / "tb", cloud, store)
     if kind == "mosquitto":
         return MosquittoBridge(workdir / "bridge", cloud, None, store)
     if kind == "mosquitto-autosave1":
@@ -58,6 +61,22 @@ async def _send(children: list[Child], total: int, rate: float = 0.0) -> None:
     per = total // len(children)
     each_rate = rate / len(children) if rate else 0.0
     await asyncio.gather(*(c.run(per, BODIES, each_rate) for c in children))
+
+
+def counter_options(system) -> dict:
+    """How the cloud counts this system's deliveries: topic, and messages per publish."""
+    options = dict(getattr(system, "counter", {}))
+    if options.get("entries") == "thingsboard":
+        options["entries"] = thingsboard_entries
+    return options
+
+
+def thingsboard_entries(payload: bytes) -> int:
+    """ThingsBoard gateway telemetry carries several messages: {"device": [{ts, values}...]}."""
+    try:
+        return sum(len(entries) for entries in json.loads(payload).values())
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 def run_floor(cloud: Cloud, count: int, counted: bool = True) -> dict:
@@ -103,14 +122,14 @@ def relay(kind: str, workdir: Path, n_children: int, total: int) -> dict:
 
 
 async def _relay(system, cloud: Cloud, keys: dict[str, str], total: int) -> dict:
-    counter = CloudCounter(cloud.port)
+    counter = CloudCounter(cloud.port, **counter_options(system))
     await counter.connect()
     children = await _children(system.port, keys, max(1, WINDOW // len(keys)))
     total -= total % len(children)
-    cpu0, t0 = cpu_seconds(system.pid), time.perf_counter()
+    cpu0, t0 = cpu_seconds(system.pids), time.perf_counter()
     await _send(children, total)
     t1 = await counter.wait_for(total, timeout=600)
-    cpu1 = cpu_seconds(system.pid)
+    cpu1 = cpu_seconds(system.pids)
     latencies = [x for c in children for x in c.latencies]
     for c in children:
         c.close()
@@ -119,7 +138,7 @@ async def _relay(system, cloud: Cloud, keys: dict[str, str], total: int) -> dict
             "puback_p50_ms": percentile(latencies, 0.5) * 1000,
             "puback_p99_ms": percentile(latencies, 0.99) * 1000,
             "cpu_us_per_msg": (cpu1 - cpu0) / total * 1e6,
-            "peak_rss_mib": peak_rss_mib(system.pid)}
+            "peak_rss_mib": peak_rss_mib(system.pids)}
 
 
 def outage(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem | None = None,
@@ -185,7 +204,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
                                 lambda s: s["outbox"].get("uncommitted", 0) == 0, 30)
         status = system.gw.status()
         out["store_mib"] = status["store_bytes"] / 2**20
-        out["peak_rss_mib_ingest"] = peak_rss_mib(system.pid)
+        out["peak_rss_mib_ingest"] = peak_rss_mib(system.pids)
     if loopfs:
         dev1, flush1 = _device(loopfs)
         out["wear_ingest"] = (dev1 - dev0) / payload_bytes
@@ -199,7 +218,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
     drain0, flushd0 = _device(loopfs)
     if loopfs:  # WAL replay after the kill -9: a crash's cost, not accumulate-and-drain's
         out["wear_restart"] = (drain0 - restart0) / payload_bytes
-    counter = CloudCounter(cloud.port)
+    counter = CloudCounter(cloud.port, **counter_options(system))
     cloud.start()
     await counter.connect()
     d0 = time.perf_counter()
@@ -215,11 +234,11 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
                 raise TimeoutError(f"gatewayd still has {left} messages")
             await asyncio.sleep(0.2)
         d1 = time.perf_counter()
-        out["peak_rss_mib"] = peak_rss_mib(system.pid)
+        out["peak_rss_mib"] = peak_rss_mib(system.pids)
     else:
         d1 = await counter.wait_for(total, timeout=1200, stall=60)  # bridge reconnect backoff
         timeline = [(counter.first - d0, 0)] + [(t - d0, n) for t, n in counter.timeline]
-        out["peak_rss_mib"] = peak_rss_mib(system.pid)
+        out["peak_rss_mib"] = peak_rss_mib(system.pids)
     counter.close()
     started = next((t for t, n in timeline if n > 0), 0.0)
     out["time_to_empty_secs"] = d1 - d0
@@ -245,7 +264,7 @@ def wear_online(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem,
         system.wait_online()
 
         async def go() -> dict:
-            counter = CloudCounter(cloud.port)
+            counter = CloudCounter(cloud.port, **counter_options(system))
             await counter.connect()
             children = await _children(system.port, keys, WINDOW // len(keys))
             n = total - total % len(children)

@@ -1,11 +1,17 @@
-"""The systems under test, each started by the harness: gatewayd and Mosquitto's bridge.
+"""The systems under test, each started by the harness: gatewayd, Mosquitto's bridge and the
+ThingsBoard IoT gateway.
 
-Both sit between the same children and the same cloud mosquitto; both are plain subprocesses
-whose CPU time and peak RSS are read from /proc, so that neither is measured by its own claims.
+All sit between the same children and the same cloud mosquitto; all are plain subprocesses whose
+CPU time and peak RSS are read from /proc, so that none is measured by its own claims.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +27,19 @@ def child_keys(n: int) -> dict[str, str]:
     return {f"c{i:03d}": new_key() for i in range(n)}
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int | list[int]) -> float:
+    """User + system CPU seconds of a process, or the sum over a system's processes."""
+    if isinstance(pid, list):
+        return sum(cpu_seconds(p) for p in pid)
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
 
-def peak_rss_mib(pid: int) -> float:
-    """VmHWM: the highest resident set the process has had since it started."""
+def peak_rss_mib(pid: int | list[int]) -> float:
+    """VmHWM: the highest resident set the process has had since it started (summed over a
+    system's processes: an upper bound of their peak together)."""
+    if isinstance(pid, list):
+        return sum(peak_rss_mib(p) for p in pid)
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -64,6 +76,10 @@ class GatewaydSystem:
     @property
     def pid(self) -> int:
         return self.gw.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.gw.proc.pid]
 
     def backlog(self) -> int:
         return self.gw.status()["backlog"]["messages"]
@@ -132,5 +148,148 @@ class MosquittoBridge:
     def pid(self) -> int:
         return self.broker.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.broker.proc.pid]
+
     def stop(self) -> None:
         self.broker.stop()
+
+
+def thingsboard_gateway() -> str | None:
+    """The ThingsBoard IoT gateway's executable (BENCH_TB_GATEWAY, or on PATH), if installed.
+
+    It lives in its own venv: it brings a fork of paho-mqtt that must not replace ours
+    (`python3 -m venv DIR && DIR/bin/pip install thingsboard-gateway==3.8.5`)."""
+    return os.environ.get("BENCH_TB_GATEWAY") or shutil.which("thingsboard-gateway")
+
+
+class ThingsBoardGateway:
+    """The ThingsBoard IoT gateway (Python, PyPI) as a peer: a local mosquitto without
+    persistence takes the children's publishes, the gateway's MQTT connector subscribes to it and
+    forwards through its SQLite storage to the cloud, as ThingsBoard gateway telemetry
+    (`v1/gateway/telemetry`, several messages per publish). Its logs are at WARNING so that
+    logging does not weigh on it. CPU and RSS are the gateway's plus its local broker's.
+
+    Its promise is weaker than gatewayd's: the local broker PUBACKs the child at once and the
+    connector takes messages into memory queues before its storage, so a kill -9 loses what is
+    queued; only the relay and wear scenarios run it.
+    """
+
+    name = "thingsboard-gateway"
+    counter = {"topic": "v1/gateway/telemetry", "entries": "thingsboard"}
+
+    def __init__(self, workdir: Path, cloud: Cloud, store: Path | None = None) -> None:
+        self.workdir = workdir
+        self.cloud = cloud
+        self.config = workdir / "tb-config"
+        self.config.mkdir(parents=True, exist_ok=True)
+        self.store = store or workdir / "tb-data"
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.broker = Mosquitto(workdir / "local", port=free_port())
+        text = self.broker.conf.read_text().replace("persistence true", "persistence false")
+        self.broker.conf.write_text(text)
+        self._write_config()
+        self.proc: subprocess.Popen | None = None
+        self.stub: subprocess.Popen | None = None
+
+    def _write_config(self) -> None:
+        no_limit = "0:0"
+        gateway = {
+            "thingsboard": {
+                "host": "127.0.0.1", "port": self.cloud.port, "remoteShell": False,
+                "remoteConfiguration": False, "statistics": {"enable": False},
+                "deviceFiltering": {"enable": False}, "maxPayloadSizeBytes": 8196,
+                "minPackSendDelayMS": 50, "minPackSizeToSend": 500,
+                "checkConnectorsConfigurationInSeconds": 3600, "handleDeviceRenaming": False,
+                "security": {"type": "accessToken", "accessToken": "bench"}, "qos": 1,
+                "reportStrategy": {"type": "ON_RECEIVED"},
+                "checkingDeviceActivity": {"checkDeviceInactivity": False},
+                **{key: no_limit for key in (
+                    "rateLimits", "dpRateLimits", "messagesRateLimits",
+                    "deviceMessagesRateLimits", "deviceRateLimits", "deviceDpRateLimits")},
+            },
+            "storage": {"type": "sqlite", "data_file_path": f"{self.store}/",
+                        "messages_ttl_check_in_hours": 1, "messages_ttl_in_days": 7,
+                        "max_read_records_count": 100},
+            "grpc": {"enabled": False},
+            "connectors": [{"type": "mqtt", "name": "children", "configuration": "mqtt.json"}],
+        }
+        values = [{"type": t, "key": k, "value": f"${{{k}}}"}
+                  for t, k in (("integer", "i"), ("double", "temp"), ("double", "hum"),
+                               ("string", "pad"))]
+        connector = {
+            "broker": {"host": "127.0.0.1", "port": self.broker.port, "clientId": "tb-gateway",
+                       "version": 5, "maxMessageNumberPerWorker": 10, "maxNumberOfWorkers": 100,
+                       "cleanSession": False, "cleanStart": False,
+                       "sessionExpiryInterval": 604800, "security": {"type": "anonymous"}},
+            "mapping": [{
+                "topicFilter": "devices/+/messages/events/", "subscriptionQos": 1,
+                "converter": {
+                    "type": "json", "sendDataOnlyOnChange": False, "timeout": 60000,
+                    "deviceInfo": {
+                        "deviceNameExpressionSource": "topic",
+                        "deviceNameExpression": "(?<=devices/)(.*?)(?=/messages)",
+                        "deviceProfileExpressionSource": "constant",
+                        "deviceProfileExpression": "default"},
+                    "attributes": [], "timeseries": values}}],
+            "requestsMapping": {},
+        }
+        (self.config / "tb_gateway.json").write_text(json.dumps(gateway, indent=1))
+        (self.config / "mqtt.json").write_text(json.dumps(connector, indent=1))
+        (self.config / "logs.json").write_text(json.dumps(_quiet_logging(self.workdir / "logs")))
+
+    def start(self) -> None:
+        self.broker.start()
+        self.stub_out = self.workdir / "stub.out"
+        self.stub = subprocess.Popen([sys.executable, "-m", "bench.tb_stub", str(self.cloud.port)],
+                                     stdout=self.stub_out.open("wb"), stderr=subprocess.STDOUT)
+        env = dict(os.environ, TB_GW_CONFIG_DIR=f"{self.config}/")
+        self.proc = subprocess.Popen([thingsboard_gateway() or "thingsboard-gateway"],
+                                     cwd=self.workdir, env=env,
+                                     stdout=(self.workdir / "tb.out").open("wb"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait_online(self, online: bool = True, timeout: float = 60) -> None:
+        """Online once the server stub has answered the session-limits request (the gateway
+        sends nothing before); offline is not observable from outside and not waited for."""
+        deadline = time.monotonic() + timeout
+        while online and time.monotonic() < deadline:
+            if b"answered" in self.stub_out.read_bytes():
+                time.sleep(1.0)  # its connector subscribes to the local broker in parallel
+                return
+            time.sleep(0.05)
+        if online:
+            raise TimeoutError("the ThingsBoard gateway did not ask for its session limits")
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid, self.broker.proc.pid]
+
+    def stop(self) -> None:
+        for proc in (self.proc, self.stub):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.broker.stop()
+
+
+def _quiet_logging(directory: Path) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    handler = {"class": "logging.FileHandler", "filename": str(directory / "tb.log"),
+               "level": "WARNING"}
+    return {"version": 1, "disable_existing_loggers": False,
+            "handlers": {"file": handler},
+            "root": {"level": "WARNING", "handlers": ["file"]}}
