@@ -103,17 +103,12 @@ class CloudSession(asyncio.Protocol):
                 return self._next_id
         raise RuntimeError("all 65535 packet ids are in flight")
 
-    def write_buffer_size(self) -> int:
-        transport = self._transport
-        return transport.get_write_buffer_size() if transport is not None else 0
-
-    def close(self, disconnect: bool = True) -> None:
+    def close(self) -> None:
         """Say DISCONNECT (so the broker drops the will) and close; no on_lost for this."""
         self._lost_reported = True
         if self._transport is None:
             return
-        if disconnect:
-            self._out.append(mqtt5.DISCONNECT_BYTES)
+        self._out.append(mqtt5.DISCONNECT_BYTES)
         self.flush()
         self._closing = True
         self._transport.close()

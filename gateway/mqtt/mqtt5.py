@@ -31,7 +31,6 @@ P_SESSION_EXPIRY = 0x11
 P_REASON_STRING = 0x1F
 P_RECEIVE_MAXIMUM = 0x21
 P_USER_PROPERTY = 0x26
-P_MAXIMUM_PACKET_SIZE = 0x27
 
 _BYTE_PROPS = {0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A}
 _U16_PROPS = {0x13, 0x21, 0x22, 0x23}
@@ -86,11 +85,11 @@ def binary(data: bytes) -> bytes:
 
 
 def user_property(key: str, value: str) -> bytes:
-    return b"\x26" + string(key) + string(value)
+    return bytes((P_USER_PROPERTY,)) + string(key) + string(value)
 
 
 def message_expiry(secs: int) -> bytes:
-    return b"\x02" + _U32.pack(min(secs, 0xFFFFFFFF))
+    return bytes((P_MESSAGE_EXPIRY,)) + _U32.pack(min(secs, 0xFFFFFFFF))
 
 
 def properties(*encoded: bytes) -> bytes:
@@ -132,7 +131,8 @@ def connect(
     if password is not None:
         flags |= 0x40
         payload.append(binary(password.encode()))
-    props = properties(b"\x11" + _U32.pack(session_expiry)) if session_expiry else b"\x00"
+    props = (properties(bytes((P_SESSION_EXPIRY,)) + _U32.pack(session_expiry))
+             if session_expiry else b"\x00")
     head = string("MQTT") + bytes((5, flags)) + _U16.pack(keepalive) + props
     return _frame(0x10, head + b"".join(payload))
 
