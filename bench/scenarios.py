@@ -65,18 +65,7 @@ async def _send(children: list[Child], total: int, rate: float = 0.0) -> None:
 
 def counter_options(system) -> dict:
     """How the cloud counts this system's deliveries: topic, and messages per publish."""
-    options = dict(getattr(system, "counter", {}))
-    if options.get("entries") == "thingsboard":
-        options["entries"] = thingsboard_entries
-    return options
-
-
-def thingsboard_entries(payload: bytes) -> int:
-    """ThingsBoard gateway telemetry carries several messages: {"device": [{ts, values}...]}."""
-    try:
-        return sum(len(entries) for entries in json.loads(payload).values())
-    except (ValueError, AttributeError, TypeError):
-        return 0
+    return dict(getattr(system, "counter", {}))
 
 
 def run_floor(cloud: Cloud, count: int, counted: bool = True) -> dict:

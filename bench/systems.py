@@ -177,7 +177,6 @@ class ThingsBoardGateway:
     """
 
     name = "thingsboard-gateway"
-    counter = {"topic": "v1/gateway/telemetry", "entries": "thingsboard"}
 
     def __init__(self, workdir: Path, cloud: Cloud, store: Path | None = None) -> None:
         self.workdir = workdir
@@ -192,6 +191,7 @@ class ThingsBoardGateway:
         self._write_config()
         self.proc: subprocess.Popen | None = None
         self.stub: subprocess.Popen | None = None
+        self.counter = {"topic": "v1/gateway/telemetry", "entries": thingsboard_entries}
 
     def _write_config(self) -> None:
         no_limit = "0:0"
@@ -284,6 +284,14 @@ class ThingsBoardGateway:
                     proc.kill()
                     proc.wait()
         self.broker.stop()
+
+
+def thingsboard_entries(payload: bytes) -> int:
+    """ThingsBoard gateway telemetry carries several messages: {"device": [{ts, values}...]}."""
+    try:
+        return sum(len(entries) for entries in json.loads(payload).values())
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 def _quiet_logging(directory: Path) -> dict:
