@@ -30,6 +30,17 @@ class Timeline:
         child.client.on_publish = on_publish
 
 
+def connect_children(keys: dict[str, str], port: int):
+    """(children, infos, timelines): every child connected, with an empty list of its publish
+    infos and a Timeline of its publishes and PUBACKs, both keyed by device id."""
+    children = [Child(d, k, port) for d, k in keys.items()]
+    for child in children:
+        assert child.connect() == 0
+    infos: dict[str, list] = {c.device_id: [] for c in children}
+    timelines = {c.device_id: Timeline(c) for c in children}
+    return children, infos, timelines
+
+
 def sender(child: Child, start: int, end: int, infos: list, stop: threading.Event,
            timeline: Timeline | None = None) -> threading.Thread:
     """Messages start..end-1 from `child`, a steady stream in a thread."""

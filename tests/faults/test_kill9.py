@@ -15,8 +15,8 @@ import time
 import pytest
 
 from gateway.cloud_contract import registry_topic
-from tests.faults.delivery import Timeline, check_delivery, sender
-from tests.support.clients import Child, new_key, publish_retained, registry_doc
+from tests.faults.delivery import check_delivery, connect_children, sender
+from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.offline import cut_off_gateway
 
 CHILDREN = 4
@@ -39,11 +39,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     version = 1
     gw, verifier = cut_off_gateway(cloud, gateways, keys)
 
-    children = [Child(d, k, gw.plain_port) for d, k in keys.items()]
-    for child in children:
-        assert child.connect() == 0
-    infos: dict[str, list] = {c.device_id: [] for c in children}
-    timelines = {c.device_id: Timeline(c) for c in children}
+    children, infos, timelines = connect_children(keys, gw.plain_port)
     stop = threading.Event()
     half = per_child // 2
     # 1. offline ingest: the children stream, the daemon dies under them

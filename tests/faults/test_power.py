@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.delivery import Timeline, check_delivery, sender
-from tests.support.clients import Child, new_key
+from tests.faults.delivery import check_delivery, connect_children, sender
+from tests.support.clients import new_key
 from tests.support.offline import cut_off_gateway
 
 POWERFS = Path(__file__).parent.parent / "support" / "powerfs.py"
@@ -69,11 +69,7 @@ def _power_cuts(cloud, gateways, powerfs, cuts: int, per_child: int, seed: int) 
     gw, verifier = cut_off_gateway(cloud, gateways, keys,
                                    storage={"path": str(powerfs.mountpoint / "store")})
 
-    children = [Child(d, k, gw.plain_port) for d, k in keys.items()]
-    for child in children:
-        assert child.connect() == 0
-    infos: dict[str, list] = {c.device_id: [] for c in children}
-    timelines = {c.device_id: Timeline(c) for c in children}
+    children, infos, timelines = connect_children(keys, gw.plain_port)
     stop = threading.Event()
     senders = [sender(c, 0, per_child, infos[c.device_id], stop, timelines[c.device_id])
                for c in children]
