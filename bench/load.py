@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable
 
-from gateway.auth import make_sas_token
+from gateway.child.auth import make_sas_token
 from gateway.mqtt.codec import (
     ConnAck,
     Connect,

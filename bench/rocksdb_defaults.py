@@ -1,6 +1,6 @@
 """gatewayd with RocksDB's default options: the baseline that the store's tuning must beat.
 
-Same code, same records, same commit cadence; only gateway/store.py's option choices (WAL
+Same code, same records, same commit cadence; only gateway/storage/store.py's option choices (WAL
 recycling and zstd compression, write buffer, zstd SSTs, size caps, no statistics dumps...) are
 replaced by what RocksDB does when given none. The wear scenario runs it as
 `python -m bench.rocksdb_defaults --config F`.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rocksdict import Options
 
-from gateway import store
 from gateway.cli import gatewayd
+from gateway.storage import store
 
 
 def _defaults() -> Options:

@@ -23,9 +23,9 @@ from bench.systems import (
     cpu_seconds,
     peak_rss_mib,
 )
-from gateway.message import Message
-from gateway.outbox import Outbox
-from gateway.store import Store
+from gateway.storage.store import Store
+from gateway.upstream.message import Message
+from gateway.upstream.outbox import Outbox
 from tests.support.blockdev import LoopFilesystem
 from tests.support.gatewayd import Gatewayd
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto, free_port
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.gatewayd import Gatewayd

@@ -17,9 +17,7 @@ import argparse
 import json
 import sys
 
-from gateway import cloud_contract as contract
-from gateway.config import load_config
-from gateway.operator import (
+from gateway.cli.operator import (
     CloudSession,
     CloudTarget,
     OperatorError,
@@ -31,6 +29,8 @@ from gateway.operator import (
     merge_desired,
     set_ttl,
 )
+from gateway.config import load_config
+from gateway.upstream import cloud_contract as contract
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:

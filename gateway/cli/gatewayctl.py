@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gateway.cli import ctl_cloud
 from gateway.config import load_config
-from gateway.control import request
+from gateway.daemon.control import request
 from gateway.errors import GatewayError
 
 DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.toml"

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.gatewayd import Gatewayd

@@ -6,7 +6,7 @@ import socket
 import ssl
 import time
 
-from gateway.auth import make_sas_token
+from gateway.child.auth import make_sas_token
 from gateway.mqtt import codec
 from gateway.mqtt.codec import Connect, Publish
 from tests.support.gatewayd import HUB

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.faults.hostile import connect_packet, dial, read_packets
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 

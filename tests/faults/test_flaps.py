@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.faults.delivery import check_delivery, sender
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 from tests.support.tcpproxy import TcpProxy

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.faults.delivery import check_delivery, connect_children, sender
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.offline import cut_off_gateway

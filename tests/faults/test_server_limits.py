@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from gateway.child import server
 from gateway.config import ListenSettings
 from gateway.log import Event
-from gateway.mqtt import codec, server
+from gateway.mqtt import codec
 from gateway.mqtt.codec import ConnAck, Connect
 from tests.support.broker import free_port
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import CloudVerifier, new_key, publish_retained, registry_doc
 from tests.support.gatewayd import HUB
 from tests.support.pki import server_tls

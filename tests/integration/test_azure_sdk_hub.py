@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.integration.test_azure_sdk import SDK_PORT, SDK_PYTHON, free_loopback_address
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.gatewayd import HUB

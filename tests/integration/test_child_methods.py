@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import new_key, publish_retained
 from tests.support.hub_child import HubChild
 

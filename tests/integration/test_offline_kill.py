@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 
 CHILDREN = 10

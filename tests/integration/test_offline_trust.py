@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.cloud_contract import audit_topic, registry_topic
+from gateway.upstream.cloud_contract import audit_topic, registry_topic
 from tests.support.clients import Child, new_key, publish_retained, registry_doc
 from tests.support.tcpproxy import TcpProxy
 

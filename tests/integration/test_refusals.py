@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from gateway import certs
-from gateway.auth import make_sas_token
-from gateway.cloud_contract import registry_topic
+from gateway.child import certs
+from gateway.child.auth import make_sas_token
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 from tests.support.gatewayd import HUB
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import time
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import new_key, publish_retained, registry_doc
 
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from gateway.message import Message
-from gateway.outbox import Outbox
-from gateway.store import Store
-from gateway.sync import RegistrySync
+from gateway.child.registry_sync import RegistrySync
+from gateway.storage.store import Store
+from gateway.upstream.message import Message
+from gateway.upstream.outbox import Outbox
 from tests.support.clients import CloudVerifier, new_key, registry_doc
 
 NOW_MS = 4_000_000_000_000  # far in the future: nothing expires during the test

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from gateway.cloud_contract import gateway_twin_topic, registry_topic
+from gateway.upstream.cloud_contract import gateway_twin_topic, registry_topic
 from tests.support.clients import CloudVerifier, new_key, publish_retained, registry_doc
 from tests.support.hub_child import HubChild, Operator
 

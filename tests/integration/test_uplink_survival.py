@@ -8,8 +8,8 @@ import signal
 import subprocess
 import time
 
-from gateway import certs
-from gateway.cloud_contract import registry_topic
+from gateway.child import certs
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 

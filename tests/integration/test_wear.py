@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.blockdev import LoopFilesystem
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.auth import make_sas_token
+from gateway.child.auth import make_sas_token
 
 from .gatewayd import HUB
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.control import request
+from gateway.daemon.control import request
 
 from .broker import free_port
 

@@ -3,7 +3,7 @@ cut off from its cloud."""
 
 from __future__ import annotations
 
-from gateway.cloud_contract import registry_topic
+from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import CloudVerifier, publish_retained, registry_doc
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway import certs
+from gateway.child import certs
 
 
 def server_tls(workdir: Path, addresses: tuple[str, ...] = ("127.0.0.1",),

@@ -11,7 +11,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from gateway.auth import make_sas_token
+from gateway.child.auth import make_sas_token
 
 HUB, KEY = "hub.example.net", "c2VjcmV0LWtleS1mb3ItdGhlLXZtLXRlc3QtMTIzNDU2"
 

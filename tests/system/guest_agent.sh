@@ -54,8 +54,8 @@ say "security $(systemd-analyze security gatewayd --no-pager 2>/dev/null | tail 
 
 check stop systemctl stop gatewayd
 check store-clean /opt/gatewayd/bin/python -c '
-from gateway.store import Store
-from gateway.outbox import Outbox
+from gateway.storage.store import Store
+from gateway.upstream.outbox import Outbox
 s = Store("/var/lib/gatewayd"); o = Outbox(s)
 assert o.stats.count == 200, o.stats.count
 o.close(); s.close()'

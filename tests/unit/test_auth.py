@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from gateway import certs
-from gateway.auth import (
+from gateway.child import certs
+from gateway.child.auth import (
     Registry,
     authenticate,
     make_sas_token,

@@ -8,7 +8,7 @@ import stat
 
 from cryptography import x509
 
-from gateway import certs
+from gateway.child import certs
 
 
 def test_server_cert_chains_to_the_ca_and_loads_into_ssl(tmp_path):

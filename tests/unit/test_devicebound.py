@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.devicebound import DeviceboundQueue, child_topic, property_bag
-from gateway.store import Store
+from gateway.hub.devicebound import DeviceboundQueue, child_topic, property_bag
+from gateway.storage.store import Store
 
 NOW = 1_700_000_000_000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import dialect
+from gateway.child import dialect
 
 
 @pytest.mark.parametrize("topic, expected", [

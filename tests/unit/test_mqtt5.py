@@ -9,9 +9,9 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import cloud_contract as contract
-from gateway.message import Message
 from gateway.mqtt import mqtt5
+from gateway.upstream import cloud_contract as contract
+from gateway.upstream.message import Message
 
 
 def feed_all(data: bytes, chunk: int) -> list:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gateway.auth import parse_registry
-from gateway.operator import (
+from gateway.child.auth import parse_registry
+from gateway.cli.operator import (
     OperatorError,
     add_children,
     change_children,

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from gateway.message import Message, decode_record, encode_record
-from gateway.outbox import SEQ_BLOCK, Outbox, seq_key
-from gateway.store import Store
+from gateway.storage.store import Store
+from gateway.upstream.message import Message, decode_record, encode_record
+from gateway.upstream.outbox import SEQ_BLOCK, Outbox, seq_key
 
 NOW = 1_700_000_000_000
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from gateway.provision import pin_dns, provision
+from gateway.cli.provision import pin_dns, provision
 
 
 def test_certificates_are_made_once_and_verify(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.routes import MessageView, RouteError, Sink, parse_route, parse_routes
+from gateway.hub.routes import MessageView, RouteError, Sink, parse_route, parse_routes
 
 JSON_CT = "%24.ct=application%2Fjson&%24.ce=utf-8"
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gateway.settings import SettingsError, SettingsSync, parse_settings
-from gateway.store import Store
+from gateway.hub.settings import SettingsError, SettingsSync, parse_settings
+from gateway.storage.store import Store
 
 
 def doc(version: int = 1, **over) -> bytes:

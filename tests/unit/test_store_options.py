@@ -7,8 +7,8 @@ import re
 
 from rocksdict import DBCompressionType, Rdict, WriteBatch
 
-from gateway import store as store_module
-from gateway.store import COLUMN_FAMILIES, Store
+from gateway.storage import store as store_module
+from gateway.storage.store import COLUMN_FAMILIES, Store
 
 
 def options_text(path) -> str:

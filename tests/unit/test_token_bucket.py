@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.uplink import TokenBucket
+from gateway.upstream.uplink import TokenBucket
 
 
 def test_rate_burst_and_wait():

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.store import Store
-from gateway.twins import (
+from gateway.hub.twins import (
     TwinError,
     TwinStore,
     desired_delta,
@@ -15,6 +14,7 @@ from gateway.twins import (
     parse_document,
     parse_patch,
 )
+from gateway.storage.store import Store
 
 json_leaf = st.one_of(st.integers(), st.text(max_size=5), st.booleans())
 props = st.dictionaries(st.text(min_size=1, max_size=4).filter(lambda k: not k.startswith("$")),

@@ -1,6 +1,6 @@
 """First-install provisioning: a local CA and the gateway's TLS certificate, if none exist.
 
-Run by the .deb's postinst (and the image's first boot) as `python -m gateway.provision`. It
+Run by the .deb's postinst (and the image's first boot) as `python -m gateway.cli.provision`. It
 never overwrites: a certificate the operator put in place is theirs. The CA's key stays
 root-only; the gateway's key is readable by the service's group. It prints where the CA is,
 because every child must be given that file to trust the gateway.
@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from gateway import certs
+from gateway.child import certs
 
 
 def provision(directory: Path, hostnames: list[str], ips: list[str], group: str | None) -> str:
@@ -54,7 +54,7 @@ def pin_dns(config_file: Path, dropin: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.provision", description=__doc__
+    parser = argparse.ArgumentParser(prog="python -m gateway.cli.provision", description=__doc__
                                      .splitlines()[0])
     parser.add_argument("--dir", default="/etc/gatewayd", type=Path)
     parser.add_argument("--hostname", action="append", help="default: this host's names")

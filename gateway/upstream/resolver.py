@@ -17,7 +17,7 @@ import socket
 import dns.exception
 import dns.resolver
 
-from gateway.store import Store
+from gateway.storage.store import Store
 
 _META_PREFIX = b"dns/"
 TIMEOUT_SECS = 3.0

@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway import ballast
 from gateway.log import Event, event
-from gateway.message import DEFAULT_PRIORITY, Message
-from gateway.outbox import Outbox
+from gateway.storage import ballast
+from gateway.upstream.message import DEFAULT_PRIORITY, Message
+from gateway.upstream.outbox import Outbox
 
 STORE_RETRY_SECS = 1.0
 

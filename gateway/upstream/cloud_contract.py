@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from gateway.message import Message
 from gateway.mqtt import mqtt5
+from gateway.upstream.message import Message
 
 
 def telemetry_topic(prefix: str, device_id: str) -> str:

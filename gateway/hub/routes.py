@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
-from gateway.message import DEFAULT_PRIORITY
+from gateway.upstream.message import DEFAULT_PRIORITY
 
 UPSTREAM = "$upstream"
 MAX_ROUTES = 100

@@ -18,7 +18,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 
-from gateway.store import Store
+from gateway.storage.store import Store
 
 _KEY_PREFIX = b"twin/"
 MAX_TWIN_BYTES = 32 * 1024  # IoT Hub's limit for each of desired and reported

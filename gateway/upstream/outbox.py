@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
 
-from gateway.message import (
+from gateway.storage.store import Store
+from gateway.upstream.message import (
     DEFAULT_PRIORITY,
     PRIORITIES,
     Message,
@@ -33,7 +34,6 @@ from gateway.message import (
     decode_record,
     encode_record,
 )
-from gateway.store import Store
 
 SEQ_BLOCK = 65536
 _U64 = struct.Struct(">Q")

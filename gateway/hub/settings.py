@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.store import Store
+from gateway.storage.store import Store
 
 _META_KEY = b"gateway_twin_desired"
 MAX_TTL_SECS = 2_147_483_647

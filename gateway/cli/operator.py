@@ -24,10 +24,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway import cloud_contract as contract
-from gateway.auth import normalize_thumbprint, parse_registry
+from gateway.child.auth import normalize_thumbprint, parse_registry
 from gateway.errors import GatewayError, RegistryError
-from gateway.settings import MAX_TTL_SECS
+from gateway.hub.settings import MAX_TTL_SECS
+from gateway.upstream import cloud_contract as contract
 
 EX_UNAVAILABLE = 69
 
@@ -143,7 +143,7 @@ def _next_version(doc: dict, children: list[dict]) -> dict:
 
 def merge_desired(doc: dict | None, patch: dict) -> dict:
     """The operator's desired patch on the full document: null deletes, $version goes up."""
-    from gateway.twins import merge_patch  # the same merge rules as the gateway's
+    from gateway.hub.twins import merge_patch  # the same merge rules as the gateway's
 
     new = dict(doc or {"$version": 0})
     version = int(new.pop("$version", 0))

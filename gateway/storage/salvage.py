@@ -22,8 +22,8 @@ from rocksdict import DBRecoveryMode, Options, Rdict, WriteBatch
 
 from gateway.errors import StoreError
 from gateway.log import Event, event
-from gateway.message import RecordError, decode_record
-from gateway.store import COLUMN_FAMILIES, Store
+from gateway.storage.store import COLUMN_FAMILIES, Store
+from gateway.upstream.message import RecordError, decode_record
 
 QUARANTINE_PREFIX = "quarantine-"
 KEEP = ("control.sock",)  # not part of the database

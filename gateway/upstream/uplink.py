@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway import cloud_contract as contract
 from gateway.log import Event, event
-from gateway.message import PRIORITIES
 from gateway.mqtt import mqtt5
-from gateway.mqtt.cloud_session import CloudSession, SessionCallbacks
-from gateway.outbox import Cursor, Outbox
-from gateway.resolver import CloudResolver, ResolveError
+from gateway.upstream import cloud_contract as contract
+from gateway.upstream.cloud_session import CloudSession, SessionCallbacks
+from gateway.upstream.message import PRIORITIES
+from gateway.upstream.outbox import Cursor, Outbox
+from gateway.upstream.resolver import CloudResolver, ResolveError
 
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0

@@ -22,29 +22,31 @@ from collections.abc import Callable
 import psutil
 import sdnotify
 
-from gateway import auth, ballast, dialect, log
-from gateway import cloud_contract as contract
-from gateway import reload as reload_rules
-from gateway.audit import AuditLog, OfflineTrust
+from gateway import log
+from gateway.child import auth, dialect
+from gateway.child.offline_trust import AuditLog, OfflineTrust
+from gateway.child.registry_sync import RegistrySync
+from gateway.child.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
 from gateway.clock import SteadyClock
 from gateway.config import load_config
-from gateway.control import ControlServer
-from gateway.diskguard import DiskGuard
+from gateway.daemon import reload as reload_rules
+from gateway.daemon.control import ControlServer
+from gateway.daemon.metrics import MetricsServer
+from gateway.daemon.rates import Rates, Sample, projections
 from gateway.errors import GatewayError
-from gateway.hub import LocalHub
-from gateway.ingest import Ingest
+from gateway.hub.local_hub import LocalHub
+from gateway.hub.routes import MessageView, check_routes, parse_routes
+from gateway.hub.settings import SettingsSync
 from gateway.log import Event, event
-from gateway.metrics import MetricsServer
 from gateway.mqtt.codec import Connect, Publish
-from gateway.mqtt.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
-from gateway.outbox import Outbox
-from gateway.rates import Rates, Sample, projections
-from gateway.resolver import CloudResolver
-from gateway.routes import MessageView, check_routes, parse_routes
-from gateway.salvage import open_or_salvage
-from gateway.settings import SettingsSync
-from gateway.sync import RegistrySync
-from gateway.uplink import CloudMessage, Uplink
+from gateway.storage import ballast
+from gateway.storage.disk_guard import DiskGuard
+from gateway.storage.salvage import open_or_salvage
+from gateway.upstream import cloud_contract as contract
+from gateway.upstream.ingest import Ingest
+from gateway.upstream.outbox import Outbox
+from gateway.upstream.resolver import CloudResolver
+from gateway.upstream.uplink import CloudMessage, Uplink
 
 HOUSEKEEPING_SECS = 1.0
 EXPIRY_SWEEP_SECS = 1.0

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 
 from rocksdict import WriteBatch
 
-from gateway.store import Store
+from gateway.storage.store import Store
 
 _SEQ_KEY = b"devicebound_seq"
 _HEAD = struct.Struct(">QI")  # expires_ms, length of the property bag

@@ -19,15 +19,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gateway import cloud_contract as contract
-from gateway import dialect
-from gateway.auth import Child
-from gateway.devicebound import DeviceboundQueue, child_topic
+from gateway.child import dialect
+from gateway.child.auth import Child
+from gateway.child.server import ChildConnection, ChildServer
+from gateway.hub.devicebound import DeviceboundQueue, child_topic
+from gateway.hub.methods import DEFAULT_TIMEOUT_SECS, MethodRouter, error_payload
+from gateway.hub.twins import TwinError, TwinStore, parse_document, parse_patch
 from gateway.log import Event, event
-from gateway.methods import DEFAULT_TIMEOUT_SECS, MethodRouter, error_payload
-from gateway.mqtt.server import ChildConnection, ChildServer
-from gateway.twins import TwinError, TwinStore, parse_document, parse_patch
-from gateway.uplink import CloudMessage, Uplink
+from gateway.upstream import cloud_contract as contract
+from gateway.upstream.uplink import CloudMessage, Uplink
 
 C2D_WINDOW = 16  # unacknowledged cloud-to-device messages per child, like IoT Hub's limit of 50
 C2D_DEFAULT_TTL_SECS = 3600  # IoT Hub's default time to live of a cloud-to-device message

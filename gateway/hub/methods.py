@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.mqtt.server import ChildServer
+from gateway.child.server import ChildServer
 
 DEFAULT_TIMEOUT_SECS = 30.0
 MAX_TIMEOUT_SECS = 300.0

@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gateway.auth import Registry, parse_registry, registry_to_bytes
+from gateway.child.auth import Registry, parse_registry, registry_to_bytes
 from gateway.errors import RegistryError
 from gateway.log import Event, event
-from gateway.store import Store
+from gateway.storage.store import Store
 
 _META_REGISTRY = b"registry"
 

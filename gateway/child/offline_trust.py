@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from rocksdict import WriteBatch
 
-from gateway.store import Store
+from gateway.storage.store import Store
 
 _PREFIX = b"audit/"
 _FRESH_KEY = b"registry_fresh_at"
