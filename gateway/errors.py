@@ -28,5 +28,10 @@ class StoreError(GatewayError):
     exit_code = 74  # EX_IOERR
 
 
+class SyncOnLoopError(StoreError):
+    """Our bug: a synced write (an fsync) was asked for on the event loop's thread, where it
+    would stall every child for the length of a flush; it must go through the writer."""
+
+
 class RegistryError(GatewayError):
     """A registry document from the cloud is malformed; the last good registry stays in force."""

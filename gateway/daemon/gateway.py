@@ -42,6 +42,7 @@ from gateway.mqtt.codec import Connect, Publish
 from gateway.storage import ballast
 from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import open_or_salvage
+from gateway.storage.writer import Writer
 from gateway.upstream import cloud_contract as contract
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
@@ -118,14 +119,20 @@ class Gateway(Handler):
         self.routes = parse_routes(self.settings.settings.routes)
         self.unrouted = 0
         self.outbox = Outbox(self.store)
-        self.ingest = Ingest(
+        self.writer = Writer(
+            self.store,
             self.outbox,
-            clock=self.clock,
-            ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
             commit_interval_ms=cfg.storage.commit_interval_ms,
             commit_max=cfg.storage.commit_max_messages,
-            on_new=self._wake_uplink,
             cloud_online=self._cloud_online,
+            clock=self.clock,
+        )
+        self.ingest = Ingest(
+            self.outbox,
+            self.writer,
+            clock=self.clock,
+            ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
+            on_new=self._wake_uplink,
         )
         self.server = ChildServer(cfg.listen, self)
         st = cfg.storage
@@ -143,9 +150,9 @@ class Gateway(Handler):
         await self.control.start()
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
         await self.metrics.start()
-        self.ingest.on_disk_full = self._disk_full
-        self.ingest.after_commit = self._guard_disk
-        self.ingest.start()
+        self.writer.on_disk_full = self._disk_full
+        self.writer.after_commit = self._guard_disk
+        self.writer.start()
         tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
         self._start_uplink(cfg.cloud)
         self._install_signals()
@@ -216,7 +223,7 @@ class Gateway(Handler):
         log.set_level(new.log.level)
         if not self.settings.settings.ttl_secs:
             self.ingest.ttl_secs = new.storage.time_to_live_secs
-        self.ingest.set_cadence(new.storage.commit_interval_ms, new.storage.commit_max_messages)
+        self.writer.set_cadence(new.storage.commit_interval_ms, new.storage.commit_max_messages)
         if any(key.startswith("cloud.") for key in live):
             await self._stop_uplink()
             self._start_uplink(new.cloud)
@@ -244,7 +251,9 @@ class Gateway(Handler):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.ingest.aclose()
+        await self.writer.aclose()
+        if not ballast.is_disk_full(self.writer.store_error):  # else RocksDB refuses writes
+            self.outbox.flush_deletes()
 
     def stop(self) -> None:
         self._stop.set()
@@ -586,7 +595,7 @@ class Gateway(Handler):
             "store_bytes": _tree_bytes(self.config.storage.path),
             "outbox": vars(stats),
             "next_seq": self.outbox.next_seq,
-            "store_error": self.ingest.store_error,
+            "store_error": self.writer.store_error,
             "salvage": None if self.salvage is None else {
                 "quarantine": str(self.salvage.quarantine),
                 "messages": self.salvage.messages,

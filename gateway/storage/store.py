@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from rocksdict import (
@@ -29,7 +30,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from gateway.errors import StoreError
+from gateway.errors import StoreError, SyncOnLoopError
 from gateway.log import Event, event
 
 COLUMN_FAMILIES = ("outbox", "meta", "devicebound")
@@ -129,9 +130,25 @@ class Store:
         self._synced.sync = True
         self._unsynced = WriteOptions()
         self.closed = False
+        self.synced_writes = 0  # one per fsync'd write: what the group commit saves
+        self._no_sync_thread: int | None = None
+
+    def forbid_sync_on(self, thread: threading.Thread | None) -> None:
+        """From now on a synced write (or a WAL sync) from `thread` raises SyncOnLoopError: the
+        daemon names its event loop's thread, which must never wait for the disk."""
+        self._no_sync_thread = thread.ident if thread is not None else None
+
+    def _check_sync_allowed(self, what: str) -> None:
+        if self._no_sync_thread is not None and threading.get_ident() == self._no_sync_thread:
+            raise SyncOnLoopError(
+                f"store: {what} asked for on the event loop's thread; it must go through the "
+                f"writer (gateway/storage/writer.py)")
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
         """Apply a batch atomically; with sync it is on the medium when this returns."""
+        if sync:
+            self._check_sync_allowed("a synced write")
+            self.synced_writes += 1
         self._db.write(batch, write_opt=self._synced if sync else self._unsynced)
 
     def put_meta(self, key: bytes, value: bytes, *, sync: bool = True) -> None:
@@ -144,7 +161,9 @@ class Store:
 
     def reclaim_outbox(self) -> None:
         """Flush and compact the outbox so that dropped messages give their space back; the
-        disk guard calls it only past the free-space floor, at most every few seconds."""
+        disk guard calls it only past the free-space floor, at most every few seconds.
+        A memtable flush syncs the files it writes: run it on the writer's thread."""
+        self._check_sync_allowed("a memtable flush")
         self._db.flush()
         self.outbox.compact_range(None, None)
 
@@ -152,6 +171,7 @@ class Store:
         """Flush the WAL and close, so that the next start needs no recovery."""
         if self.closed:
             return
+        self._check_sync_allowed("a WAL sync (close)")
         self.closed = True
         self._db.flush_wal(True)
         # Column-family views and iterators hold the database open: close every view.

@@ -13,8 +13,10 @@ Why it is shaped like this (see docs/architecture.md):
 * Every record on disk is either a committed message or nothing: counters travel in the same batch
   as the records they count, and all writes are serialised, so a power cut can only lose a suffix.
 
-Nothing here knows about asyncio: the caller decides when to commit and runs the synced write
-where it does not block the event loop (`commit_begin` / `write` / `commit_end`).
+Nothing here knows about asyncio: the writer (storage/writer.py) decides when to commit and runs
+the synced write where it does not block the event loop (`commit_begin` / `commit_end`). Once
+the writer is attached (`submit`), the other synced writes here (the next block of sequence
+numbers, a dead letter) go through it too, as jobs of its next commit.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from rocksdict import WriteBatch
 
 from gateway.storage.store import Store
+from gateway.storage.writes import Writes
 from gateway.upstream.message import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -101,6 +104,10 @@ class Outbox:
         self._acked_while_committing: dict[int, int] = {}  # seq -> priority
         self._deletes: dict[int, tuple[int, int]] = {}  # seq -> (priority, size) to delete
         self.stats = OutboxStats()
+        # the writer's submit(writes, on_durable); until it is attached (start-up, tools,
+        # tests) the few synced writes here are made directly
+        self.submit: Callable[[Writes, Callable[[], None] | None], None] | None = None
+        self._reserving = False
         self._disk_count = _u64(store.get_meta(_META_COUNT))
         self._disk_bytes = _u64(store.get_meta(_META_BYTES))
         self._lane_disk = [_u64(store.get_meta(_META_LANE_COUNT + bytes((p,)))) for p in PRIORITIES]
@@ -137,6 +144,26 @@ class Outbox:
         self._ceiling = self._next + SEQ_BLOCK
         self._store.put_meta(_META_CEILING, _U64.pack(self._ceiling), sync=True)
 
+    def _reserve_ahead(self) -> None:
+        """Half way through a block, reserve the next one through the writer: it is durable
+        (one commit later) long before the numbers run out, so appends never wait for it.
+        Only handing out the remaining half block (32,768 numbers) within one commit would
+        outrun it; then the numbers are still handed out and the reservation follows in the
+        next commit, which also holds the first of those messages: at risk is only a message
+        the cloud acknowledged before that commit, at a rate far above what the gateway has
+        been measured to sustain (docs/architecture.md)."""
+        ceiling = max(self._ceiling, self._next) + SEQ_BLOCK
+        self._reserving = True
+
+        def reserved() -> None:
+            self._reserving = False
+            self._ceiling = max(self._ceiling, ceiling)
+            if self._next >= self._ceiling - SEQ_BLOCK // 2:
+                self._reserve_ahead()
+
+        writes = Writes().put(self._store.meta_handle, _META_CEILING, _U64.pack(ceiling))
+        self.submit(writes, reserved)
+
     @property
     def next_seq(self) -> int:
         return self._next
@@ -145,8 +172,11 @@ class Outbox:
 
     def append(self, msg: Message) -> int:
         """Queue a message in memory; it becomes durable at the next commit."""
-        if self._next >= self._ceiling:
-            self._reserve()
+        if self.submit is None:
+            if self._next >= self._ceiling:
+                self._reserve()
+        elif not self._reserving and self._next >= self._ceiling - SEQ_BLOCK // 2:
+            self._reserve_ahead()
         seq = self._next
         self._next += 1
         self._mem[seq] = msg
@@ -469,19 +499,32 @@ class Outbox:
     def dead_letter(self, seq: int, priority: int, reason: int, now_ms: int) -> bool:
         """Move a message the cloud keeps refusing out of the queue, durably, in one step.
 
-        The dead-letter copy is synced before the message leaves the queue, so it is in one
+        The dead-letter copy is durable before the message leaves the queue, so it is in one
         place or the other (or, after a power cut between the two, both: at least once)."""
         msg = self.get(seq, priority)
         if msg is None:
             return False
         value = _DLQ_HEAD.pack(reason, now_ms) + encode_record(msg)
-        self._store.put_meta(_DLQ + _U64.pack(seq), value, sync=True)
+        writes = Writes().put(self._store.meta_handle, _DLQ + _U64.pack(seq), value)
+        self._write_now_or_submit(writes, lambda: self._dead_lettered(seq, msg, priority))
+        return True
+
+    def _dead_lettered(self, seq: int, msg: Message, priority: int) -> None:
         in_memory = seq in self._mem
         self.ack(seq, msg.size(), priority, delivered=False)
         if in_memory:
             self.stats.acked_before_commit -= 1
         self.stats.dead_lettered += 1
-        return True
+
+    def _write_now_or_submit(self, writes: Writes, then: Callable[[], None] | None) -> None:
+        if self.submit is not None:
+            self.submit(writes, then)
+            return
+        batch = WriteBatch(raw_mode=True)
+        writes.apply(batch)
+        self._store.write(batch, sync=True)
+        if then is not None:
+            then()
 
     def dead_letters(self, limit: int = 1000) -> list[tuple[int, int, int, Message]]:
         """(seq, reason code, refused at ms, message), oldest first."""
@@ -498,9 +541,8 @@ class Outbox:
         return out
 
     def drop_dead_letter(self, seq: int) -> None:
-        batch = WriteBatch(raw_mode=True)
-        batch.delete(_DLQ + _U64.pack(seq), self._store.meta_handle)
-        self._store.write(batch, sync=True)
+        self._write_now_or_submit(
+            Writes().delete(self._store.meta_handle, _DLQ + _U64.pack(seq)), None)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
