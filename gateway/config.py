@@ -114,6 +114,22 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    """What one child may ask of the gateway, so that a flood slows only the child that sends it.
+
+    The rates follow Azure IoT Hub's S1 throttles for a whole hub (twin updates 50/s,
+    device-to-cloud sends 100/s; "IoT Hub quotas and throttling"): a child that stays under
+    them would also be served by IoT Hub itself, and a buggy one that loops cannot wear the
+    card faster than that. Past a rate the child is slowed (its socket is not read until a
+    token is there), never disconnected. 0 turns a rate off.
+    """
+
+    twin_updates_per_sec: float = 50.0  # reported patches
+    routed_messages_per_sec: float = 100.0  # telemetry a route puts into another child's queue
+    max_outstanding_per_child: int = 1000  # requests waiting for a commit or the cloud
+
+
+@dataclass(frozen=True)
 class Config:
     gateway: GatewaySettings
     listen: ListenSettings
@@ -124,6 +140,7 @@ class Config:
     source: Path
     metrics: MetricsSettings = MetricsSettings("127.0.0.1", 0)
     auth: AuthSettings = AuthSettings(0)
+    limits: LimitsSettings = LimitsSettings()
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -287,6 +304,12 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "host": Key(text(is_host, "a host name or IP address"), "127.0.0.1"),
         "port": Key(integer(0, 65535), 0),
     },
+    "limits": {
+        "twin_updates_per_sec": Key(number(0), LimitsSettings.twin_updates_per_sec),
+        "routed_messages_per_sec": Key(number(0), LimitsSettings.routed_messages_per_sec),
+        "max_outstanding_per_child": Key(integer(2, 65535),
+                                         LimitsSettings.max_outstanding_per_child),
+    },
 }
 
 
@@ -392,6 +415,7 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         source=source,
         metrics=MetricsSettings(**values["metrics"]),
         auth=AuthSettings(**values["auth"]),
+        limits=LimitsSettings(**values["limits"]),
     )
 
 

@@ -70,6 +70,9 @@ def test_minimal_file_takes_the_documented_defaults(tmp_path):
     assert cfg.cloud.reconnect_max_secs == 60.0
     assert cfg.control.socket == Path("/var/lib/gatewayd/control.sock")
     assert cfg.log.level == "info"
+    assert cfg.limits.twin_updates_per_sec == 50.0
+    assert cfg.limits.routed_messages_per_sec == 100.0
+    assert cfg.limits.max_outstanding_per_child == 1000
     assert cfg.source == (tmp_path / "gatewayd.toml").absolute()
 
 
@@ -199,7 +202,7 @@ def test_cloud_url_parsing(tmp_path, url, scheme, host, port, tls):
 
 def test_schema_sections_match_the_settings():
     assert list(SCHEMA) == ["gateway", "listen", "storage", "cloud", "control", "log", "auth",
-                            "metrics"]
+                            "metrics", "limits"]
 
 
 # -- refusals ---------------------------------------------------------------------------------
@@ -258,6 +261,18 @@ def test_example_port_message(tmp_path):
         ),
         (MINIMAL + "[cloud]\nusername = 3\n", "cloud.username: expected a string, got 3"),
         (MINIMAL + '[log]\nlevel = "trace"\n', "log.level: expected one of debug, info, warning"),
+        (
+            MINIMAL + "[limits]\ntwin_updates_per_sec = -1\n",
+            "limits.twin_updates_per_sec: expected a number 0..inf, got -1",
+        ),
+        (
+            MINIMAL + '[limits]\nrouted_messages_per_sec = "fast"\n',
+            "limits.routed_messages_per_sec: expected a number",
+        ),
+        (
+            MINIMAL + "[limits]\nmax_outstanding_per_child = 1\n",
+            "limits.max_outstanding_per_child: expected an integer 2..65535, got 1",
+        ),
         (MINIMAL + "[control]\nsocket = []\n", "control.socket: expected a path"),
         (
             with_listen("prot = 1\n"),
