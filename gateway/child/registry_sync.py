@@ -1,7 +1,9 @@
 """The registry of children, as synced from the cloud and cached in the store.
 
-The registry is what lets children authenticate with no cloud at all, so it is cached durably
-(synced write) the moment a valid document arrives, and loaded from the cache at start-up. A bad
+The registry is what lets children authenticate with no cloud at all, so it is in force the moment
+a valid document arrives and cached durably by the one writer's next commit (the cloud's PUBACK
+follows it, so a crash before it only means the broker sends the document again); it is loaded
+from the cache at start-up. A bad
 document is refused whole: a half-applied registry could lock out every child of a site.
 Versions only move forward, so a stale retained copy cannot undo a newer one.
 """
@@ -9,12 +11,14 @@ Versions only move forward, so a stale retained copy cannot undo a newer one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.child.auth import Registry, parse_registry, registry_to_bytes
 from gateway.errors import RegistryError
 from gateway.log import Event, event
 from gateway.storage.store import Store
+from gateway.storage.writes import Submit, Writes, write_or_submit
 
 _META_REGISTRY = b"registry"
 
@@ -31,8 +35,9 @@ class RegistryChange:
 class RegistrySync:
     """Holds the registry in force; applies new documents from the cloud."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, submit: Submit | None = None) -> None:
         self._store = store
+        self.submit = submit
         self.registry = self._load()
         self.last_refusal = ""
 
@@ -51,19 +56,26 @@ class RegistrySync:
             )
             return Registry.empty()
 
-    def apply(self, data: bytes) -> RegistryChange:
+    def apply(self, data: bytes, then: Callable[[], None] | None = None) -> RegistryChange:
+        """Apply a document from the cloud; `then` runs once an applied one is cached durably
+        (at once for one refused or unchanged)."""
+        then = then or (lambda: None)
         try:
             new = parse_registry(data)
         except RegistryError as exc:
+            then()
             return self._refuse(f"{exc.message}")
         old = self.registry
         if new.version < old.version:
+            then()
             return self._refuse(
                 f"version {new.version} is older than version {old.version} in force"
             )
         if new == old:
+            then()
             return RegistryChange(False, "unchanged")
-        self._store.put_meta(_META_REGISTRY, registry_to_bytes(new), sync=True)
+        writes = Writes().put(self._store.meta_handle, _META_REGISTRY, registry_to_bytes(new))
+        write_or_submit(self._store, self.submit, writes, then)
         self.registry = new
         revoked = tuple(
             device

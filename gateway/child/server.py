@@ -2,9 +2,14 @@
 
 The protocol lives in codec.py (bytes in, packets out); this module is the I/O around it and the
 per-connection rules: the first packet is CONNECT within a deadline, a second connection with the
-same client id takes over, PUBACKs leave in the order their PUBLISHes came in (MQTT-4.6.0-2) even
-though messages become safe out of order, and a peer that breaks the rules is closed with one
-journal line saying why.
+same client id takes over, answers (PUBACKs, and replies such as twin responses) leave in the
+order their requests came in (MQTT-4.6.0-2) even though requests become safe out of order, and
+a peer that breaks the rules is closed with one journal line saying why.
+
+Back-pressure stays with the child that causes it: past `limits.max_outstanding_per_child`
+requests waiting for a commit or the cloud, or past its rate of twin updates or routed
+messages, the connection stops reading its socket (until half the bound is free, or the rate
+allows the next request), so the flood waits in that child's own TCP window.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.child.limits import CONFIG_KEY, ChildRates
+from gateway.config import LimitsSettings
 from gateway.log import Event, event
 from gateway.mqtt import codec, topics
 from gateway.mqtt.codec import (
@@ -106,7 +113,14 @@ class ChildConnection:
         # Before authentication only a small packet is buffered: a stranger's declared length
         # must not make us allocate or wait for megabytes.
         self._decoder = codec.Decoder(PRE_AUTH_MAX_BYTES)
-        self._acks: deque[list] = deque()  # [packet_id, ready]
+        self._acks: deque[list] = deque()  # [packet_id or None, ready, replies]
+        self.outstanding = 0  # requests held for a commit or the cloud
+        self._room = asyncio.Event()  # cleared while outstanding is at the bound
+        self._room.set()
+        self._resume_at = 0.0  # monotonic: over its rate, the child is not read until then
+        limits = server.limits
+        self.rates = ChildRates(limits.twin_updates_per_sec, limits.routed_messages_per_sec,
+                                time.monotonic())
         self._keepalive = 0
         self._closed = asyncio.Event()
         self.close_reason = ""
@@ -141,6 +155,7 @@ class ChildConnection:
         if not self.close_reason:
             self.close_reason = reason
         self._closed.set()
+        self._room.set()
         self._writer.close()
 
     async def _finish(self) -> None:
@@ -218,6 +233,7 @@ class ChildConnection:
     async def _packet_loop(self) -> None:
         for packet in self._decoder.feed(b""):  # what came right behind CONNECT
             self._dispatch(packet)
+            await self._paced()
         timeout = self._keepalive * 1.5
         while not self._closed.is_set():
             try:
@@ -230,6 +246,7 @@ class ChildConnection:
                 return
             for packet in self._decoder.feed(data):
                 self._dispatch(packet)
+                await self._paced()
             if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
                 try:  # stop reading from a child that does not read what we send it
                     await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
@@ -237,6 +254,32 @@ class ChildConnection:
                     raise Refusal(
                         f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
                     ) from None
+
+    async def _paced(self) -> None:
+        """Before reading more: wait for room under the bound and for the child's rate. Not
+        reading is all it takes; the kernel's window then holds the child's flood."""
+        if self._room.is_set() and not self._resume_at:
+            return
+        await self._room.wait()  # close() sets it too
+        delay = self._resume_at - time.monotonic()
+        self._resume_at = 0.0
+        if delay > 0 and not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay)
+
+    def slow_down(self, kind: str) -> None:
+        """Charge one request of `kind` to the child's rate; past it, pause its reading."""
+        wait = self.rates.charge(kind, time.monotonic())
+        if wait <= 0:
+            return
+        self._resume_at = max(self._resume_at, time.monotonic() + wait)
+        self._server.log_limited(
+            Event.CHILD_THROTTLED,
+            f"child {self.device_id}: over {self.rates.rate(kind):g} {kind} per second "
+            f"({CONFIG_KEY[kind]}); slowed down, not disconnected; check why it sends so much",
+            device_id=self.device_id,
+            cause=kind,
+        )
 
     def _dispatch(self, packet: object) -> None:
         if isinstance(packet, Publish):
@@ -332,28 +375,62 @@ class ChildConnection:
                 return self._next_id
         raise Refusal("65,535 deliveries unacknowledged; the child is not reading")
 
-    def hold_puback(self, packet_id: int) -> Callable[[], None]:
-        """Reserve this PUBLISH's place in the PUBACK order; call the result when it is safe."""
-        entry = [packet_id, False]
+    def hold_puback(self, packet_id: int | None) -> Callable[..., None]:
+        """Reserve this request's place in the answer order: its PUBACK (`packet_id`, None at
+        QoS 0) and its replies leave behind every earlier request's. Call the result once the
+        request is safe, with the replies to send first as (topic, payload) pairs."""
+        entry = [packet_id, False, ()]
         self._acks.append(entry)
+        self._hold()
 
-        def release() -> None:
+        def release(*replies: tuple[str, bytes]) -> None:
+            if entry[1]:
+                return
             entry[1] = True
+            entry[2] = replies
+            self._unhold()
             self._flush_acks()
 
         return release
 
+    def hold_work(self) -> Callable[[], None]:
+        """Count work that waits for a commit but owes no answer (a QoS 0 message)."""
+        self._hold()
+        done = [False]
+
+        def release() -> None:
+            if not done[0]:
+                done[0] = True
+                self._unhold()
+
+        return release
+
+    def _hold(self) -> None:
+        self.outstanding += 1
+        if self.outstanding >= self._server.limits.max_outstanding_per_child:
+            self._room.clear()
+
+    def _unhold(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding <= self._server.limits.max_outstanding_per_child // 2:
+            self._room.set()
+
     def _flush_acks(self) -> None:
         while self._acks and self._acks[0][1]:
-            self.send(PubAck(self._acks.popleft()[0]))
+            packet_id, _, replies = self._acks.popleft()
+            for topic, payload in replies:
+                self.send(Publish(topic, payload))
+            if packet_id is not None:
+                self.send(PubAck(packet_id))
 
 
 class ChildServer:
     """The listeners and the table of connected children."""
 
-    def __init__(self, listen, handler: Handler) -> None:
+    def __init__(self, listen, handler: Handler, limits: LimitsSettings | None = None) -> None:
         self._cfg = listen
         self.handler = handler
+        self.limits = limits or LimitsSettings()
         self.max_message_bytes = listen.max_message_bytes
         self.connect_timeout = listen.connect_timeout_secs
         self.sessions: dict[str, ChildConnection] = {}

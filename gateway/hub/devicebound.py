@@ -1,20 +1,23 @@
 """Cloud-to-device messages waiting for their child: a durable queue per device, with a TTL.
 
-A message enters with a synced write before the cloud broker gets its PUBACK (the uplink calls
-`enqueue` inside paho's message callback), so a message the cloud handed over survives a power
-cut. It leaves only when the child PUBACKs it, or when its time to live runs out. Keys are
-`device_id NUL seq` so that one device's messages are contiguous and in arrival order.
+A message enters through the one writer, and the cloud broker gets its PUBACK (or a routing
+child its PUBACK) only after that commit, so a message handed over survives a power cut; it is
+delivered to its child only once it is durable, so the child never sees a message a crash
+could take back. It leaves only when the child PUBACKs it, or when its time to live runs out.
+Keys are `device_id NUL seq` so that one device's messages are contiguous and in arrival order.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from rocksdict import WriteBatch
 
 from gateway.storage.store import Store
+from gateway.storage.writes import Submit, Writes, write_or_submit
 
 _SEQ_KEY = b"devicebound_seq"
 _HEAD = struct.Struct(">QI")  # expires_ms, length of the property bag
@@ -46,28 +49,33 @@ def _key(device_id: str, seq: int) -> bytes:
 class DeviceboundQueue:
     """All children's waiting messages, in the store's `devicebound` column family."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, submit: Submit | None = None) -> None:
         self._store = store
+        self._submit = submit
         raw = store.get_meta(_SEQ_KEY)
         self._next_seq = int.from_bytes(raw, "big") if raw else 1
         self.expired = 0
         self.delivered = 0
 
     def enqueue(
-        self, device_id: str, payload: bytes, properties: list[tuple[str, str]], expires_ms: int
+        self,
+        device_id: str,
+        payload: bytes,
+        properties: list[tuple[str, str]],
+        expires_ms: int,
+        then: Callable[[], None] | None = None,
     ) -> int:
-        """Store one message durably (synced); returns its sequence number."""
+        """Store one message durably; returns its sequence number, `then` runs once it is on
+        disk (and visible to `pending`). The next number is kept here, so messages submitted
+        in one commit interval still get distinct, ordered numbers."""
         seq = self._next_seq
-        bag = property_bag(properties).encode()
-        batch = WriteBatch(raw_mode=True)
-        batch.put(
-            _key(device_id, seq),
-            _HEAD.pack(expires_ms, len(bag)) + bag + payload,
-            self._store.devicebound_handle,
-        )
-        batch.put(_SEQ_KEY, (seq + 1).to_bytes(8, "big"), self._store.meta_handle)
-        self._store.write(batch, sync=True)
         self._next_seq = seq + 1
+        bag = property_bag(properties).encode()
+        writes = Writes()
+        writes.put(self._store.devicebound_handle, _key(device_id, seq),
+                   _HEAD.pack(expires_ms, len(bag)) + bag + payload)
+        writes.put(self._store.meta_handle, _SEQ_KEY, (seq + 1).to_bytes(8, "big"))
+        write_or_submit(self._store, self._submit, writes, then)
         return seq
 
     def pending(

@@ -4,7 +4,8 @@ Shaped like the IoT Edge hub's desired properties (`schemaVersion`, `routes`,
 `storeAndForwardConfiguration.timeToLiveSecs`) so that an IoT Edge operator recognises them.
 A document is checked whole before anything changes: a bad value refuses the whole document and
 the settings in force stay, with the reason kept for the reported twin. The accepted document is
-cached with a synced write, so a gateway restarted offline keeps the operator's settings.
+in force at once and cached through the one writer (the cloud's PUBACK follows that commit), so
+a gateway restarted offline keeps the operator's settings.
 Reference: "Properties of the IoT Edge hub module twin" (Azure IoT Edge documentation).
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.storage.store import Store
+from gateway.storage.writes import Submit, Writes, write_or_submit
 
 _META_KEY = b"gateway_twin_desired"
 MAX_TTL_SECS = 2_147_483_647
@@ -78,8 +80,14 @@ def _ttl(section: object) -> int | None:
 class SettingsSync:
     """The settings in force, loaded from the store and replaced by newer valid documents."""
 
-    def __init__(self, store: Store, check_routes: Callable[[dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        check_routes: Callable[[dict], None] | None = None,
+        submit: Submit | None = None,
+    ) -> None:
         self._store = store
+        self.submit = submit
         self._check_routes = check_routes
         self.last_refusal = ""
         raw = store.get_meta(_META_KEY)
@@ -90,16 +98,26 @@ class SettingsSync:
             except SettingsError as exc:
                 self.last_refusal = f"cached settings unreadable: {exc}"
 
-    def apply(self, payload: bytes) -> tuple[bool, str]:
-        """(applied, reason). An older or identical version is ignored, not refused."""
+    def apply(
+        self, payload: bytes, then: Callable[[], None] | None = None
+    ) -> tuple[bool, str]:
+        """(applied, reason). An older or identical version is ignored, not refused. `then`
+        runs once an applied document is cached durably (at once otherwise)."""
         try:
             new = parse_settings(payload, self._check_routes)
         except SettingsError as exc:
             self.last_refusal = str(exc)
-            return False, str(exc)
+            return _done(then, False, str(exc))
         if new.version <= self.settings.version:
-            return False, "unchanged"
-        self._store.put_meta(_META_KEY, json.dumps(new.raw).encode(), sync=True)
+            return _done(then, False, "unchanged")
+        writes = Writes().put(self._store.meta_handle, _META_KEY, json.dumps(new.raw).encode())
+        write_or_submit(self._store, self.submit, writes, then)
         self.settings = new
         self.last_refusal = ""
         return True, "applied"
+
+
+def _done(then: Callable[[], None] | None, applied: bool, reason: str) -> tuple[bool, str]:
+    if then is not None:
+        then()
+    return applied, reason

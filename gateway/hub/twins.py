@@ -1,8 +1,10 @@
 """Device twins kept at the edge: desired and reported properties of each child.
 
 A child reads and writes its twin whether or not the cloud is there, so the gateway is the
-twin's home while it is offline. Each change is a synced write before the child gets its answer:
-a 204 to a reported patch means the patch survives a power cut.
+twin's home while it is offline. Each change goes to the one writer, and the answer waits for
+its commit: a 204 to a reported patch means the patch survives a power cut. The twins in memory
+are a write-through cache: a patch right behind another merges on the latest state even before
+the first one's commit, and what is submitted is what the store will hold.
 
 Versions only move forward. The gateway owns the reported `$version` (it is the only writer of
 `{prefix}devices/{id}/twin/reported`); the operator owns the desired `$version`. A reported
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.storage.store import Store
+from gateway.storage.writes import Submit, Writes, write_or_submit
 
 _KEY_PREFIX = b"twin/"
 MAX_TWIN_BYTES = 32 * 1024  # IoT Hub's limit for each of desired and reported
@@ -97,10 +101,11 @@ def parse_document(payload: bytes, what: str) -> dict:
 
 
 class TwinStore:
-    """The twins of all children, in the store's meta column family (small, rarely written)."""
+    """The twins of all children, in the store's meta column family, cached in memory."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, submit: Submit | None = None) -> None:
         self._store = store
+        self._submit = submit
         self._cache: dict[str, Twin] = {}
 
     def get(self, device_id: str) -> Twin:
@@ -111,61 +116,80 @@ class TwinStore:
             self._cache[device_id] = twin
         return twin
 
-    def _save(self, device_id: str, twin: Twin, sync: bool = True) -> None:
-        self._store.put_meta(_KEY_PREFIX + device_id.encode(), _encode(twin), sync=sync)
+    def _save(self, device_id: str, twin: Twin, then: Callable[[], None] | None = None) -> None:
+        """Into the cache now, into the store with the writer's next commit, then `then`."""
         self._cache[device_id] = twin
+        writes = Writes().put(self._store.meta_handle, _KEY_PREFIX + device_id.encode(),
+                              _encode(twin))
+        write_or_submit(self._store, self._submit, writes, then)
 
-    def patch_reported(self, device_id: str, patch: dict) -> int:
-        """Merge a child's patch; returns the new reported version once it is on disk."""
+    def patch_reported(
+        self, device_id: str, patch: dict, then: Callable[[], None] | None = None
+    ) -> int:
+        """Merge a child's patch; returns the new reported version, `then` runs once it is on
+        disk (the moment for the 204)."""
         twin = self.get(device_id)
         reported = copy.deepcopy(twin.reported)
         merge_patch(reported, patch)
         reported["$version"] = twin.reported["$version"] + 1
         if len(json.dumps(reported)) > MAX_TWIN_BYTES:
             raise TwinError(f"reported properties would exceed {MAX_TWIN_BYTES} bytes")
-        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set))
+        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set), then)
         return reported["$version"]
 
-    def apply_desired(self, device_id: str, doc: dict) -> dict | None:
-        """Take the operator's desired document; the patch for the child, or None if not newer."""
+    def apply_desired(
+        self, device_id: str, doc: dict, then: Callable[[], None] | None = None
+    ) -> dict | None:
+        """Take the operator's desired document; the patch for the child, or None if not newer.
+        `then` runs once the document is durable (at once if it was not newer): the moment to
+        send the patch and acknowledge the cloud."""
         twin = self.get(device_id)
         current = twin.desired.get("$version", 0) if twin.desired_set else 0
         if doc["$version"] <= current:
+            if then is not None:
+                then()
             return None
         delta = desired_delta(twin.desired, doc)
-        self._save(device_id, Twin(doc, twin.reported, twin.dirty, desired_set=True))
+        self._save(device_id, Twin(doc, twin.reported, twin.dirty, desired_set=True), then)
         return delta
 
-    def cloud_reported(self, device_id: str, doc: dict) -> bool:
+    def cloud_reported(
+        self, device_id: str, doc: dict, then: Callable[[], None] | None = None
+    ) -> bool:
         """The cloud's retained reported copy arrived; True if ours must be published again.
 
         Normally it is our own last publish. If it carries a higher version (the store was
         replaced, say), versions must still move forward: adopt it when we have nothing newer,
-        else keep our content under a version above the cloud's and publish that.
+        else keep our content under a version above the cloud's and publish that. `then` runs
+        once what changed is durable (at once if nothing did).
         """
+        then = then or (lambda: None)
         twin = self.get(device_id)
         ours = twin.reported["$version"]
         if doc["$version"] < ours or (doc["$version"] == ours and not twin.dirty):
+            then()
             return twin.dirty
         if doc["$version"] == ours:  # our publish came back: it is acknowledged
             if doc == twin.reported:
                 self.mark_published(device_id, ours)
+                then()
                 return False
+            then()
             return True
         if not twin.dirty:
-            self._save(device_id, Twin(twin.desired, doc, False, twin.desired_set))
+            self._save(device_id, Twin(twin.desired, doc, False, twin.desired_set), then)
             return False
         reported = dict(twin.reported, **{"$version": doc["$version"] + 1})
-        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set))
+        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set), then)
         return True
 
     def mark_published(self, device_id: str, version: int) -> None:
         """The cloud acknowledged reported `version`; clean unless a newer patch came since."""
         twin = self.get(device_id)
         if twin.dirty and twin.reported["$version"] == version:
-            # Unsynced: if this is lost in a power cut the document is published once more.
+            # Nobody waits for it: if a power cut loses it the document is published once more.
             clean = Twin(twin.desired, twin.reported, False, twin.desired_set)
-            self._save(device_id, clean, sync=False)
+            self._save(device_id, clean)
 
     def dirty_devices(self) -> list[str]:
         """Children whose reported state the cloud has not seen yet (scans the store)."""

@@ -7,6 +7,7 @@ is replayed into the next one: a WriteBatch can be neither merged nor copied.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
@@ -36,3 +37,20 @@ class Writes:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+
+Submit = Callable[[Writes, "Callable[[], None] | None"], None]  # the writer's submit
+
+
+def write_or_submit(store, submit: Submit | None, writes: Writes,
+                    then: Callable[[], None] | None = None) -> None:
+    """Through the writer when the daemon attached one; else (start-up, tools, unit tests of one
+    module) as one synced write here and now."""
+    if submit is not None:
+        submit(writes, then)
+        return
+    batch = WriteBatch(raw_mode=True)
+    writes.apply(batch)
+    store.write(batch, sync=True)
+    if then is not None:
+        then()

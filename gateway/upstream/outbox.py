@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from rocksdict import WriteBatch
 
 from gateway.storage.store import Store
-from gateway.storage.writes import Writes
+from gateway.storage.writes import Writes, write_or_submit
 from gateway.upstream.message import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -506,7 +506,8 @@ class Outbox:
             return False
         value = _DLQ_HEAD.pack(reason, now_ms) + encode_record(msg)
         writes = Writes().put(self._store.meta_handle, _DLQ + _U64.pack(seq), value)
-        self._write_now_or_submit(writes, lambda: self._dead_lettered(seq, msg, priority))
+        write_or_submit(self._store, self.submit, writes,
+                        lambda: self._dead_lettered(seq, msg, priority))
         return True
 
     def _dead_lettered(self, seq: int, msg: Message, priority: int) -> None:
@@ -515,16 +516,6 @@ class Outbox:
         if in_memory:
             self.stats.acked_before_commit -= 1
         self.stats.dead_lettered += 1
-
-    def _write_now_or_submit(self, writes: Writes, then: Callable[[], None] | None) -> None:
-        if self.submit is not None:
-            self.submit(writes, then)
-            return
-        batch = WriteBatch(raw_mode=True)
-        writes.apply(batch)
-        self._store.write(batch, sync=True)
-        if then is not None:
-            then()
 
     def dead_letters(self, limit: int = 1000) -> list[tuple[int, int, int, Message]]:
         """(seq, reason code, refused at ms, message), oldest first."""
@@ -541,8 +532,8 @@ class Outbox:
         return out
 
     def drop_dead_letter(self, seq: int) -> None:
-        self._write_now_or_submit(
-            Writes().delete(self._store.meta_handle, _DLQ + _U64.pack(seq)), None)
+        writes = Writes().delete(self._store.meta_handle, _DLQ + _U64.pack(seq))
+        write_or_submit(self._store, self.submit, writes)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
