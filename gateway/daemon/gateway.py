@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ import psutil
 import sdnotify
 
 from gateway import log
-from gateway.child import auth, dialect
+from gateway.child import auth, dialect, limits
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
@@ -87,8 +88,8 @@ class Gateway(Handler):
         try:
             await self._run_open()
         finally:
-            try:
-                self.store.close()
+            try:  # its WAL sync must not run on the loop's thread either
+                await asyncio.get_running_loop().run_in_executor(None, self.store.close)
             except Exception as exc:  # after ENOSPC RocksDB cannot even close; the log is safe
                 event(Event.STORE_ERROR, f"store: close failed ({exc}); its log holds every "
                                          f"acknowledged message", level=logging.ERROR)
@@ -134,11 +135,14 @@ class Gateway(Handler):
             ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
             on_new=self._wake_uplink,
         )
-        self.server = ChildServer(cfg.listen, self)
+        self.registry.submit = self.settings.submit = self.writer.submit
+        self._reclaiming = False
+        self.server = ChildServer(cfg.listen, self, cfg.limits)
         st = cfg.storage
         self.disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         self.hub = LocalHub(
-            self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children
+            self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children,
+            submit=self.writer.submit,
         )
         self.hub.route_allows_call = lambda caller, target: self.routes.allows_call(caller, target)
         self.uplink: Uplink | None = None
@@ -146,6 +150,8 @@ class Gateway(Handler):
         self.control = ControlServer(
             cfg.control.socket, {"status": self.status, "dlq": self.dead_letter_command}
         )
+        # From here on the loop serves: nothing on its thread may wait for an fsync
+        self.store.forbid_sync_on(threading.current_thread())
         self.bound = await self.server.start(_server_tls(cfg.listen))
         await self.control.start()
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
@@ -292,16 +298,18 @@ class Gateway(Handler):
             self.disk.state.refused += 1
             raise Refusal(f"storage full ({self.disk.state.reason}): telemetry refused without "
                           f"PUBACK, the child keeps it (storage.full_policy = refuse-new)")
-        release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else None
         if isinstance(op, dialect.Telemetry):
+            # QoS 1: its PUBACK in order; QoS 0: still counted until it is safe
+            release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else conn.hold_work()
             if not self.routes.routes:  # the common case: everything upstream, in order
                 self.ingest.accept(conn.device_id, op.properties, publish.payload, release)
             else:
-                self._route(conn.device_id, op.properties, publish.payload, release)
+                self._route(conn, op.properties, publish.payload, release)
             return
-        self.hub.child_operation(conn, op, publish.payload)  # answered and stored (synced)
-        if release is not None:
-            release()
+        if isinstance(op, dialect.TwinReportedPatch):
+            conn.slow_down(limits.TWIN)
+        answer = conn.hold_puback(publish.packet_id if publish.qos == 1 else None)
+        self.hub.child_operation(conn, op, publish.payload, answer)  # answered once durable
 
     def on_subscribe(self, conn: ChildConnection, topic_filter: str, qos: int) -> int:
         try:
@@ -311,26 +319,39 @@ class Gateway(Handler):
         return min(qos, 1)
 
     def _route(
-        self, device_id: str, properties: str, payload: bytes, release: Callable[[], None] | None
+        self, conn: ChildConnection, properties: str, payload: bytes,
+        release: Callable[[], None],
     ) -> None:
-        """Each sink once: children's queues now (synced), the cloud through the outbox, whose
-        safety releases the PUBACK; a message no route takes is dropped and counted."""
+        """Each sink once: children's queues through the writer, the cloud through the outbox;
+        the PUBACK waits until every copy is safe. A message no route takes is dropped and
+        counted."""
+        device_id = conn.device_id
         view = MessageView(device_id, properties, payload)
         upstream = None
+        waiting = [1]  # copies not yet safe, plus one until every sink has been given its copy
+
+        def one_safe() -> None:
+            waiting[0] -= 1
+            if waiting[0] == 0:
+                release()
+
         for delivery in self.routes.deliveries(view, self.ingest.ttl_secs):
             if delivery.sink.upstream:
                 upstream = delivery
             elif delivery.sink.device in self.registry.registry.children:
                 bag = [*view.props().items(), ("$.cdid", device_id)]
-                self.hub.enqueue_devicebound(delivery.sink.device, payload, bag, delivery.ttl_secs)
+                waiting[0] += 1
+                conn.slow_down(limits.ROUTED)
+                self.hub.enqueue_devicebound(delivery.sink.device, payload, bag,
+                                             delivery.ttl_secs, one_safe)
             else:
                 self.unrouted += 1
         if upstream is not None:
+            waiting[0] += 1
             self.ingest.accept(
-                device_id, properties, payload, release, upstream.priority, upstream.ttl_secs
+                device_id, properties, payload, one_safe, upstream.priority, upstream.ttl_secs
             )
-        elif release is not None:
-            release()
+        one_safe()
 
     def on_subscribed(self, conn: ChildConnection) -> None:
         self.hub.child_subscribed(conn)
@@ -360,7 +381,7 @@ class Gateway(Handler):
         if msg.topic == contract.registry_topic(prefix, gw):
             self._registry_synced_at = time.time()
             self.trust.synced()
-            change = self.registry.apply(msg.payload)
+            change = self.registry.apply(msg.payload, msg.hold_ack())
             for device in change.revoked:
                 self.server.disconnect(device, "removed or disabled in the registry")
             if change.applied:
@@ -368,12 +389,12 @@ class Gateway(Handler):
                     self.uplink.set_subscriptions(self._cloud_subscriptions())
                 self._publish_reported_twin()
         elif msg.topic == contract.gateway_twin_topic(prefix, gw, "desired"):
-            self._apply_settings(msg.payload)
+            self._apply_settings(msg.payload, msg.hold_ack())
         else:
             self.hub.cloud_message(msg)
 
-    def _apply_settings(self, payload: bytes) -> None:
-        applied, reason = self.settings.apply(payload)
+    def _apply_settings(self, payload: bytes, then: Callable[[], None] | None = None) -> None:
+        applied, reason = self.settings.apply(payload, then)
         settings = self.settings.settings
         if applied:
             self.ingest.ttl_secs = settings.ttl_secs or self.config.storage.time_to_live_secs
@@ -518,10 +539,22 @@ class Gateway(Handler):
             self.outbox.flush_deletes()
             now = time.monotonic()
             if dropped and self.disk.state.free_percent < self.disk.min_free_percent \
-                    and now - self._reclaimed_at >= RECLAIM_SECS:
+                    and now - self._reclaimed_at >= RECLAIM_SECS and not self._reclaiming:
                 self._reclaimed_at = now
-                self.store.reclaim_outbox()  # deleted messages free nothing until compacted
+                self._reclaiming = True  # deleted messages free nothing until compacted
+                asyncio.get_running_loop().create_task(self._reclaim(), name="reclaim")
             self.disk.check(self.outbox.stats.bytes)
+
+    async def _reclaim(self) -> None:
+        """A memtable flush and compaction sync files: on the writer's thread, between commits."""
+        try:
+            await self.writer.call(self.store.reclaim_outbox)
+        except Exception as exc:  # RocksDB's text; the next drop tries again
+            event(Event.STORE_ERROR, f"store: reclaiming space failed: {exc}",
+                  level=logging.WARNING)
+        finally:
+            self._reclaiming = False
+        self.disk.check(self.outbox.stats.bytes)
 
     def _sample_rates(self) -> None:
         self.rates.add(Sample(time.monotonic(), self.ingest.accepted, self.ingest.accepted_bytes,

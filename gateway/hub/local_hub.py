@@ -26,6 +26,7 @@ from gateway.hub.devicebound import DeviceboundQueue, child_topic
 from gateway.hub.methods import DEFAULT_TIMEOUT_SECS, MethodRouter, error_payload
 from gateway.hub.twins import TwinError, TwinStore, parse_document, parse_patch
 from gateway.log import Event, event
+from gateway.storage.writes import Submit
 from gateway.upstream import cloud_contract as contract
 from gateway.upstream.uplink import CloudMessage, Uplink
 
@@ -52,14 +53,15 @@ class LocalHub:
         prefix: str,
         children: Callable[[], Mapping[str, Child]],
         clock: Callable[[], float] = time.time,
+        submit: Submit | None = None,
     ) -> None:
         self._server = server
         self._prefix = prefix
         self._children = children
         self.route_allows_call: Callable[[str, str], bool] | None = None  # set by routes
         self._clock = clock
-        self.twins = TwinStore(store)
-        self.devicebound = DeviceboundQueue(store)
+        self.twins = TwinStore(store, submit)
+        self.devicebound = DeviceboundQueue(store, submit)
         self.methods = MethodRouter(server)
         self.uplink: Uplink | None = None
         self._deliveries: dict[str, _Delivery] = {}
@@ -67,17 +69,27 @@ class LocalHub:
 
     # -- from children -----------------------------------------------------------------------
 
-    def child_operation(self, conn: ChildConnection, op: object, payload: bytes) -> None:
-        """A twin or method PUBLISH from a child (telemetry goes to the ingest, not here)."""
+    def child_operation(
+        self, conn: ChildConnection, op: object, payload: bytes, answer: Callable[..., None]
+    ) -> None:
+        """A twin or method PUBLISH from a child (telemetry goes to the ingest, not here).
+
+        `answer(*replies)` releases the request's place in the connection's answer order with
+        its (topic, payload) replies: a GET behind an uncommitted patch is answered after the
+        patch's 204, as IoT Hub would."""
         if isinstance(op, dialect.TwinGet):
             doc = json.dumps(self.twins.get(conn.device_id).document()).encode()
-            conn.deliver(f"$iothub/twin/res/200/?$rid={op.rid}", doc)
+            answer((f"$iothub/twin/res/200/?$rid={op.rid}", doc))
         elif isinstance(op, dialect.TwinReportedPatch):
-            self._reported_patch(conn, op.rid, payload)
+            self._reported_patch(conn, op.rid, payload, answer)
         elif isinstance(op, dialect.MethodResponse):
             self.methods.answer(conn.device_id, op.rid, op.status, payload)
+            answer()
         elif isinstance(op, dialect.MethodInvoke):
             self._child_invoke(conn, op, payload)
+            answer()  # the PUBACK now; the method's reply comes when the target answers
+        else:
+            answer()
 
     def _child_invoke(
         self, conn: ChildConnection, op: dialect.MethodInvoke, payload: bytes
@@ -111,15 +123,20 @@ class LocalHub:
             caller, target.device_id
         )
 
-    def _reported_patch(self, conn: ChildConnection, rid: str, payload: bytes) -> None:
+    def _reported_patch(
+        self, conn: ChildConnection, rid: str, payload: bytes, answer: Callable[..., None]
+    ) -> None:
+        device_id = conn.device_id
+
+        def durable(version: int) -> None:
+            answer((f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b""))
+            self._publish_reported(device_id)
+
         try:
-            version = self.twins.patch_reported(conn.device_id, parse_patch(payload))
+            self.twins.patch_reported(device_id, parse_patch(payload), durable)
         except TwinError as exc:
             body = json.dumps({"message": str(exc)}).encode()
-            conn.deliver(f"$iothub/twin/res/400/?$rid={rid}", body)
-            return
-        conn.deliver(f"$iothub/twin/res/204/?$rid={rid}&$version={version}", b"")
-        self._publish_reported(conn.device_id)
+            answer((f"$iothub/twin/res/400/?$rid={rid}", body))
 
     def child_subscribed(self, conn: ChildConnection) -> None:
         self.deliver_devicebound(conn.device_id)
@@ -133,12 +150,23 @@ class LocalHub:
     # -- cloud-to-device ---------------------------------------------------------------------
 
     def enqueue_devicebound(
-        self, device_id: str, payload: bytes, properties: list[tuple[str, str]], ttl_secs: int
+        self,
+        device_id: str,
+        payload: bytes,
+        properties: list[tuple[str, str]],
+        ttl_secs: int,
+        then: Callable[[], None] | None = None,
     ) -> None:
-        """Store a message for a child (from the cloud or a route) and deliver it if possible."""
+        """Store a message for a child (from the cloud or a route); once it is durable, `then`
+        (the sender's PUBACK) and delivery to the child if it is there."""
         expires_ms = int((self._clock() + ttl_secs) * 1000)
-        self.devicebound.enqueue(device_id, payload, properties, expires_ms)
-        self.deliver_devicebound(device_id)
+
+        def durable() -> None:
+            if then is not None:
+                then()
+            self.deliver_devicebound(device_id)
+
+        self.devicebound.enqueue(device_id, payload, properties, expires_ms, durable)
 
     def deliver_devicebound(self, device_id: str) -> None:
         """Send the child's next waiting messages, in order, up to the window."""
@@ -187,12 +215,15 @@ class LocalHub:
             return True
         try:
             if kind == "desired":
-                self._desired(device_id, parse_document(msg.payload, "desired twin"))
+                doc = parse_document(msg.payload, "desired twin")
+                self._desired(device_id, doc, msg.hold_ack())
             elif kind == "reported":
-                self._cloud_reported(device_id, parse_document(msg.payload, "reported twin"))
+                doc = parse_document(msg.payload, "reported twin")
+                self._cloud_reported(device_id, doc, msg.hold_ack())
             elif kind == "devicebound":
                 ttl = msg.expiry_secs or C2D_DEFAULT_TTL_SECS
-                self.enqueue_devicebound(device_id, msg.payload, list(msg.user_properties), ttl)
+                self.enqueue_devicebound(device_id, msg.payload, list(msg.user_properties), ttl,
+                                         msg.hold_ack())
             elif kind == "method":
                 self._cloud_method(device_id, detail, msg)
         except TwinError as exc:
@@ -204,17 +235,22 @@ class LocalHub:
             )
         return True
 
-    def _desired(self, device_id: str, doc: dict) -> None:
-        delta = self.twins.apply_desired(device_id, doc)
-        if delta is None:
-            return
-        conn = self._server.sessions.get(device_id)
-        topic = f"$iothub/twin/PATCH/properties/desired/?$version={doc['$version']}"
-        if conn is not None and conn.is_open and conn.subscribed(topic):
-            conn.deliver(topic, json.dumps(delta).encode())
+    def _desired(self, device_id: str, doc: dict, ack: Callable[[], None]) -> None:
+        """Durable first: then the cloud's PUBACK, and the patch to the child if it listens."""
 
-    def _cloud_reported(self, device_id: str, doc: dict) -> None:
-        if self.twins.cloud_reported(device_id, doc):
+        def durable(delta: dict | None) -> None:
+            ack()
+            if delta is None:
+                return
+            conn = self._server.sessions.get(device_id)
+            topic = f"$iothub/twin/PATCH/properties/desired/?$version={doc['$version']}"
+            if conn is not None and conn.is_open and conn.subscribed(topic):
+                conn.deliver(topic, json.dumps(delta).encode())
+
+        self.twins.apply_desired(device_id, doc, durable)
+
+    def _cloud_reported(self, device_id: str, doc: dict, ack: Callable[[], None]) -> None:
+        if self.twins.cloud_reported(device_id, doc, ack):
             self._publish_reported(device_id)
 
     def _cloud_method(self, device_id: str, method: str, msg: CloudMessage) -> None:

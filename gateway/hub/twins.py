@@ -124,33 +124,36 @@ class TwinStore:
         write_or_submit(self._store, self._submit, writes, then)
 
     def patch_reported(
-        self, device_id: str, patch: dict, then: Callable[[], None] | None = None
+        self, device_id: str, patch: dict, then: Callable[[int], None] | None = None
     ) -> int:
-        """Merge a child's patch; returns the new reported version, `then` runs once it is on
-        disk (the moment for the 204)."""
+        """Merge a child's patch; returns the new reported version, and `then(version)` runs
+        once it is on disk (the moment for the 204)."""
         twin = self.get(device_id)
         reported = copy.deepcopy(twin.reported)
         merge_patch(reported, patch)
         reported["$version"] = twin.reported["$version"] + 1
         if len(json.dumps(reported)) > MAX_TWIN_BYTES:
             raise TwinError(f"reported properties would exceed {MAX_TWIN_BYTES} bytes")
-        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set), then)
-        return reported["$version"]
+        version = reported["$version"]
+        self._save(device_id, Twin(twin.desired, reported, True, twin.desired_set),
+                   None if then is None else lambda: then(version))
+        return version
 
     def apply_desired(
-        self, device_id: str, doc: dict, then: Callable[[], None] | None = None
+        self, device_id: str, doc: dict, then: Callable[[dict | None], None] | None = None
     ) -> dict | None:
         """Take the operator's desired document; the patch for the child, or None if not newer.
-        `then` runs once the document is durable (at once if it was not newer): the moment to
-        send the patch and acknowledge the cloud."""
+        `then(patch)` runs once the document is durable (at once with None if it was not
+        newer): the moment to send the patch and acknowledge the cloud."""
         twin = self.get(device_id)
         current = twin.desired.get("$version", 0) if twin.desired_set else 0
         if doc["$version"] <= current:
             if then is not None:
-                then()
+                then(None)
             return None
         delta = desired_delta(twin.desired, doc)
-        self._save(device_id, Twin(doc, twin.reported, twin.dirty, desired_set=True), then)
+        self._save(device_id, Twin(doc, twin.reported, twin.dirty, desired_set=True),
+                   None if then is None else lambda: then(delta))
         return delta
 
     def cloud_reported(

@@ -119,6 +119,7 @@ def connect(
     username: str | None = None,
     password: str | None = None,
     will: WillMessage | None = None,
+    receive_maximum: int = 0,
 ) -> bytes:
     flags = 0x02 if clean_start else 0
     payload = [string(client_id)]
@@ -131,8 +132,10 @@ def connect(
     if password is not None:
         flags |= 0x40
         payload.append(binary(password.encode()))
-    props = (properties(bytes((P_SESSION_EXPIRY,)) + _U32.pack(session_expiry))
-             if session_expiry else b"\x00")
+    raw = bytes((P_SESSION_EXPIRY,)) + _U32.pack(session_expiry) if session_expiry else b""
+    if receive_maximum:
+        raw += bytes((P_RECEIVE_MAXIMUM,)) + _U16.pack(receive_maximum)
+    props = properties(raw) if raw else b"\x00"
     head = string("MQTT") + bytes((5, flags)) + _U16.pack(keepalive) + props
     return _frame(0x10, head + b"".join(payload))
 

@@ -4,7 +4,11 @@ An asyncio protocol: bytes in are split into packets by mqtt5.Reader and handed 
 callbacks; packets out are queued and written once per loop turn, so that a fill of 100
 telemetry messages is one socket write (and one TLS record run) instead of 100. QoS 1 PUBLISHes
 from the broker are acknowledged only after the owner's handler returned: if it raises, the
-connection is dropped without the PUBACK and the broker sends the message again.
+connection is dropped without the PUBACK and the broker sends the message again. A handler
+whose work must be durable first (a cloud-to-device message, a document) takes the PUBACK with
+`hold()` and releases it after the writer's commit; PUBACKs still leave in the order the
+PUBLISHes came (MQTT-4.6.0-2), and the broker's in-flight sends to us, and so the PUBACKs held
+here, are bounded by the Receive Maximum the uplink asks for in its CONNECT.
 
 Keepalive follows MQTT 5.0 3.1.2.10: a PINGREQ when the link has been quiet for the keepalive,
 and a connection whose broker does not answer within half a keepalive more is declared dead.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +29,8 @@ from gateway.mqtt import mqtt5
 class SessionCallbacks:
     on_connack: Callable[[mqtt5.ConnAck], None]
     on_puback: Callable[[int, int], None]  # packet id, reason code
-    on_message: Callable[[mqtt5.Publish], None]
+    # the packet, and hold(): take its PUBACK, returning the function that releases it
+    on_message: Callable[[mqtt5.Publish, Callable[[], Callable[[], None]]], None]
     on_lost: Callable[[str], None]  # why, in one line
     on_read_done: Callable[[], None]  # after each read's packets: the moment to send more
 
@@ -41,6 +47,7 @@ class CloudSession(asyncio.Protocol):
         self._flush_scheduled = False
         self._next_id = 0
         self.in_use: set[int] = set()  # packet ids awaiting their PUBACK/SUBACK/UNSUBACK
+        self._acks: deque[list] = deque()  # [packet id, released]: our PUBACKs, in order
         self._last_in = self._last_out = time.monotonic()
         self._ping_sent_at = 0.0
         self._closing = False
@@ -140,13 +147,31 @@ class CloudSession(asyncio.Protocol):
         if packet.qos == 2:
             self._fail("the broker sent a QoS 2 message on a QoS 1 subscription")
             return
+        entry = [packet.packet_id, False]
+        held = False
+
+        def release() -> None:
+            entry[1] = True
+            self._flush_acks()
+
+        def hold() -> Callable[[], None]:
+            nonlocal held
+            held = True
+            return release
+
+        if packet.qos == 1:
+            self._acks.append(entry)
         try:
-            self._cb.on_message(packet)
+            self._cb.on_message(packet, hold)
         except Exception as exc:  # not stored: no PUBACK, the broker sends it again
             self._fail(f"could not handle a message from the cloud: {exc}")
             return
-        if packet.qos == 1:
-            self.send(mqtt5.puback(packet.packet_id))
+        if packet.qos == 1 and not held:
+            release()
+
+    def _flush_acks(self) -> None:
+        while self._acks and self._acks[0][1]:
+            self.send(mqtt5.puback(self._acks.popleft()[0]))
 
     # -- keepalive -------------------------------------------------------------------------
 

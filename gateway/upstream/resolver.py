@@ -55,7 +55,8 @@ class CloudResolver:
         """Remember the answer that led to a connection, the one that worked first."""
         ordered = [address] + [a for a in addresses if a != address]
         if ordered != self.cached():
-            self._store.put_meta(_META_PREFIX + self.host.encode(), json.dumps(ordered).encode())
+            self._store.put_meta(_META_PREFIX + self.host.encode(), json.dumps(ordered).encode(),
+                                 sync=False)  # a hint for the next start, not a promise
 
     def cached(self) -> list[str]:
         raw = self._store.get_meta(_META_PREFIX + self.host.encode())

@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.log import Event, event
 from gateway.mqtt import mqtt5
@@ -34,6 +34,9 @@ from gateway.upstream.resolver import CloudResolver, ResolveError
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
 CONNACK_TIMEOUT_SECS = 15.0
 SUBSCRIBE_BATCH = 100
+# Messages the broker may have in flight to us (MQTT 5 Receive Maximum): their PUBACKs wait for
+# the writer's commit, so this bounds what is held; a commit takes them all at once.
+CLOUD_RECEIVE_MAXIMUM = 256
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class CloudMessage:
     correlation: bytes = b""
     user_properties: tuple[tuple[str, str], ...] = ()
     expiry_secs: int | None = None
+    # take the broker's PUBACK, to release (call the result) once the message is durable;
+    # untaken, the PUBACK goes when the handler returns
+    hold_ack: Callable[[], Callable[[], None]] = field(
+        default=lambda: lambda: None, repr=False, compare=False)
 
     def user_property(self, name: str, default: str = "") -> str:
         for key, value in self.user_properties:
@@ -54,7 +61,9 @@ class CloudMessage:
         return default
 
     @classmethod
-    def from_packet(cls, packet: mqtt5.Publish) -> CloudMessage:
+    def from_packet(
+        cls, packet: mqtt5.Publish, hold_ack: Callable[[], Callable[[], None]] | None = None
+    ) -> CloudMessage:
         props = packet.props
         return cls(
             packet.topic,
@@ -63,6 +72,7 @@ class CloudMessage:
             correlation=bytes(props.get(mqtt5.P_CORRELATION, b"")),
             user_properties=tuple(props.user),
             expiry_secs=props.get(mqtt5.P_MESSAGE_EXPIRY),
+            **({"hold_ack": hold_ack} if hold_ack is not None else {}),
         )
 
 
@@ -304,7 +314,7 @@ class Uplink:
         callbacks = SessionCallbacks(
             on_connack=lambda p: current() and self._on_connack(p),
             on_puback=lambda pid, code: current() and self._on_puback(pid, code),
-            on_message=lambda p: self._on_cloud_message(CloudMessage.from_packet(p)),
+            on_message=lambda p, hold: self._on_cloud_message(CloudMessage.from_packet(p, hold)),
             on_lost=on_lost,
             on_read_done=lambda: current() and self._on_read_done(),
         )
@@ -354,6 +364,7 @@ class Uplink:
             username=cfg.username or None,
             password=(cfg.password or None) if cfg.username else None,
             will=will,
+            receive_maximum=CLOUD_RECEIVE_MAXIMUM,
         )
 
     def _teardown(self, session: CloudSession) -> None:
