@@ -629,6 +629,14 @@ class Gateway(Handler):
             "outbox": vars(stats),
             "next_seq": self.outbox.next_seq,
             "store_error": self.writer.store_error,
+            "writer": {
+                "commits": self.writer.commits,
+                "jobs_committed": self.writer.jobs_committed,
+                "backlog": self.writer.backlog,
+                "synced_writes": self.store.synced_writes,
+                "sync_guard": self.store.sync_guarded,
+                "sync_refused_on_loop": self.store.sync_refused,
+            },
             "salvage": None if self.salvage is None else {
                 "quarantine": str(self.salvage.quarantine),
                 "messages": self.salvage.messages,

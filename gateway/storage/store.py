@@ -132,17 +132,27 @@ class Store:
         self.closed = False
         self.synced_writes = 0  # one per fsync'd write: what the group commit saves
         self._no_sync_thread: int | None = None
+        self.sync_refused = 0  # synced writes refused on the loop's thread: bugs, must stay 0
 
     def forbid_sync_on(self, thread: threading.Thread | None) -> None:
         """From now on a synced write (or a WAL sync) from `thread` raises SyncOnLoopError: the
         daemon names its event loop's thread, which must never wait for the disk."""
         self._no_sync_thread = thread.ident if thread is not None else None
 
+    @property
+    def sync_guarded(self) -> bool:
+        return self._no_sync_thread is not None
+
     def _check_sync_allowed(self, what: str) -> None:
-        if self._no_sync_thread is not None and threading.get_ident() == self._no_sync_thread:
-            raise SyncOnLoopError(
-                f"store: {what} asked for on the event loop's thread; it must go through the "
-                f"writer (gateway/storage/writer.py)")
+        if self._no_sync_thread is None or threading.get_ident() != self._no_sync_thread:
+            return
+        self.sync_refused += 1
+        error = SyncOnLoopError(
+            f"store: {what} asked for on the event loop's thread, where it would stall every "
+            f"child for a flush; refused (a bug: it must go through the writer)")
+        if self.sync_refused == 1:
+            event(Event.STORE_ERROR, error.message, level=logging.CRITICAL)
+        raise error
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
         """Apply a batch atomically; with sync it is on the medium when this returns."""
