@@ -52,6 +52,7 @@ PREAUTH_SLACK = 64
 # The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
 # Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
 MAX_KEEPALIVE_SECS = 1200
+YIELD_EVERY = 64  # packets of one read handled before other connections get a turn
 LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
@@ -244,9 +245,11 @@ class ChildConnection:
                 ) from None
             if not data:
                 return
-            for packet in self._decoder.feed(data):
+            for n, packet in enumerate(self._decoder.feed(data), 1):
                 self._dispatch(packet)
                 await self._paced()
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # one read of small packets must not hog the loop
             if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
                 try:  # stop reading from a child that does not read what we send it
                     await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)

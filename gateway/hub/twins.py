@@ -16,7 +16,6 @@ Reference: "Understand and use device twins in IoT Hub" (Azure IoT Hub documenta
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +58,24 @@ def merge_patch(target: dict, patch: dict, depth: int = 1) -> None:
             merge_patch(current, value, depth + 1)
         else:
             target[key] = value
+
+
+def merged(target: dict, patch: dict, depth: int = 1) -> dict:
+    """`target` with `patch` applied, as a new document; the branches the patch does not touch
+    are shared, not copied. Documents are never changed in place, so sharing is safe, and a
+    patch costs what it carries rather than what the twin holds."""
+    if depth > MAX_DEPTH:
+        raise TwinError(f"properties nest deeper than {MAX_DEPTH} levels")
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict):
+            current = out.get(key)
+            out[key] = merged(current if isinstance(current, dict) else {}, value, depth + 1)
+        else:
+            out[key] = value
+    return out
 
 
 def desired_delta(old: dict, new: dict) -> dict:
@@ -107,6 +124,7 @@ class TwinStore:
         self._store = store
         self._submit = submit
         self._cache: dict[str, Twin] = {}
+        self._unwritten: set[str] = set()  # a submitted write of theirs is not encoded yet
 
     def get(self, device_id: str) -> Twin:
         twin = self._cache.get(device_id)
@@ -117,10 +135,23 @@ class TwinStore:
         return twin
 
     def _save(self, device_id: str, twin: Twin, then: Callable[[], None] | None = None) -> None:
-        """Into the cache now, into the store with the writer's next commit, then `then`."""
+        """Into the cache now, into the store with the writer's next commit, then `then`.
+
+        The value is encoded when the commit takes it, from the cache: a child patching in a
+        loop costs one encoding and one put per commit, not one per patch. A save behind one
+        not yet encoded only adds its callback, which runs after that same commit."""
         self._cache[device_id] = twin
-        writes = Writes().put(self._store.meta_handle, _KEY_PREFIX + device_id.encode(),
-                              _encode(twin))
+        if self._submit is not None and device_id in self._unwritten:
+            self._submit(Writes(), then)
+            return
+
+        def value() -> bytes:
+            self._unwritten.discard(device_id)
+            return _encode(self._cache[device_id])
+
+        if self._submit is not None:
+            self._unwritten.add(device_id)
+        writes = Writes().put(self._store.meta_handle, _KEY_PREFIX + device_id.encode(), value)
         write_or_submit(self._store, self._submit, writes, then)
 
     def patch_reported(
@@ -129,8 +160,7 @@ class TwinStore:
         """Merge a child's patch; returns the new reported version, and `then(version)` runs
         once it is on disk (the moment for the 204)."""
         twin = self.get(device_id)
-        reported = copy.deepcopy(twin.reported)
-        merge_patch(reported, patch)
+        reported = merged(twin.reported, patch)
         reported["$version"] = twin.reported["$version"] + 1
         if len(json.dumps(reported)) > MAX_TWIN_BYTES:
             raise TwinError(f"reported properties would exceed {MAX_TWIN_BYTES} bytes")

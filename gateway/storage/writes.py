@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 
 from rocksdict import WriteBatch
 
+Value = bytes | Callable[[], bytes]
+
 
 @dataclass
 class Writes:
     """Puts and deletes to make durable together, recorded so that a failed commit can be
     replayed into the next one (a RocksDB WriteBatch cannot be merged into another)."""
 
-    ops: list[tuple[object, bytes, bytes | None]] = field(default_factory=list)
+    ops: list[tuple[object, bytes, Value | None]] = field(default_factory=list)
 
-    def put(self, handle: object, key: bytes, value: bytes) -> Writes:
+    def put(self, handle: object, key: bytes, value: Value) -> Writes:
+        """`value` may be a function, called when the commit takes the write: state that
+        changes faster than commits happen is then encoded once per commit."""
         self.ops.append((handle, key, value))
         return self
 
@@ -33,7 +37,7 @@ class Writes:
             if value is None:
                 batch.delete(key, handle)
             else:
-                batch.put(key, value, handle)
+                batch.put(key, value() if callable(value) else value, handle)
 
     def __len__(self) -> int:
         return len(self.ops)

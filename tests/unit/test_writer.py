@@ -240,3 +240,25 @@ def test_submit_after_close_is_refused(tmp_path):
         store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_patch_storm_is_one_commit_and_each_204_gets_its_own_version(tmp_path):
+    """The twin cache is write-through: patch after patch merges on the latest state before any
+    commit, the store gets the latest document once, and every answer keeps its version."""
+    from gateway.hub.twins import TwinStore
+
+    async def scenario():
+        store, _, writer = make(tmp_path / "db")
+        twins = TwinStore(store, writer.submit)
+        versions: list[int] = []
+        writer.start()
+        for i in range(100):
+            twins.patch_reported("s1", {f"k{i % 3}": i}, versions.append)
+        assert twins.get("s1").reported == {"$version": 101, "k0": 99, "k1": 97, "k2": 98}
+        await writer.aclose()
+        assert versions == list(range(2, 102))
+        assert writer.commits == 1
+        assert TwinStore(store).get("s1").reported["$version"] == 101  # read from the store
+        store.close()
+
+    asyncio.run(scenario())
