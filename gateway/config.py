@@ -126,7 +126,9 @@ class LimitsSettings:
 
     twin_updates_per_sec: float = 50.0  # reported patches
     routed_messages_per_sec: float = 100.0  # telemetry a route puts into another child's queue
-    max_outstanding_per_child: int = 1000  # requests waiting for a commit or the cloud
+    # requests waiting for a commit or the cloud: a child at the bound gets one commit's worth
+    # (128 per 100 ms, over 1,000 patches/s) and cannot take the loop from the others
+    max_outstanding_per_child: int = 128
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ PREAUTH_SLACK = 64
 # The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
 # Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
 MAX_KEEPALIVE_SECS = 1200
-YIELD_EVERY = 64  # packets of one read handled before other connections get a turn
+YIELD_EVERY = 16  # packets of one read handled before other connections get a turn
 LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
@@ -128,6 +128,9 @@ class ChildConnection:
         self.received = 0
         self.subscriptions: set[str] = set()
         self._outgoing: dict[int, Callable[[], None] | None] = {}  # packet id -> on PUBACK
+        self._out: list[bytes] = []  # encoded packets not yet handed to the transport
+        self._out_bytes = 0
+        self._flush_scheduled = False
         self._next_id = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -141,6 +144,7 @@ class ChildConnection:
         except codec.UnsupportedProtocol as exc:
             if not self.device_id:
                 self.send(ConnAck(False, exc.return_code))  # MQTT-3.1.2-2: CONNACK 1, close
+                self.flush()
                 with contextlib.suppress(Exception):
                     await self._writer.drain()
             self._log_refusal(f"protocol error: {exc.reason}")
@@ -157,12 +161,14 @@ class ChildConnection:
             self.close_reason = reason
         self._closed.set()
         self._room.set()
+        self.flush()
         self._writer.close()
 
     async def _finish(self) -> None:
         self._closed.set()
         self._server._forget(self)
         with contextlib.suppress(Exception):
+            self.flush()
             self._writer.close()
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
         # close() waits for unread output to flush; a peer that never reads would keep the socket
@@ -208,6 +214,7 @@ class ChildConnection:
                 device_id=connect.client_id,
                 cause=verdict.reason.split(":")[0][:32],
             )
+            self.flush()
             await self._writer.drain()
             raise _Refused
         self.device_id = connect.client_id
@@ -250,7 +257,8 @@ class ChildConnection:
                 await self._paced()
                 if n % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # one read of small packets must not hog the loop
-            if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
+            if self._unsent_bytes() > WRITE_BUFFER_MAX:
+                self.flush()
                 try:  # stop reading from a child that does not read what we send it
                     await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
                 except TimeoutError:
@@ -332,16 +340,37 @@ class ChildConnection:
     # -- output ------------------------------------------------------------------------------
 
     def send(self, packet: object) -> None:
-        """Queue a packet; a child whose unread output passes twice WRITE_BUFFER_MAX in one
-        read's worth of answers (the loop pauses at WRITE_BUFFER_MAX) is closed at once."""
+        """Queue a packet, written with the others of this loop turn in one socket write (a
+        commit releases hundreds of answers at once); a child whose unread output passes twice
+        WRITE_BUFFER_MAX in one read's worth of answers (the loop pauses at WRITE_BUFFER_MAX)
+        is closed at once."""
         if self._writer.is_closing():
             return
-        if self._writer.transport.get_write_buffer_size() > 2 * WRITE_BUFFER_MAX:
+        if self._unsent_bytes() > 2 * WRITE_BUFFER_MAX:
             self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self.close(self.close_reason)
             self._writer.transport.abort()
             return
-        self._writer.write(codec.encode(packet))
+        data = codec.encode(packet)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what send() queued; before a drain or a close, and once per loop turn."""
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        self._out_bytes = 0
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    def _unsent_bytes(self) -> int:
+        return self._writer.transport.get_write_buffer_size() + self._out_bytes
 
     def subscribed(self, topic: str) -> bool:
         """Whether any of the child's filters matches `topic` (it asked to receive it)."""

@@ -65,6 +65,7 @@ class LocalHub:
         self.methods = MethodRouter(server)
         self.uplink: Uplink | None = None
         self._deliveries: dict[str, _Delivery] = {}
+        self._reporting: dict[str, bool] = {}  # reported publish in flight -> another wanted
         self.dropped_unknown = 0
 
     # -- from children -----------------------------------------------------------------------
@@ -282,20 +283,35 @@ class LocalHub:
     # -- reconcile ---------------------------------------------------------------------------
 
     def _publish_reported(self, device_id: str) -> None:
+        """The latest reported state to the cloud, one publish in flight per child: patches that
+        come meanwhile make one more publish of the then latest state, not one each."""
         uplink = self.uplink
-        if uplink is None:
+        if uplink is None or uplink.stats.state != "online":
+            return  # on_online publishes every twin changed meanwhile
+        if device_id in self._reporting:
+            self._reporting[device_id] = True
             return
         reported = self.twins.get(device_id).reported
         version = reported["$version"]
-        uplink.publish(
+
+        def done(ok: bool) -> None:
+            again = self._reporting.pop(device_id, False)
+            if ok:
+                self.twins.mark_published(device_id, version)
+            if again:
+                self._publish_reported(device_id)
+
+        if uplink.publish(
             contract.device_twin_topic(self._prefix, device_id, "reported"),
             json.dumps(reported).encode(),
             retain=True,
-            on_done=lambda ok: ok and self.twins.mark_published(device_id, version),
-        )
+            on_done=done,
+        ):
+            self._reporting[device_id] = False
 
     def on_online(self) -> None:
         """The link is back: publish every reported twin changed while it was away, once."""
+        self._reporting.clear()  # what was in flight on the old connection never completes
         dirty = self.twins.dirty_devices()
         for device_id in dirty:
             self._publish_reported(device_id)

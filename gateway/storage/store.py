@@ -161,6 +161,20 @@ class Store:
             self.synced_writes += 1
         self._db.write(batch, write_opt=self._synced if sync else self._unsynced)
 
+    def write_durable(self, batch: WriteBatch) -> None:
+        """Apply a batch atomically and sync the WAL: on the medium when this returns, like a
+        synced write, but without holding the GIL for the flush.
+
+        rocksdict holds the GIL through a synced `write` (measured: every 20 ms flush stalled
+        the event loop for 20 ms although the write ran on the writer's thread), while its
+        `flush_wal(sync=True)` releases it. RocksDB's SyncWAL syncs every live log file not yet
+        synced (and the WAL directory when a log was created), so the batch written just before
+        on this thread is as durable as with sync=True."""
+        self._check_sync_allowed("a synced write")
+        self.synced_writes += 1
+        self._db.write(batch, write_opt=self._unsynced)
+        self._db.flush_wal(True)
+
     def put_meta(self, key: bytes, value: bytes, *, sync: bool = True) -> None:
         batch = WriteBatch(raw_mode=True)
         batch.put(key, value, self.meta_handle)

@@ -187,7 +187,7 @@ class Writer:
             event(Event.STORE_ERROR, "store: writes succeed again")
 
     def _write(self, batch: WriteBatch) -> None:
-        self._store.write(batch, sync=True)
+        self._store.write_durable(batch)
 
     async def _failed(self, commit: CommitBatch | None, jobs: list[_Job], reason: str) -> None:
         """Keep everything the failed write carried, in order, for the next attempt."""

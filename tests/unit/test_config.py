@@ -72,7 +72,7 @@ def test_minimal_file_takes_the_documented_defaults(tmp_path):
     assert cfg.log.level == "info"
     assert cfg.limits.twin_updates_per_sec == 50.0
     assert cfg.limits.routed_messages_per_sec == 100.0
-    assert cfg.limits.max_outstanding_per_child == 1000
+    assert cfg.limits.max_outstanding_per_child == 128
     assert cfg.source == (tmp_path / "gatewayd.toml").absolute()
 
 

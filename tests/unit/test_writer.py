@@ -29,16 +29,16 @@ def message(i: int) -> Message:
 
 
 class FailingStore(Store):
-    """A real store whose next `fail` synced writes raise the way RocksDB reports a full disk."""
+    """A real store whose next `fail` durable writes raise the way RocksDB reports an error."""
 
     fail = 0
     reason = "IO error: No space left on device: While appending to file: 000004.log"
 
-    def write(self, batch, *, sync: bool) -> None:
-        if sync and self.fail:
+    def write_durable(self, batch) -> None:
+        if self.fail:
             self.fail -= 1
             raise Exception(self.reason)  # noqa: TRY002 (RocksDB raises plain Exception)
-        super().write(batch, sync=sync)
+        super().write_durable(batch)
 
 
 def make(path, *, online: bool = False, interval_ms: int = 20, store_cls=Store):
