@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.errors import PeerError
 from gateway.log import Event, event
 from gateway.mqtt import codec, topics
 from gateway.mqtt.codec import (
@@ -48,12 +49,15 @@ MAX_KEEPALIVE_SECS = 1200
 LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
-class Refusal(Exception):
+class Refusal(PeerError):
     """The peer broke a rule; the connection closes and `reason` goes to the journal."""
 
 
-class _Refused(Exception):
+class _Refused(PeerError):
     """CONNECT was answered with a refusal (already logged): close without another line."""
+
+    def __init__(self) -> None:
+        super().__init__("CONNECT refused")
 
 
 @dataclass(frozen=True)

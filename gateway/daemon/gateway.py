@@ -33,7 +33,7 @@ from gateway.daemon import reload as reload_rules
 from gateway.daemon.control import ControlServer
 from gateway.daemon.metrics import MetricsServer
 from gateway.daemon.rates import Rates, Sample, projections
-from gateway.errors import GatewayError
+from gateway.errors import EX_TEMPFAIL, GatewayError
 from gateway.hub.local_hub import LocalHub
 from gateway.hub.routes import MessageView, check_routes, parse_routes
 from gateway.hub.settings import SettingsSync
@@ -95,7 +95,7 @@ class Gateway(Handler):
         return self.exit_code
 
     def _disk_full(self, reason: str) -> None:
-        if self.exit_code == ballast.EX_TEMPFAIL:
+        if self.exit_code == EX_TEMPFAIL:
             return  # already on the way out
         released = ballast.release(self.config.storage.path)
         event(Event.DISK_FULL,
@@ -104,7 +104,7 @@ class Gateway(Handler):
               + ("released the reserve and " if released else "no reserve to release; ")
               + "restarting to reopen the store (nothing PUBACKed is lost)",
               level=logging.CRITICAL)
-        self.exit_code = ballast.EX_TEMPFAIL
+        self.exit_code = EX_TEMPFAIL
         self._stop.set()
 
     async def _run_open(self) -> None:

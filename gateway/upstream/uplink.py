@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.errors import UnavailableError
 from gateway.log import Event, event
 from gateway.mqtt import mqtt5
 from gateway.upstream import cloud_contract as contract
@@ -99,7 +100,7 @@ class TokenBucket:
         return max(0.001, (1 - self._tokens) / self.rate)
 
 
-class UplinkFailure(Exception):
+class UplinkFailure(UnavailableError):
     """A connection attempt failed; the message is the one-line reason for the journal."""
 
 
