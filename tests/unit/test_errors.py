@@ -16,6 +16,7 @@ import gateway
 from gateway import errors
 from gateway.cli import exits, gatewayctl, gatewayd
 from gateway.errors import GatewayError
+from gateway.log import LOGGER
 
 PACKAGE = Path(gateway.__file__).parent
 
@@ -126,9 +127,13 @@ socket = "{tmp_path / 'nobody-listens.sock'}"
 
 @pytest.fixture(autouse=True)
 def not_under_systemd(monkeypatch):
-    """gatewayd writes to the journal under systemd; here its line must reach stderr."""
+    """gatewayd writes to the journal under systemd; here its line must reach stderr. Its
+    logger is put back as it was, so that later tests do not write to this test's stderr."""
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     monkeypatch.delenv("INVOCATION_ID", raising=False)
+    saved = LOGGER.handlers[:], LOGGER.level, LOGGER.propagate
+    yield
+    LOGGER.handlers[:], LOGGER.level, LOGGER.propagate = saved[0], saved[1], saved[2]
 
 
 def test_gatewayd_ends_a_config_error_with_78_and_its_line(tmp_path, capsys):
