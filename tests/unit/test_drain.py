@@ -3,13 +3,16 @@ it answers are parsed back with the gateway's MQTT 5 reader, and acks are fed in
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from gateway.config import CloudSettings
 from gateway.mqtt import mqtt5
 from gateway.storage.store import Store
+from gateway.upstream import drain, token_bucket
 from gateway.upstream.cloud_contract import TelemetryEncoder
 from gateway.upstream.drain import Drain
 from gateway.upstream.message import Message
@@ -268,3 +271,16 @@ def test_an_expired_refused_message_is_not_retried(site):
     s.now_ms = NOW_MS + 5  # the wall clock moves past its expiry
     s.ack(sent[:1], code=REFUSED)
     assert seqs(s.fill()) == [keep[1]]
+
+
+@pytest.mark.parametrize("module", [drain, token_bucket])
+def test_the_scheduler_does_no_io(module):
+    """Sans-I/O: the drain and its bucket import neither a loop nor a socket."""
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "socket", "ssl", "selectors"}
