@@ -198,10 +198,10 @@ class ChildSession:
             self._fail(f"protocol error: {exc.reason}")
 
     def _fail(self, reason: str) -> None:
-        """The peer broke a rule: everything not yet handed out is dropped."""
-        self.state = State.CLOSED
-        self._packets.clear()
-        self._chunks.clear()
+        """The peer broke a rule: what is not yet handed out is dropped, but for a Reply."""
+        replies = self._events
+        self.close()
+        self._events = replies
         self._events.append(Closed(reason))
 
     def _handle(self, packet: codec.Packet) -> Event | None:
@@ -252,8 +252,7 @@ class ChildSession:
         return DeliveryAcked(puback.packet_id, self._outgoing.pop(puback.packet_id))
 
     def _on_disconnect(self, _: Disconnect) -> Event:
-        self.state = State.CLOSED
-        self._packets.clear()
+        self.close()
         return Closed()
 
     # -- CONNECT -----------------------------------------------------------------------------
@@ -383,22 +382,18 @@ class ChildSession:
         self.state = State.CLOSED
         self._packets.clear()
         self._chunks.clear()
-        self._events.clear()
+        self._events = deque()
 
     def _expect_connected(self, what: str) -> None:
         if self.state is not State.CONNECTED:
             raise LocalProtocolError(f"{what} in state {self.state.value}, before CONNACK")
 
 
-def _ping(_session: ChildSession, _: PingReq) -> Event:
-    return Reply(codec.encode(PingResp()))
-
-
 # What a connected child may send; anything else (a second CONNECT, a server's packet, QoS 2's
 # PUBREL) closes the session.
 _CONNECTED = {
     Publish: ChildSession._on_publish,
-    PingReq: _ping,
+    PingReq: lambda session, ping: Reply(codec.encode(PingResp())),
     Subscribe: lambda session, subscribe: SubscribeReceived(subscribe),
     Unsubscribe: ChildSession._on_unsubscribe,
     PubAck: ChildSession._on_puback,
