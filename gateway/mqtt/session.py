@@ -71,8 +71,7 @@ class ConnectReceived:
     connect: Connect
 
 
-# The two events of the hot path (telemetry, pings) are not frozen: a frozen dataclass's
-# __init__ goes through object.__setattr__, a cost paid thousands of times a second.
+# Not frozen, as Reply: a frozen __init__ costs object.__setattr__ on the hot path.
 @dataclass(slots=True)
 class PublishReceived:
     """A QoS 0 or 1 message within the size limit; for QoS 1, reserve its PUBACK with
@@ -356,14 +355,13 @@ class ChildSession:
         if self.state is State.CLOSED:
             return b""
         self._expect_connected("deliver()")
-        if qos not in (0, 1):
-            raise LocalProtocolError(f"deliver() with QoS {qos!r}: a child gets QoS 0 or 1")
         if qos == 0:
             return codec.encode(Publish(topic, payload))
+        if qos != 1:
+            raise LocalProtocolError(f"deliver() with QoS {qos!r}: a child gets QoS 0 or 1")
         packet_id = self._new_packet_id()
-        data = codec.encode(Publish(topic, payload, qos=qos, dup=dup, packet_id=packet_id))
         self._outgoing[packet_id] = token
-        return data
+        return codec.encode(Publish(topic, payload, qos=qos, dup=dup, packet_id=packet_id))
 
     def _new_packet_id(self) -> int:
         for _ in range(_MAX_PACKET_ID):
