@@ -153,6 +153,8 @@ class ChildConnection:
             handler.on_subscribed(self)
         elif isinstance(ev, ConnectReceived):
             self._connect(ev.connect)
+        else:  # PAUSED: a CONNECT left unanswered would spin this loop
+            raise codec.LocalProtocolError(f"the connection loop has no handling for {ev!r}")
 
     def close(self, reason: str) -> None:
         """Close from elsewhere (takeover, registry change, shutdown)."""
