@@ -1,10 +1,9 @@
-"""The child-facing MQTT 3.1.1 listeners: connections, CONNECT/auth, keepalive, PUBACK order.
+"""The child-facing MQTT 3.1.1 listeners: the I/O around each child's session, and the table.
 
-The protocol lives in codec.py (bytes in, packets out); this module is the I/O around it and the
-per-connection rules: the first packet is CONNECT within a deadline, a second connection with the
-same client id takes over, PUBACKs leave in the order their PUBLISHes came in (MQTT-4.6.0-2) even
-though messages become safe out of order, and a peer that breaks the rules is closed with one
-journal line saying why.
+The session rules live in gateway/mqtt/session.py (bytes in, events out): CONNECT first and once,
+PUBACK order (MQTT-4.6.0-2), packet ids, keepalive. This module reads and writes the sockets,
+hands the session's events to the gateway's Handler, lets a second connection with the same
+client id take over, and closes a peer that breaks a rule with one journal line saying why.
 """
 
 from __future__ import annotations
@@ -14,50 +13,33 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import PeerError
 from gateway.log import Event, event
-from gateway.mqtt import codec, topics
-from gateway.mqtt.codec import (
-    CONNACK_ACCEPTED,
-    CONNACK_UNAVAILABLE,
-    ConnAck,
-    Connect,
-    Disconnect,
-    PingReq,
-    PingResp,
-    PubAck,
-    Publish,
-    SubAck,
-    Subscribe,
-    UnsubAck,
-    Unsubscribe,
+from gateway.mqtt import codec
+from gateway.mqtt.codec import CONNACK_UNAVAILABLE, Connect, Publish
+from gateway.mqtt.session import (
+    NEED_DATA,
+    ChildSession,
+    Closed,
+    ConnectReceived,
+    DeliveryAcked,
+    PublishReceived,
+    Reply,
+    SubscribeReceived,
 )
 
 READ_CHUNK = 65536
-PACKET_OVERHEAD = 4096  # topic, property bag and header on top of the payload limit
-PRE_AUTH_MAX_BYTES = 8192  # a CONNECT with a SAS token or a will fits; nothing bigger before auth
 WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
 # Connections still in TLS handshake or waiting for CONNECT, on top of listen.max_connections.
 PREAUTH_SLACK = 64
-# The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
-# Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
-MAX_KEEPALIVE_SECS = 1200
 LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
 class Refusal(PeerError):
     """The peer broke a rule; the connection closes and `reason` goes to the journal."""
-
-
-class _Refused(PeerError):
-    """CONNECT was answered with a refusal (already logged): close without another line."""
-
-    def __init__(self) -> None:
-        super().__init__("CONNECT refused")
 
 
 @dataclass(frozen=True)
@@ -91,7 +73,7 @@ class Handler:
 
 
 class ChildConnection:
-    """One child: the packet loop and the ordered PUBACK queue."""
+    """One child: a loop that reads, feeds the session, hands its events out and writes."""
 
     def __init__(
         self,
@@ -107,48 +89,83 @@ class ChildConnection:
         self.device_id = ""
         self.peer = _peer(writer)
         self.connected_at = time.time()
-        # Before authentication only a small packet is buffered: a stranger's declared length
-        # must not make us allocate or wait for megabytes.
-        self._decoder = codec.Decoder(PRE_AUTH_MAX_BYTES)
-        self._acks: deque[list] = deque()  # [packet_id, ready]
-        self._keepalive = 0
-        self._closed = asyncio.Event()
+        self._session = ChildSession(
+            now=time.monotonic(),
+            connect_timeout=server.connect_timeout,
+            max_message_bytes=server.max_message_bytes,
+        )
         self.close_reason = ""
-        self.received = 0
-        self.subscriptions: set[str] = set()
-        self._outgoing: dict[int, Callable[[], None] | None] = {}  # packet id -> on PUBACK
-        self._next_id = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
         try:
-            await self._handshake()
-            await self._packet_loop()
+            await self._loop()
         except Refusal as exc:
+            self._session.close()
             self._log_refusal(str(exc))
-        except codec.UnsupportedProtocol as exc:
-            if not self.device_id:
-                self.send(ConnAck(False, exc.return_code))  # MQTT-3.1.2-2: CONNACK 1, close
-                with contextlib.suppress(Exception):
-                    await self._writer.drain()
-            self._log_refusal(f"protocol error: {exc.reason}")
-        except codec.ProtocolError as exc:
-            self._log_refusal(f"protocol error: {exc.reason}")
-        except (_Refused, ConnectionError, ssl.SSLError, TimeoutError):
+        except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
         finally:
             await self._finish()
+
+    async def _loop(self) -> None:
+        while True:
+            ev = self._session.next_event()
+            if ev is NEED_DATA:
+                await self._read_more()
+            elif isinstance(ev, Closed):
+                if ev.reason:
+                    self._log_refusal(ev.reason)
+                return
+            else:
+                self._dispatch(ev)
+
+    async def _read_more(self) -> None:
+        """The one place the loop decides to read the next chunk: a bound on the child's
+        outstanding work (the session's held_pubacks) belongs here, leaving a flood waiting in
+        that child's own TCP window."""
+        if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
+            try:  # stop reading from a child that does not read what we send it
+                await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
+            except TimeoutError:
+                raise Refusal(
+                    f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
+                ) from None
+        timeout = self._session.read_timeout(time.monotonic())
+        try:
+            data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
+        except TimeoutError:
+            raise Refusal(self._session.expire().reason) from None
+        self._session.receive_data(data)
+
+    def _dispatch(self, ev: object) -> None:
+        if isinstance(ev, PublishReceived):
+            self._server.handler.on_publish(self, ev.publish)
+        elif isinstance(ev, Reply):
+            self._write(ev.data)
+        elif isinstance(ev, DeliveryAcked):
+            if ev.token is not None:
+                ev.token()
+        elif isinstance(ev, SubscribeReceived):
+            handler = self._server.handler
+            granted = tuple(handler.on_subscribe(self, t, q) for t, q in ev.subscribe.topics)
+            self._write(self._session.grant(ev.subscribe, granted))
+            handler.on_subscribed(self)
+        elif isinstance(ev, ConnectReceived):
+            self._connect(ev.connect)
+        else:  # PAUSED: a CONNECT left unanswered would spin this loop
+            raise codec.LocalProtocolError(f"the connection loop has no handling for {ev!r}")
 
     def close(self, reason: str) -> None:
         """Close from elsewhere (takeover, registry change, shutdown)."""
         if not self.close_reason:
             self.close_reason = reason
-        self._closed.set()
+        self._session.close()
         self._writer.close()
 
     async def _finish(self) -> None:
-        self._closed.set()
+        self._session.close()
         self._server._forget(self)
         with contextlib.suppress(Exception):
             self._writer.close()
@@ -172,23 +189,10 @@ class ChildConnection:
             device_id=self.device_id,
         )
 
-    # -- CONNECT -----------------------------------------------------------------------------
-
-    async def _handshake(self) -> None:
-        deadline = self._server.connect_timeout
-        try:
-            connect = await asyncio.wait_for(self._first_packet(), deadline)
-        except TimeoutError:
-            raise Refusal(f"no CONNECT within {deadline:g} s (listen.connect_timeout_secs)") \
-                from None
-        if not isinstance(connect, Connect):
-            raise Refusal(f"first packet was {type(connect).__name__}, not CONNECT")
-        if not connect.client_id:
-            self.send(ConnAck(False, codec.CONNACK_ID_REJECTED))
-            raise Refusal("empty client id: an IoT Hub device connects with its device id")
+    def _connect(self, connect: Connect) -> None:
         verdict = self._server.admit(self, connect)
         if not verdict.ok:
-            self.send(ConnAck(False, verdict.return_code))
+            self._write(self._session.refuse(verdict.return_code))
             self._server.log_limited(
                 Event.CHILD_REFUSED,
                 f"child {connect.client_id or '(no client id)'} from {self.peer}: refused "
@@ -196,122 +200,48 @@ class ChildConnection:
                 device_id=connect.client_id,
                 cause=verdict.reason.split(":")[0][:32],
             )
-            await self._writer.drain()
-            raise _Refused
+            return
         self.device_id = connect.client_id
-        self._keepalive = min(connect.keepalive or MAX_KEEPALIVE_SECS, MAX_KEEPALIVE_SECS)
-        self._decoder.max_packet_bytes = self._server.max_message_bytes + PACKET_OVERHEAD
-        self.send(ConnAck(False, CONNACK_ACCEPTED))
+        self._write(self._session.accept())
         event(
             Event.CHILD_CONNECTED,
             f"child {self.device_id}: connected from {self.peer} ({self.listener})",
             device_id=self.device_id,
         )
 
-    async def _first_packet(self) -> object:
-        while True:
-            data = await self._reader.read(READ_CHUNK)
-            if not data:
-                raise ConnectionResetError
-            packets = self._decoder.feed(data, max_packets=1)
-            if packets:
-                return packets[0]
-
-    # -- packets -----------------------------------------------------------------------------
-
-    async def _packet_loop(self) -> None:
-        for packet in self._decoder.feed(b""):  # what came right behind CONNECT
-            self._dispatch(packet)
-        timeout = self._keepalive * 1.5
-        while not self._closed.is_set():
-            try:
-                data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                raise Refusal(
-                    f"keepalive expired: nothing received for {timeout:.0f} s"
-                ) from None
-            if not data:
-                return
-            for packet in self._decoder.feed(data):
-                self._dispatch(packet)
-            if self._writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:
-                try:  # stop reading from a child that does not read what we send it
-                    await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
-                except TimeoutError:
-                    raise Refusal(
-                        f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
-                    ) from None
-
-    def _dispatch(self, packet: object) -> None:
-        if isinstance(packet, Publish):
-            self._on_publish(packet)
-        elif isinstance(packet, PingReq):
-            self.send(PingResp())
-        elif isinstance(packet, Subscribe):
-            self._on_subscribe(packet)
-        elif isinstance(packet, Unsubscribe):
-            self.subscriptions.difference_update(packet.topics)
-            self.send(UnsubAck(packet.packet_id))
-        elif isinstance(packet, PubAck):
-            self._on_puback(packet.packet_id)
-        elif isinstance(packet, Disconnect):
-            self.close_reason = ""
-            self._closed.set()
-        elif isinstance(packet, Connect):
-            raise Refusal("second CONNECT on one connection")
-        else:
-            raise Refusal(f"unexpected {type(packet).__name__} from a client")
-
-    def _on_publish(self, publish: Publish) -> None:
-        if publish.qos == 2:
-            raise Refusal("QoS 2 is not supported by the IoT Hub device API; use QoS 0 or 1")
-        if len(publish.payload) > self._server.max_message_bytes:
-            raise Refusal(
-                f"message of {len(publish.payload)} bytes is over the limit of "
-                f"{self._server.max_message_bytes} (listen.max_message_bytes)"
-            )
-        self.received += 1
-        self._server.handler.on_publish(self, publish)
-
-    def _on_subscribe(self, subscribe: Subscribe) -> None:
-        granted = tuple(
-            self._server.handler.on_subscribe(self, topic, qos) for topic, qos in subscribe.topics
-        )
-        self.subscriptions.update(topic for topic, _ in subscribe.topics)
-        self.send(SubAck(subscribe.packet_id, granted))
-        self._server.handler.on_subscribed(self)
-
-    def _on_puback(self, packet_id: int) -> None:
-        """A delivery is done. An ack for an id we never sent is ignored, as brokers do."""
-        on_acked = self._outgoing.pop(packet_id, None)
-        if on_acked is not None:
-            on_acked()
-
     # -- output ------------------------------------------------------------------------------
 
-    def send(self, packet: object) -> None:
-        """Queue a packet; a child whose unread output passes twice WRITE_BUFFER_MAX in one
-        read's worth of answers (the loop pauses at WRITE_BUFFER_MAX) is closed at once."""
-        if self._writer.is_closing():
+    def _write(self, data: bytes) -> None:
+        """Queue bytes; a child whose unread output passes twice WRITE_BUFFER_MAX in one read's
+        worth of answers (the loop pauses at WRITE_BUFFER_MAX) is closed at once."""
+        if not data or self._writer.is_closing():
             return
         if self._writer.transport.get_write_buffer_size() > 2 * WRITE_BUFFER_MAX:
             self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self.close(self.close_reason)
             self._writer.transport.abort()
             return
-        self._writer.write(codec.encode(packet))
+        self._writer.write(data)
 
     def subscribed(self, topic: str) -> bool:
         """Whether any of the child's filters matches `topic` (it asked to receive it)."""
-        return any(topics.matches(f, topic) for f in self.subscriptions)
+        return self._session.subscribed(topic)
+
+    @property
+    def subscriptions(self) -> set[str]:
+        return self._session.subscriptions
+
+    @property
+    def received(self) -> int:
+        return self._session.received
 
     @property
     def in_flight(self) -> int:
-        return len(self._outgoing)
+        return self._session.in_flight
 
     @property
     def is_open(self) -> bool:
-        return not self._closed.is_set() and not self._writer.is_closing()
+        return self._session.is_open and not self._writer.is_closing()
 
     def deliver(
         self,
@@ -322,34 +252,19 @@ class ChildConnection:
         dup: bool = False,
     ) -> None:
         """Send a PUBLISH to the child; with QoS 1, `on_acked` runs when its PUBACK arrives."""
-        if qos == 0:
-            self.send(Publish(topic, payload))
-            return
-        packet_id = self._new_packet_id()
-        self._outgoing[packet_id] = on_acked
-        self.send(Publish(topic, payload, qos=1, dup=dup, packet_id=packet_id))
-
-    def _new_packet_id(self) -> int:
-        for _ in range(65535):
-            self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self._outgoing:
-                return self._next_id
-        raise Refusal("65,535 deliveries unacknowledged; the child is not reading")
+        try:
+            self._write(self._session.deliver(topic, payload, qos, dup, on_acked))
+        except codec.ProtocolError as exc:
+            raise Refusal(exc.reason) from None
 
     def hold_puback(self, packet_id: int) -> Callable[[], None]:
         """Reserve this PUBLISH's place in the PUBACK order; call the result when it is safe."""
-        entry = [packet_id, False]
-        self._acks.append(entry)
+        held = self._session.hold_puback(packet_id)
 
         def release() -> None:
-            entry[1] = True
-            self._flush_acks()
+            self._write(self._session.release(held))
 
         return release
-
-    def _flush_acks(self) -> None:
-        while self._acks and self._acks[0][1]:
-            self.send(PubAck(self._acks.popleft()[0]))
 
 
 class ChildServer:
