@@ -116,7 +116,8 @@ def _ms(runs: list[dict], key: str) -> str:
     finite = sorted(v for v in values if v is not None)
     if len(finite) * 2 <= len(values):
         return "never"
-    return _f(statistics.median(finite))
+    value = statistics.median(finite)
+    return f"{value:.0f}" if value >= 100 else _f(value)
 
 
 def slowflash_table(rounds: dict) -> list[str]:
