@@ -131,7 +131,8 @@ class Gateway(Handler):
         st = cfg.storage
         self.disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         self.hub = LocalHub(
-            self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children
+            self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children,
+            clock=self.clock,
         )
         self.hub.route_allows_call = lambda caller, target: self.routes.allows_call(caller, target)
         self.uplink: Uplink | None = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -51,8 +50,11 @@ class LocalHub:
         server: ChildServer,
         prefix: str,
         children: Callable[[], Mapping[str, Child]],
-        clock: Callable[[], float] = time.time,
+        *,
+        clock: Callable[[], float],
     ) -> None:
+        # `clock` is the daemon's SteadyClock, and has no default: a C2D message's time to live
+        # measured on the wall clock would expire (or revive) it whenever NTP jumps the clock.
         self._server = server
         self._prefix = prefix
         self._children = children
