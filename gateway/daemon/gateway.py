@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -213,7 +212,7 @@ class Gateway(Handler):
             self._notifier.notify("READY=1")
             return
         live, restart = reload_rules.split_live(reload_rules.changed_keys(self.config, new))
-        old, self.config = self.config, new
+        self.config = reload_rules.running_config(self.config, new)
         log.set_level(new.log.level)
         if not self.settings.settings.ttl_secs:
             self.ingest.ttl_secs = new.storage.time_to_live_secs
@@ -221,11 +220,6 @@ class Gateway(Handler):
         if any(key.startswith("cloud.") for key in live):
             await self._stop_uplink()
             self._start_uplink(new.cloud)
-        if restart:  # keep what is bound to the running process until a restart
-            self.config = dataclasses.replace(
-                new, gateway=old.gateway, listen=old.listen, control=old.control,
-                storage=dataclasses.replace(old.storage, **{
-                    k: getattr(new.storage, k) for k in reload_rules.LIVE_STORAGE_KEYS}))
         event(
             Event.CONFIG_RELOADED,
             f"reload: applied {', '.join(live) or 'nothing (no live change)'}"
