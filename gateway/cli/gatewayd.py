@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         event(Event.CONFIG_ERROR, f"gatewayd: {exc.message}", level=40)
         return exc.exit_code
     log.setup(config.log.level, config.gateway.id)
-    from gateway.daemon.gateway import Gateway  # heavy imports only once the config is known good
+    from gateway.daemon.gateway import run  # heavy imports only once the config is known good
 
     try:
-        return asyncio.run(Gateway(config).run())
+        return asyncio.run(run(config))
     except GatewayError as exc:
         event(Event.STORE_ERROR, f"gatewayd: {exc.message}", level=40)
         return exc.exit_code
