@@ -167,9 +167,6 @@ class Gateway:
                 await task
         await self.ingest.aclose()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _disk_full(self, reason: str) -> None:
         if self.exit_code == ballast.EX_TEMPFAIL:
             return  # already on the way out
