@@ -9,6 +9,7 @@ Versions only move forward, so a stale retained copy cannot undo a newer one.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from gateway.child.auth import Registry, parse_registry, registry_to_bytes
@@ -35,6 +36,7 @@ class RegistrySync:
         self._store = store
         self.registry = self._load()
         self.last_refusal = ""
+        self.received_at: float | None = None  # wall time of the cloud's last document, if any
 
     def _load(self) -> Registry:
         cached = self._store.get_meta(_META_REGISTRY)
@@ -52,6 +54,7 @@ class RegistrySync:
             return Registry.empty()
 
     def apply(self, data: bytes) -> RegistryChange:
+        self.received_at = time.time()  # applied or not: the cloud was heard from
         try:
             new = parse_registry(data)
         except RegistryError as exc:

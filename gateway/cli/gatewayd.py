@@ -34,10 +34,10 @@ def _serve(config_path: str) -> int:
         log.setup("info")  # before the configuration is known, the line still needs a logger
         raise
     log.setup(config.log.level, config.gateway.id)
-    from gateway.daemon.gateway import Gateway  # heavy imports only once the config is known good
+    from gateway.daemon.gateway import run  # heavy imports only once the config is known good
 
     try:
-        return asyncio.run(Gateway(config).run())
+        return asyncio.run(run(config))
     except KeyboardInterrupt:
         return 0
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -51,19 +50,29 @@ class LocalHub:
         server: ChildServer,
         prefix: str,
         children: Callable[[], Mapping[str, Child]],
-        clock: Callable[[], float] = time.time,
+        *,
+        clock: Callable[[], float],
+        uplink: Callable[[], Uplink | None],
+        route_allows_call: Callable[[str, str], bool] = lambda caller, target: False,
     ) -> None:
+        # `clock` is the daemon's SteadyClock, and has no default: a C2D message's time to live
+        # measured on the wall clock would expire (or revive) it whenever NTP jumps the clock.
+        # `uplink` answers the uplink in force at the moment of use: a reload replaces it.
         self._server = server
         self._prefix = prefix
         self._children = children
-        self.route_allows_call: Callable[[str, str], bool] | None = None  # set by routes
+        self._route_allows_call = route_allows_call
         self._clock = clock
+        self._uplink = uplink
         self.twins = TwinStore(store)
         self.devicebound = DeviceboundQueue(store)
         self.methods = MethodRouter(server)
-        self.uplink: Uplink | None = None
         self._deliveries: dict[str, _Delivery] = {}
         self.dropped_unknown = 0
+
+    @property
+    def uplink(self) -> Uplink | None:
+        return self._uplink()
 
     # -- from children -----------------------------------------------------------------------
 
@@ -107,9 +116,7 @@ class LocalHub:
     def _may_call(self, caller: str, target: Child) -> bool:
         if caller in target.method_callers or "*" in target.method_callers:
             return True
-        return self.route_allows_call is not None and self.route_allows_call(
-            caller, target.device_id
-        )
+        return self._route_allows_call(caller, target.device_id)
 
     def _reported_patch(self, conn: ChildConnection, rid: str, payload: bytes) -> None:
         try:

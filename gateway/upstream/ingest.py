@@ -43,6 +43,8 @@ class Ingest:
         on_new: Callable[[], None] = lambda: None,
         cloud_online: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
+        on_disk_full: Callable[[str], None] = lambda reason: None,
+        after_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.outbox = outbox
         self.ttl_secs = ttl_secs
@@ -58,8 +60,8 @@ class Ingest:
         self.store_error = ""
         self.accepted = 0
         self.accepted_bytes = 0
-        self.on_disk_full: Callable[[str], None] = lambda reason: None
-        self.after_commit: Callable[[], None] = lambda: None
+        self._on_disk_full = on_disk_full  # the daemon restarts to reopen the store
+        self._after_commit = after_commit  # the disk guard: a fast ingest fills a disk quickly
         self._stopping = False
         self._last_commit = 0.0  # monotonic start of the previous commit
         self._task: asyncio.Task | None = None
@@ -136,12 +138,12 @@ class Ingest:
             self.outbox.commit_failed(commit)
             self._store_failed(str(exc))
             if ballast.is_disk_full(str(exc)):
-                self.on_disk_full(str(exc))
+                self._on_disk_full(str(exc))
                 return
             await asyncio.sleep(STORE_RETRY_SECS)
             return
         self.outbox.commit_end(commit)
-        self.after_commit()
+        self._after_commit()
         if self.store_error:
             self.store_error = ""
             event(Event.STORE_ERROR, "store: writes succeed again")

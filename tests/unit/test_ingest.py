@@ -37,8 +37,8 @@ class Harness:
         self.committed = asyncio.Event()
         self.ingest = Ingest(self.outbox, ttl_secs=600, commit_interval_ms=interval_ms,
                              commit_max=commit_max, on_new=self._new,
-                             cloud_online=lambda: self.online, clock=clock)
-        self.ingest.after_commit = self._commit_done
+                             cloud_online=lambda: self.online, clock=clock,
+                             after_commit=self._commit_done)
 
     def _new(self) -> None:
         self.news += 1
