@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report, scenarios
+from bench import report, scenarios, slowflash
 from bench.systems import thingsboard_gateway
 from tests.support.blockdev import LoopFilesystem
 
@@ -31,11 +31,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--outage", type=int, help="messages in the outage (default 1,000,000)")
     run.add_argument("--startup", type=int, nargs="*",
                      help="stored backlogs to start with (default 10^4 10^5 10^6)")
-    run.add_argument("--scenarios", nargs="*", default=["relay", "outage", "wear", "startup"])
+    run.add_argument("--scenarios", nargs="*",
+                     default=["relay", "outage", "wear", "startup", "slowflash"])
     run.add_argument("--relay", type=int, help="messages per relay run (default 20,000)")
     run.add_argument("--systems", nargs="*", help="only these systems (default: all installed)")
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
+    run.add_argument("--flush-ms", type=int, nargs="*",
+                     help="slow-flash delays per fsync in ms (default 0 5 20 50)")
+    run.add_argument("--storms", nargs="*", choices=slowflash.STORMS,
+                     help="slow-flash storms (default twin routed none)")
+    run.add_argument("--slowflash-secs", type=float, help="seconds of each slow-flash phase (6)")
     run.add_argument("--out", type=Path, default=Path("bench-results"))
     again = sub.add_parser("report", help="write report.md and the plots again from report.json")
     again.add_argument("dirs", type=Path, nargs="+", help="result directories to merge")
@@ -53,7 +59,7 @@ def merged(dirs: list[Path]) -> dict:
                 out[key] = value
             else:
                 out.setdefault(key, value)
-    for key in ("relay", "outage", "wear", "startup"):
+    for key in ("relay", "outage", "wear", "startup", "slowflash"):
         out.setdefault(key, {})
     return out
 
@@ -68,6 +74,9 @@ def sizes(args: argparse.Namespace) -> dict:
         "wear": 2000 if quick else 200_000,
         "wear_rate_secs": args.wear_secs or (2 if quick else 20),
         "startup": args.startup or ([1000] if quick else [10_000, 100_000, 1_000_000]),
+        "flush_ms": args.flush_ms or list(slowflash.FLUSH_MS),
+        "storms": args.storms or list(slowflash.STORMS),
+        "slowflash_secs": args.slowflash_secs or (3 if quick else 6),
     }
 
 
@@ -95,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = sizes(args)
     work = Path(tempfile.mkdtemp(prefix="gwbench"))
     rounds: dict = {"sizes": cfg, "machine": report.machine(), "relay": {}, "outage": {},
-                    "wear": {}, "startup": {}}
+                    "wear": {}, "startup": {}, "slowflash": {}}
     for r in range(cfg["rounds"]):
         if "relay" in args.scenarios:
             for n in cfg["children"]:
@@ -123,6 +132,13 @@ def run(args: argparse.Namespace) -> dict:
                     rounds["wear"].setdefault(label, {}).setdefault(kind, []).append(figures)
                     print(f"round {r} wear {label} {kind}: {report.short(figures)}",
                           flush=True)
+        if "slowflash" in args.scenarios:
+            for ms, storm, link in slowflash.runs(cfg["flush_ms"], cfg["storms"]):
+                name = slowflash.label(storm, link)
+                figures = attempt(slowflash.slow_flash, work / f"slowflash{r}-{ms}-{name}", ms,
+                                  storm, link, cfg["slowflash_secs"])
+                rounds["slowflash"].setdefault(str(ms), {}).setdefault(name, []).append(figures)
+                print(f"round {r} slowflash {ms} ms {name}: {report.short(figures)}", flush=True)
     if "startup" in args.scenarios:
         for count in cfg["startup"]:
             for _ in range(cfg["rounds"]):

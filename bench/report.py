@@ -94,6 +94,8 @@ def table(rounds: dict) -> str:
                            f"| {_f(median(runs, 'wear_drain'))} | {_f(flushes)} "
                            f"| {_f(median(runs, 'flushes_per_sec_drain'))} |")
         out.append("")
+    if rounds.get("slowflash"):
+        out += slowflash_table(rounds)
     if rounds["startup"]:
         out += ["### Start-up to READY with a stored backlog (gatewayd, cloud unreachable)", "",
                 "| stored messages | start-up s | µs per stored message | peak RSS MiB |",
@@ -104,6 +106,43 @@ def table(rounds: dict) -> str:
                        f"| {_f(median(runs, 'peak_rss_mib'))} |")
         out.append("")
     return "\n".join(out)
+
+
+def _ms(runs: list[dict], key: str) -> str:
+    """A latency percentile; "never" when a median run had that share of PUBACKs missing."""
+    values = [r.get(key) for r in runs if "error" not in r]
+    if not values:
+        return "–"
+    finite = sorted(v for v in values if v is not None)
+    if len(finite) * 2 <= len(values):
+        return "never"
+    value = statistics.median(finite)
+    return f"{value:.0f}" if value >= 100 else _f(value)
+
+
+def slowflash_table(rounds: dict) -> list[str]:
+    """Issue 13: the bystander's PUBACKs while another child storms, per flush latency."""
+    secs = rounds["sizes"].get("slowflash_secs")
+    out = [f"### Slow flash: bystander A at 100 msg/s for {secs} s while child B storms", "",
+           "| flush ms | storm | link | A PUBACKs kept | A p50 ms | A p99 ms | B served /s "
+           "| flushes/s | device B / payload B |", "|---|---|---|---|---|---|---|---|---|"]
+    for ms, labels in rounds["slowflash"].items():
+        for name, runs in labels.items():
+            storm, link = name.rsplit("-", 1)
+            errors = [r["error"] for r in runs if "error" in r]
+            if len(errors) == len(runs):
+                out.append(f"| {ms} | {storm} | {link} | error: {errors[0][:80]} "
+                           f"| | | | | |")
+                continue
+            kept = median(runs, "bystander_acked")
+            sent = median(runs, "bystander_sent")
+            out.append(f"| {ms} | {storm} | {link} | {_f(kept, 4)}/{_f(sent, 4)} "
+                       f"| {_ms(runs, 'bystander_p50_ms')} | {_ms(runs, 'bystander_p99_ms')} "
+                       f"| {_f(median(runs, 'storm_per_sec'), 4) if storm != 'none' else '–'} "
+                       f"| {_f(median(runs, 'flushes_per_sec'))} "
+                       f"| {_f(median(runs, 'device_per_payload_byte'))} |")
+    out.append("")
+    return out
 
 
 def plots(rounds: dict, out: Path) -> None:
@@ -117,6 +156,8 @@ def plots(rounds: dict, out: Path) -> None:
     except ImportError:
         print("matplotlib not installed (pip install -e '.[bench]'): no plots")
         return
+    if rounds.get("slowflash"):
+        slowflash_plot(plt, rounds["slowflash"], out)
     runs = rounds["outage"].get("gatewayd") or []
     if runs:
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -158,3 +199,38 @@ def plots(rounds: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "wear.png", dpi=100)
         plt.close(fig)
+
+
+def slowflash_plot(plt, data: dict, out: Path) -> None:
+    """slowflash.png: the bystander's PUBACKs kept and its p99, against the flush latency.
+
+    A p99 that never came (more than 1% of PUBACKs missing) is drawn at the top of the axis."""
+    flush = sorted(data, key=int)
+    names = sorted({n for v in data.values() for n in v})
+    fig, (kept_ax, p99_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    never = 10_000.0
+    for name in names:
+        xs = [int(ms) for ms in flush if data[ms].get(name)]
+        runs = [data[ms][name] for ms in flush if data[ms].get(name)]
+        kept = [(median(r, "bystander_acked") or 0) / (median(r, "bystander_sent") or 1) * 100
+                for r in runs]
+        p99 = []
+        for r in runs:
+            text = _ms(r, "bystander_p99_ms")
+            p99.append(never if text == "never" else median(r, "bystander_p99_ms") or never)
+        kept_ax.plot(xs, kept, marker="o", label=name)
+        p99_ax.plot(xs, p99, marker="o", label=name)
+    kept_ax.set_xlabel("added latency per flush, ms")
+    kept_ax.set_ylabel("bystander PUBACKs kept, %")
+    kept_ax.set_ylim(0, 105)
+    p99_ax.set_xlabel("added latency per flush, ms")
+    p99_ax.set_ylabel("bystander PUBACK p99, ms (top: never)")
+    p99_ax.set_yscale("log")
+    p99_ax.set_ylim(1, never * 1.5)
+    for bound, style in ((50, ":"), (300, "--")):
+        p99_ax.axhline(bound, color="grey", linestyle=style, linewidth=0.8)
+    kept_ax.legend(fontsize=7)
+    fig.suptitle("bystander at 100 msg/s while child B storms (storm-link)")
+    fig.tight_layout()
+    fig.savefig(out / "slowflash.png", dpi=100)
+    plt.close(fig)

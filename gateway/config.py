@@ -148,11 +148,11 @@ class Config:
 # -- schema -----------------------------------------------------------------------------------
 
 
-class _Expected(Exception):
+class _Expected(ConfigError):
     """A converter's refusal: what the key should hold (the caller adds file, key and value)."""
 
 
-class _Problem(Exception):
+class _Problem(ConfigError):
     """A whole-file problem already phrased as `key: what is wrong` (the caller adds the file)."""
 
 

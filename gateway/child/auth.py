@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, unquote
 
-from gateway.errors import RegistryError
+from gateway.errors import PeerError, RegistryError
 
 ACCEPTED = 0
 BAD_CREDENTIALS = 4  # MQTT 3.1.1 CONNACK: bad user name or password
@@ -214,7 +214,7 @@ class AuthResult:
     method: str  # SAS, X509, or "none" when refused before the device was known
 
 
-class _Refused(Exception):
+class _Refused(PeerError):
     def __init__(self, return_code: int, reason: str) -> None:
         super().__init__(reason)
         self.return_code = return_code

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.errors import PeerError
 
-class TopicRefused(ValueError):
+
+class TopicRefused(PeerError):
     """The topic is outside what this device may use; the message says which rule."""
 
 

@@ -11,6 +11,7 @@ Versions only move forward, so a stale retained copy cannot undo a newer one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class RegistrySync:
         self.submit = submit
         self.registry = self._load()
         self.last_refusal = ""
+        self.received_at: float | None = None  # wall time of the cloud's last document, if any
 
     def _load(self) -> Registry:
         cached = self._store.get_meta(_META_REGISTRY)
@@ -59,6 +61,7 @@ class RegistrySync:
     def apply(self, data: bytes, then: Callable[[], None] | None = None) -> RegistryChange:
         """Apply a document from the cloud; `then` runs once an applied one is cached durably
         (at once for one refused or unchanged)."""
+        self.received_at = time.time()  # applied or not: the cloud was heard from
         then = then or (lambda: None)
         try:
             new = parse_registry(data)

@@ -1,15 +1,15 @@
-"""The child-facing MQTT 3.1.1 listeners: connections, CONNECT/auth, keepalive, PUBACK order.
+"""The child-facing MQTT 3.1.1 listeners: the I/O around each child's session, and the table.
 
-The protocol lives in codec.py (bytes in, packets out); this module is the I/O around it and the
-per-connection rules: the first packet is CONNECT within a deadline, a second connection with the
-same client id takes over, answers (PUBACKs, and replies such as twin responses) leave in the
-order their requests came in (MQTT-4.6.0-2) even though requests become safe out of order, and
-a peer that breaks the rules is closed with one journal line saying why.
+The session rules live in gateway/mqtt/session.py (bytes in, events out): CONNECT first and once,
+PUBACK order (MQTT-4.6.0-2), packet ids, keepalive. This module reads and writes the sockets,
+hands the session's events to the gateway's Handler, lets a second connection with the same
+client id take over, and closes a peer that breaks a rule with one journal line saying why.
 
 Back-pressure stays with the child that causes it: past `limits.max_outstanding_per_child`
 requests waiting for a commit or the cloud, or past its rate of twin updates or routed
 messages, the connection stops reading its socket (until half the bound is free, or the rate
-allows the next request), so the flood waits in that child's own TCP window.
+allows the next request), so the flood waits in that child's own TCP window. Output is written
+once per loop turn: a commit releases hundreds of answers at once.
 """
 
 from __future__ import annotations
@@ -19,49 +19,36 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
+from gateway.errors import PeerError
 from gateway.log import Event, event
-from gateway.mqtt import codec, topics
-from gateway.mqtt.codec import (
-    CONNACK_ACCEPTED,
-    CONNACK_UNAVAILABLE,
-    ConnAck,
-    Connect,
-    Disconnect,
-    PingReq,
-    PingResp,
-    PubAck,
-    Publish,
-    SubAck,
-    Subscribe,
-    UnsubAck,
-    Unsubscribe,
+from gateway.mqtt import codec
+from gateway.mqtt.codec import CONNACK_UNAVAILABLE, Connect, Publish
+from gateway.mqtt.session import (
+    NEED_DATA,
+    ChildSession,
+    Closed,
+    ConnectReceived,
+    DeliveryAcked,
+    PublishReceived,
+    Reply,
+    SubscribeReceived,
 )
 
 READ_CHUNK = 65536
-PACKET_OVERHEAD = 4096  # topic, property bag and header on top of the payload limit
-PRE_AUTH_MAX_BYTES = 8192  # a CONNECT with a SAS token or a will fits; nothing bigger before auth
 WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
 # Connections still in TLS handshake or waiting for CONNECT, on top of listen.max_connections.
 PREAUTH_SLACK = 64
-# The longest silence accepted, whatever the CONNECT says (keepalive 0 or up to 18 h): AWS IoT
-# Core caps keepalive at 1,200 s too. A dead peer behind a NAT is found within 1.5 x this.
-MAX_KEEPALIVE_SECS = 1200
-YIELD_EVERY = 16  # packets of one read handled before other connections get a turn
+YIELD_EVERY = 16  # requests of one read handled before other connections get a turn
 LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
 
 
-class Refusal(Exception):
+class Refusal(PeerError):
     """The peer broke a rule; the connection closes and `reason` goes to the journal."""
-
-
-class _Refused(Exception):
-    """CONNECT was answered with a refusal (already logged): close without another line."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +82,7 @@ class Handler:
 
 
 class ChildConnection:
-    """One child: the packet loop and the ordered PUBACK queue."""
+    """One child: a loop that reads, feeds the session, hands its events out and writes."""
 
     def __init__(
         self,
@@ -111,10 +98,12 @@ class ChildConnection:
         self.device_id = ""
         self.peer = _peer(writer)
         self.connected_at = time.time()
-        # Before authentication only a small packet is buffered: a stranger's declared length
-        # must not make us allocate or wait for megabytes.
-        self._decoder = codec.Decoder(PRE_AUTH_MAX_BYTES)
-        self._acks: deque[list] = deque()  # [packet_id or None, ready, replies]
+        self._session = ChildSession(
+            now=time.monotonic(),
+            connect_timeout=server.connect_timeout,
+            max_message_bytes=server.max_message_bytes,
+        )
+        self.close_reason = ""
         self.outstanding = 0  # requests held for a commit or the cloud
         self._room = asyncio.Event()  # cleared while outstanding is at the bound
         self._room.set()
@@ -122,50 +111,117 @@ class ChildConnection:
         limits = server.limits
         self.rates = ChildRates(limits.twin_updates_per_sec, limits.routed_messages_per_sec,
                                 time.monotonic())
-        self._keepalive = 0
-        self._closed = asyncio.Event()
-        self.close_reason = ""
-        self.received = 0
-        self.subscriptions: set[str] = set()
-        self._outgoing: dict[int, Callable[[], None] | None] = {}  # packet id -> on PUBACK
-        self._out: list[bytes] = []  # encoded packets not yet handed to the transport
+        self._out: list[bytes] = []  # bytes not yet handed to the transport
         self._out_bytes = 0
         self._flush_scheduled = False
-        self._next_id = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
         try:
-            await self._handshake()
-            await self._packet_loop()
+            await self._loop()
         except Refusal as exc:
+            self._session.close()
             self._log_refusal(str(exc))
-        except codec.UnsupportedProtocol as exc:
-            if not self.device_id:
-                self.send(ConnAck(False, exc.return_code))  # MQTT-3.1.2-2: CONNACK 1, close
-                self.flush()
-                with contextlib.suppress(Exception):
-                    await self._writer.drain()
-            self._log_refusal(f"protocol error: {exc.reason}")
-        except codec.ProtocolError as exc:
-            self._log_refusal(f"protocol error: {exc.reason}")
-        except (_Refused, ConnectionError, ssl.SSLError, TimeoutError):
+        except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
         finally:
             await self._finish()
+
+    async def _loop(self) -> None:
+        handled = 0
+        while True:
+            ev = self._session.next_event()
+            if ev is NEED_DATA:
+                handled = 0
+                await self._read_more()
+            elif isinstance(ev, Closed):
+                if ev.reason:
+                    self._log_refusal(ev.reason)
+                return
+            else:
+                self._dispatch(ev)
+                if isinstance(ev, PublishReceived):
+                    handled += 1
+                    await self._paced(handled)
+
+    async def _paced(self, handled: int) -> None:
+        """Before the next request: wait for room under the bound and for the child's rate,
+        and let the other connections have a turn now and then. Not reading is all it takes;
+        the kernel's window then holds the child's flood."""
+        if not self._room.is_set():
+            await self._room.wait()  # close() sets it too
+        if self._resume_at:
+            delay = self._resume_at - time.monotonic()
+            self._resume_at = 0.0
+            if delay > 0 and self._session.is_open:
+                await asyncio.sleep(delay)
+        elif handled % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # one read of small packets must not hog the loop
+
+    def slow_down(self, kind: str) -> None:
+        """Charge one request of `kind` to the child's rate; past it, pause its reading."""
+        wait = self.rates.charge(kind, time.monotonic())
+        if wait <= 0:
+            return
+        self._resume_at = max(self._resume_at, time.monotonic() + wait)
+        self._server.log_limited(
+            Event.CHILD_THROTTLED,
+            f"child {self.device_id}: over {self.rates.rate(kind):g} {kind} per second "
+            f"({CONFIG_KEY[kind]}); slowed down, not disconnected; check why it sends so much",
+            device_id=self.device_id,
+            cause=kind,
+        )
+
+    async def _read_more(self) -> None:
+        """The one place the loop decides to read the next chunk: a bound on the child's
+        outstanding work (the session's held_pubacks) belongs here, leaving a flood waiting in
+        that child's own TCP window."""
+        if self._unsent_bytes() > WRITE_BUFFER_MAX:
+            self.flush()
+            try:  # stop reading from a child that does not read what we send it
+                await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
+            except TimeoutError:
+                raise Refusal(
+                    f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
+                ) from None
+        timeout = self._session.read_timeout(time.monotonic())
+        try:
+            data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
+        except TimeoutError:
+            raise Refusal(self._session.expire().reason) from None
+        self._session.receive_data(data)
+
+    def _dispatch(self, ev: object) -> None:
+        if isinstance(ev, PublishReceived):
+            self._server.handler.on_publish(self, ev.publish)
+        elif isinstance(ev, Reply):
+            self._write(ev.data)
+        elif isinstance(ev, DeliveryAcked):
+            if ev.token is not None:
+                ev.token()
+        elif isinstance(ev, SubscribeReceived):
+            handler = self._server.handler
+            granted = tuple(handler.on_subscribe(self, t, q) for t, q in ev.subscribe.topics)
+            self._write(self._session.grant(ev.subscribe, granted))
+            handler.on_subscribed(self)
+        elif isinstance(ev, ConnectReceived):
+            self._connect(ev.connect)
+        else:  # PAUSED: a CONNECT left unanswered would spin this loop
+            raise codec.LocalProtocolError(f"the connection loop has no handling for {ev!r}")
 
     def close(self, reason: str) -> None:
         """Close from elsewhere (takeover, registry change, shutdown)."""
         if not self.close_reason:
             self.close_reason = reason
-        self._closed.set()
+        self._session.close()
         self._room.set()
         self.flush()
         self._writer.close()
 
     async def _finish(self) -> None:
-        self._closed.set()
+        self._session.close()
+        self._room.set()
         self._server._forget(self)
         with contextlib.suppress(Exception):
             self.flush()
@@ -190,23 +246,10 @@ class ChildConnection:
             device_id=self.device_id,
         )
 
-    # -- CONNECT -----------------------------------------------------------------------------
-
-    async def _handshake(self) -> None:
-        deadline = self._server.connect_timeout
-        try:
-            connect = await asyncio.wait_for(self._first_packet(), deadline)
-        except TimeoutError:
-            raise Refusal(f"no CONNECT within {deadline:g} s (listen.connect_timeout_secs)") \
-                from None
-        if not isinstance(connect, Connect):
-            raise Refusal(f"first packet was {type(connect).__name__}, not CONNECT")
-        if not connect.client_id:
-            self.send(ConnAck(False, codec.CONNACK_ID_REJECTED))
-            raise Refusal("empty client id: an IoT Hub device connects with its device id")
+    def _connect(self, connect: Connect) -> None:
         verdict = self._server.admit(self, connect)
         if not verdict.ok:
-            self.send(ConnAck(False, verdict.return_code))
+            self._write(self._session.refuse(verdict.return_code))
             self._server.log_limited(
                 Event.CHILD_REFUSED,
                 f"child {connect.client_id or '(no client id)'} from {self.peer}: refused "
@@ -214,144 +257,28 @@ class ChildConnection:
                 device_id=connect.client_id,
                 cause=verdict.reason.split(":")[0][:32],
             )
-            self.flush()
-            await self._writer.drain()
-            raise _Refused
+            return
         self.device_id = connect.client_id
-        self._keepalive = min(connect.keepalive or MAX_KEEPALIVE_SECS, MAX_KEEPALIVE_SECS)
-        self._decoder.max_packet_bytes = self._server.max_message_bytes + PACKET_OVERHEAD
-        self.send(ConnAck(False, CONNACK_ACCEPTED))
+        self._write(self._session.accept())
         event(
             Event.CHILD_CONNECTED,
             f"child {self.device_id}: connected from {self.peer} ({self.listener})",
             device_id=self.device_id,
         )
 
-    async def _first_packet(self) -> object:
-        while True:
-            data = await self._reader.read(READ_CHUNK)
-            if not data:
-                raise ConnectionResetError
-            packets = self._decoder.feed(data, max_packets=1)
-            if packets:
-                return packets[0]
-
-    # -- packets -----------------------------------------------------------------------------
-
-    async def _packet_loop(self) -> None:
-        for packet in self._decoder.feed(b""):  # what came right behind CONNECT
-            self._dispatch(packet)
-            await self._paced()
-        timeout = self._keepalive * 1.5
-        while not self._closed.is_set():
-            try:
-                data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                raise Refusal(
-                    f"keepalive expired: nothing received for {timeout:.0f} s"
-                ) from None
-            if not data:
-                return
-            for n, packet in enumerate(self._decoder.feed(data), 1):
-                self._dispatch(packet)
-                await self._paced()
-                if n % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # one read of small packets must not hog the loop
-            if self._unsent_bytes() > WRITE_BUFFER_MAX:
-                self.flush()
-                try:  # stop reading from a child that does not read what we send it
-                    await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
-                except TimeoutError:
-                    raise Refusal(
-                        f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
-                    ) from None
-
-    async def _paced(self) -> None:
-        """Before reading more: wait for room under the bound and for the child's rate. Not
-        reading is all it takes; the kernel's window then holds the child's flood."""
-        if self._room.is_set() and not self._resume_at:
-            return
-        await self._room.wait()  # close() sets it too
-        delay = self._resume_at - time.monotonic()
-        self._resume_at = 0.0
-        if delay > 0 and not self._closed.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), delay)
-
-    def slow_down(self, kind: str) -> None:
-        """Charge one request of `kind` to the child's rate; past it, pause its reading."""
-        wait = self.rates.charge(kind, time.monotonic())
-        if wait <= 0:
-            return
-        self._resume_at = max(self._resume_at, time.monotonic() + wait)
-        self._server.log_limited(
-            Event.CHILD_THROTTLED,
-            f"child {self.device_id}: over {self.rates.rate(kind):g} {kind} per second "
-            f"({CONFIG_KEY[kind]}); slowed down, not disconnected; check why it sends so much",
-            device_id=self.device_id,
-            cause=kind,
-        )
-
-    def _dispatch(self, packet: object) -> None:
-        if isinstance(packet, Publish):
-            self._on_publish(packet)
-        elif isinstance(packet, PingReq):
-            self.send(PingResp())
-        elif isinstance(packet, Subscribe):
-            self._on_subscribe(packet)
-        elif isinstance(packet, Unsubscribe):
-            self.subscriptions.difference_update(packet.topics)
-            self.send(UnsubAck(packet.packet_id))
-        elif isinstance(packet, PubAck):
-            self._on_puback(packet.packet_id)
-        elif isinstance(packet, Disconnect):
-            self.close_reason = ""
-            self._closed.set()
-        elif isinstance(packet, Connect):
-            raise Refusal("second CONNECT on one connection")
-        else:
-            raise Refusal(f"unexpected {type(packet).__name__} from a client")
-
-    def _on_publish(self, publish: Publish) -> None:
-        if publish.qos == 2:
-            raise Refusal("QoS 2 is not supported by the IoT Hub device API; use QoS 0 or 1")
-        if len(publish.payload) > self._server.max_message_bytes:
-            raise Refusal(
-                f"message of {len(publish.payload)} bytes is over the limit of "
-                f"{self._server.max_message_bytes} (listen.max_message_bytes)"
-            )
-        self.received += 1
-        self._server.handler.on_publish(self, publish)
-
-    def _on_subscribe(self, subscribe: Subscribe) -> None:
-        granted = tuple(
-            self._server.handler.on_subscribe(self, topic, qos) for topic, qos in subscribe.topics
-        )
-        self.subscriptions.update(topic for topic, _ in subscribe.topics)
-        self.send(SubAck(subscribe.packet_id, granted))
-        self._server.handler.on_subscribed(self)
-
-    def _on_puback(self, packet_id: int) -> None:
-        """A delivery is done. An ack for an id we never sent is ignored, as brokers do."""
-        on_acked = self._outgoing.pop(packet_id, None)
-        if on_acked is not None:
-            on_acked()
-
     # -- output ------------------------------------------------------------------------------
 
-    def send(self, packet: object) -> None:
-        """Queue a packet, written with the others of this loop turn in one socket write (a
-        commit releases hundreds of answers at once); a child whose unread output passes twice
-        WRITE_BUFFER_MAX in one read's worth of answers (the loop pauses at WRITE_BUFFER_MAX)
-        is closed at once."""
-        if self._writer.is_closing():
+    def _write(self, data: bytes) -> None:
+        """Queue bytes, written with the others of this loop turn in one socket write; a child
+        whose unread output passes twice WRITE_BUFFER_MAX in one read's worth of answers (the
+        loop pauses at WRITE_BUFFER_MAX) is closed at once."""
+        if not data or self._writer.is_closing():
             return
         if self._unsent_bytes() > 2 * WRITE_BUFFER_MAX:
             self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self.close(self.close_reason)
             self._writer.transport.abort()
             return
-        data = codec.encode(packet)
         self._out.append(data)
         self._out_bytes += len(data)
         if not self._flush_scheduled:
@@ -359,7 +286,8 @@ class ChildConnection:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write what send() queued; before a drain or a close, and once per loop turn."""
+        """Hand what _write() queued to the transport: once per loop turn, and before a drain
+        or a close."""
         self._flush_scheduled = False
         if not self._out:
             return
@@ -374,15 +302,23 @@ class ChildConnection:
 
     def subscribed(self, topic: str) -> bool:
         """Whether any of the child's filters matches `topic` (it asked to receive it)."""
-        return any(topics.matches(f, topic) for f in self.subscriptions)
+        return self._session.subscribed(topic)
+
+    @property
+    def subscriptions(self) -> set[str]:
+        return self._session.subscriptions
+
+    @property
+    def received(self) -> int:
+        return self._session.received
 
     @property
     def in_flight(self) -> int:
-        return len(self._outgoing)
+        return self._session.in_flight
 
     @property
     def is_open(self) -> bool:
-        return not self._closed.is_set() and not self._writer.is_closing()
+        return self._session.is_open and not self._writer.is_closing()
 
     def deliver(
         self,
@@ -393,46 +329,38 @@ class ChildConnection:
         dup: bool = False,
     ) -> None:
         """Send a PUBLISH to the child; with QoS 1, `on_acked` runs when its PUBACK arrives."""
-        if qos == 0:
-            self.send(Publish(topic, payload))
-            return
-        packet_id = self._new_packet_id()
-        self._outgoing[packet_id] = on_acked
-        self.send(Publish(topic, payload, qos=1, dup=dup, packet_id=packet_id))
-
-    def _new_packet_id(self) -> int:
-        for _ in range(65535):
-            self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self._outgoing:
-                return self._next_id
-        raise Refusal("65,535 deliveries unacknowledged; the child is not reading")
+        try:
+            self._write(self._session.deliver(topic, payload, qos, dup, on_acked))
+        except codec.ProtocolError as exc:
+            raise Refusal(exc.reason) from None
 
     def hold_puback(self, packet_id: int | None) -> Callable[..., None]:
         """Reserve this request's place in the answer order: its PUBACK (`packet_id`, None at
         QoS 0) and its replies leave behind every earlier request's. Call the result once the
         request is safe, with the replies to send first as (topic, payload) pairs."""
-        entry = [packet_id, False, ()]
-        self._acks.append(entry)
+        held = self._session.hold_puback(packet_id)
         self._hold()
+        done = False
 
         def release(*replies: tuple[str, bytes]) -> None:
-            if entry[1]:
+            nonlocal done
+            if done:
                 return
-            entry[1] = True
-            entry[2] = replies
+            done = True
             self._unhold()
-            self._flush_acks()
+            self._write(self._session.release(held, replies))
 
         return release
 
     def hold_work(self) -> Callable[[], None]:
         """Count work that waits for a commit but owes no answer (a QoS 0 message)."""
         self._hold()
-        done = [False]
+        done = False
 
         def release() -> None:
-            if not done[0]:
-                done[0] = True
+            nonlocal done
+            if not done:
+                done = True
                 self._unhold()
 
         return release
@@ -446,14 +374,6 @@ class ChildConnection:
         self.outstanding -= 1
         if self.outstanding <= self._server.limits.max_outstanding_per_child // 2:
             self._room.set()
-
-    def _flush_acks(self) -> None:
-        while self._acks and self._acks[0][1]:
-            packet_id, _, replies = self._acks.popleft()
-            for topic, payload in replies:
-                self.send(Publish(topic, payload))
-            if packet_id is not None:
-                self.send(PubAck(packet_id))
 
 
 class ChildServer:

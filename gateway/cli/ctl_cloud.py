@@ -21,6 +21,7 @@ from gateway.cli.operator import (
     CloudSession,
     CloudTarget,
     OperatorError,
+    OperatorUsageError,
     add_children,
     change_children,
     check_new_children,
@@ -51,7 +52,7 @@ def _session(args: argparse.Namespace) -> CloudSession:
         cloud = config.cloud
         hub = config.gateway.hub_hostname
         if not cloud.enabled and not args.cloud:
-            raise OperatorError(f"{args.config} has no cloud.url; give --cloud", 64)
+            raise OperatorUsageError(f"{args.config} has no cloud.url; give --cloud")
         target = CloudTarget(
             cloud.host, cloud.port, cloud.tls, cloud.prefix, cloud.username, cloud.password,
             str(cloud.ca_file) if cloud.ca_file else None)
@@ -60,7 +61,7 @@ def _session(args: argparse.Namespace) -> CloudSession:
     elif args.cloud:
         target = CloudTarget.from_url(args.cloud)
     else:
-        raise OperatorError("say where the cloud broker is: --cloud URL or --config FILE", 64)
+        raise OperatorUsageError("say where the cloud broker is: --cloud URL or --config FILE")
     over = {k: getattr(args, k) for k in ("username", "password", "ca_file", "prefix")
             if getattr(args, k) is not None}
     if over:
@@ -82,7 +83,7 @@ def _json_arg(text: str, what: str) -> object:
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise OperatorError(f"{what}: not valid JSON ({exc})", 64) from None
+        raise OperatorUsageError(f"{what}: not valid JSON ({exc})") from None
 
 
 # -- children ------------------------------------------------------------------------------------
@@ -92,8 +93,8 @@ def _children_add(args: argparse.Namespace) -> int:
     with _Session(args) as cloud:
         hub = args.hub_hostname or args.hub_from_config
         if not hub and not args.x509_thumbprint:
-            raise OperatorError("--hub-hostname is needed for the connection strings (the "
-                                "gateway's gateway.hub_hostname), or use --config", 64)
+            raise OperatorUsageError("--hub-hostname is needed for the connection strings (the "
+                                     "gateway's gateway.hub_hostname), or use --config")
         registries, gateways = cloud.gateways()
         check_new_children(args.gateway, args.devices, registries, gateways)
         doc = registries.get(args.gateway) or empty_registry()
@@ -165,7 +166,7 @@ def _twin_show(args: argparse.Namespace) -> int:
 def _twin_set(args: argparse.Namespace) -> int:
     patch = _json_arg(args.desired, "--desired")
     if not isinstance(patch, dict):
-        raise OperatorError("--desired: expected a JSON object", 64)
+        raise OperatorUsageError("--desired: expected a JSON object")
     with _Session(args) as cloud:
         topic = contract.device_twin_topic(cloud.prefix, args.device, "desired")
         new = merge_desired(cloud.read_json(topic), patch)
@@ -211,7 +212,7 @@ def _send(args: argparse.Namespace) -> int:
     for item in args.property or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise OperatorError(f"--property: expected key=value, got {item!r}", 64)
+            raise OperatorUsageError(f"--property: expected key=value, got {item!r}")
         props.append((key, value))
     with _Session(args) as cloud:
         cloud.send(args.device, args.payload.encode(), props, args.ttl)

@@ -14,16 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.cli import ctl_cloud
+from gateway.cli import ctl_cloud, exits
 from gateway.config import load_config
 from gateway.daemon.control import request
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UnavailableError
 
 DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.toml"
-
-
-class _Unreachable(GatewayError):
-    exit_code = 69  # EX_UNAVAILABLE
 
 
 def _ask(config_path: str, cmd: str, *cmd_args: str) -> dict:
@@ -31,7 +27,7 @@ def _ask(config_path: str, cmd: str, *cmd_args: str) -> dict:
     try:
         answer = request(Path(config.control.socket), cmd, *cmd_args)
     except OSError as exc:
-        raise _Unreachable(
+        raise UnavailableError(
             f"cannot reach gatewayd at {config.control.socket}: {exc.strerror or exc}; "
             f"is the service running (systemctl status gatewayd) and are you root or in its group?"
         ) from None
@@ -168,11 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     dlq.set_defaults(func=_dlq)
     ctl_cloud.add_commands(sub)
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except GatewayError as exc:
-        print(f"gatewayctl: {exc.message}", file=sys.stderr)
-        return exc.exit_code
+    return exits.run("gatewayctl", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from gateway import log
+from gateway.cli import exits
 from gateway.config import load_config
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.log import Event, event
 
 DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.toml"
@@ -22,23 +24,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gatewayd", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="TOML configuration file")
     args = parser.parse_args(argv)
+    return exits.run("gatewayd", lambda: _serve(args.config), _journal)
+
+
+def _serve(config_path: str) -> int:
     try:
-        config = load_config(args.config)
-    except GatewayError as exc:
-        log.setup("info")
-        event(Event.CONFIG_ERROR, f"gatewayd: {exc.message}", level=40)
-        return exc.exit_code
+        config = load_config(config_path)
+    except GatewayError:
+        log.setup("info")  # before the configuration is known, the line still needs a logger
+        raise
     log.setup(config.log.level, config.gateway.id)
-    from gateway.daemon.gateway import Gateway  # heavy imports only once the config is known good
+    from gateway.daemon.gateway import run  # heavy imports only once the config is known good
 
     try:
-        return asyncio.run(Gateway(config).run())
-    except GatewayError as exc:
-        event(Event.STORE_ERROR, f"gatewayd: {exc.message}", level=40)
-        return exc.exit_code
+        return asyncio.run(run(config))
     except KeyboardInterrupt:
         return 0
-    return 0
+
+
+def _journal(exc: GatewayError, line: str) -> None:
+    """The daemon's last line goes to the journal, numbered by what went wrong."""
+    kind = Event.CONFIG_ERROR if isinstance(exc, ConfigError) else Event.STORE_ERROR
+    event(kind, line, level=logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -25,20 +25,25 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.child.auth import normalize_thumbprint, parse_registry
-from gateway.errors import GatewayError, RegistryError
+from gateway.errors import EX_UNAVAILABLE, EX_USAGE, GatewayError, RegistryError
 from gateway.hub.settings import MAX_TTL_SECS
 from gateway.upstream import cloud_contract as contract
 
-EX_UNAVAILABLE = 69
-
 
 class OperatorError(GatewayError):
-    """A refused or failed operator command; the message is the one line to print."""
+    """A refused operator command; the message is the one line to print."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
+
+class OperatorUsageError(OperatorError):
+    """A flag of the command is wrong; nothing was sent."""
+
+    exit_code = EX_USAGE
+
+
+class CloudUnavailable(OperatorError):
+    """The cloud broker cannot be reached or does not answer; nothing was changed by us."""
+
+    exit_code = EX_UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,8 @@ class CloudTarget:
     def from_url(url: str, **kwargs) -> CloudTarget:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise OperatorError(f"--cloud: expected mqtt://host[:port] or mqtts://host[:port], "
-                                f"got {url!r}", 64)
+            raise OperatorUsageError(
+                f"--cloud: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
         tls = parts.scheme == "mqtts"
         return CloudTarget(parts.hostname, parts.port or (8883 if tls else 1883), tls, **kwargs)
 
@@ -155,7 +160,7 @@ def merge_desired(doc: dict | None, patch: dict) -> dict:
 
 def set_ttl(doc: dict | None, ttl: int) -> dict:
     if isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECS:
-        raise OperatorError(f"--ttl: expected 1..{MAX_TTL_SECS} seconds, got {ttl}", 64)
+        raise OperatorUsageError(f"--ttl: expected 1..{MAX_TTL_SECS} seconds, got {ttl}")
     new = dict(doc or {"schemaVersion": "1.0", "routes": {}})
     new.setdefault("schemaVersion", "1.0")
     section = dict(new.get("storeAndForwardConfiguration") or {})
@@ -194,17 +199,16 @@ class CloudSession:
         try:
             self.client.connect(target.host, target.port, keepalive=30)
         except (OSError, ssl.SSLError) as exc:
-            raise OperatorError(f"cannot reach the cloud broker at {where}: {exc}",
-                                EX_UNAVAILABLE) from None
+            raise CloudUnavailable(f"cannot reach the cloud broker at {where}: {exc}") from None
         self.client.loop_start()
         if not self._wait(lambda: self._connack is not None):
             self.close()
-            raise OperatorError(f"no answer from the cloud broker at {where}", EX_UNAVAILABLE)
+            raise CloudUnavailable(f"no answer from the cloud broker at {where}")
         if self._connack != 0:
             self.close()
             code = mqtt.ReasonCode(PacketTypes.CONNACK, identifier=self._connack)
-            raise OperatorError(f"the cloud broker at {where} refused the connection ({code}); "
-                                f"check --username/--password", EX_UNAVAILABLE)
+            raise CloudUnavailable(f"the cloud broker at {where} refused the connection ({code}); "
+                                   f"check --username/--password")
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._cond:
@@ -230,7 +234,7 @@ class CloudSession:
             want = self._subacks + 1
         self.client.subscribe([(f, 1) for f in filters])
         if not self._wait(lambda: self._subacks >= want):
-            raise OperatorError("the cloud broker did not answer a SUBSCRIBE", EX_UNAVAILABLE)
+            raise CloudUnavailable("the cloud broker did not answer a SUBSCRIBE")
 
     def read_retained(self, filters: list[str]) -> dict[str, bytes]:
         """Every retained document under the filters: a probe published after the SUBSCRIBE
@@ -241,8 +245,7 @@ class CloudSession:
         self.client.publish(probe, token, qos=1)
         if not self._wait(lambda: any(m.topic == probe and m.payload == token
                                       for m in self._messages)):
-            raise OperatorError("the cloud broker did not deliver the read probe",
-                                EX_UNAVAILABLE)
+            raise CloudUnavailable("the cloud broker did not deliver the read probe")
         with self._cond:
             got = {m.topic: m.payload for m in self._messages if m.topic != probe and m.retain}
         self.client.unsubscribe([*filters, probe])
@@ -264,7 +267,7 @@ class CloudSession:
         info = self.client.publish(topic, json.dumps(doc), qos=1, retain=True)
         info.wait_for_publish(self.timeout)
         if not info.is_published():
-            raise OperatorError(f"the cloud broker did not acknowledge {topic}", EX_UNAVAILABLE)
+            raise CloudUnavailable(f"the cloud broker did not acknowledge {topic}")
 
     def gateways(self) -> tuple[dict[str, dict], set[str]]:
         """All registries by gateway id, and every id known to be a gateway."""
@@ -316,8 +319,7 @@ class CloudSession:
                                    qos=1, properties=props)
         info.wait_for_publish(self.timeout)
         if not info.is_published():
-            raise OperatorError("the cloud broker did not acknowledge the message",
-                                EX_UNAVAILABLE)
+            raise CloudUnavailable("the cloud broker did not acknowledge the message")
 
     def close(self) -> None:
         self.client.disconnect()

@@ -1,103 +1,186 @@
-"""The daemon: wiring of the modules, sd_notify, watchdog, signals, periodic housekeeping.
+"""The daemon: the wiring of the modules and the lifecycle around them.
 
 Start-up order is the promise order: the store opens (or the daemon exits with one line saying
 why), the registry cache loads, the listeners bind, and only then READY=1 goes to systemd. Stop
 order is the reverse: listeners close, the commit under way finishes, the rest is committed and
 RocksDB is closed cleanly, all inside TimeoutStopSec.
+
+Every object is built in `Gateway.__init__` with what it needs passed to its constructor, in
+the order of the data flow. Two cycles cannot be closed by constructors, and are closed there
+and nowhere else: the uplink (made once everything it calls back into exists, absent without a
+cloud, replaced on reload) lives in an `UplinkSlot` that the others are given instead; and the
+child server takes its handler at construction while the local hub needs the server, so the
+handler is given the hub (`bind_hub`) right after both exist, before anything is started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
+import functools
 import logging
-import os
 import signal
 import ssl
 import threading
-import time
-from collections.abc import Callable
 
-import psutil
 import sdnotify
 
 from gateway import log
-from gateway.child import auth, dialect, limits
+from gateway.child.handler import ChildHandler
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
-from gateway.child.server import ChildConnection, ChildServer, Handler, Refusal, Verdict
+from gateway.child.server import ChildServer
 from gateway.clock import SteadyClock
 from gateway.config import load_config
 from gateway.daemon import reload as reload_rules
+from gateway.daemon.cloud_inbox import CloudInbox, ttl_in_force
 from gateway.daemon.control import ControlServer
+from gateway.daemon.dead_letter_command import dead_letter_command
+from gateway.daemon.housekeeping import DiskPolicy, Housekeeping
 from gateway.daemon.metrics import MetricsServer
-from gateway.daemon.rates import Rates, Sample, projections
-from gateway.errors import GatewayError
+from gateway.daemon.rates import Rates
+from gateway.daemon.reported_twin import ReportedTwin
+from gateway.daemon.status import Endpoints, Status
+from gateway.daemon.uplink_slot import UplinkSlot
+from gateway.errors import EX_TEMPFAIL, GatewayError
 from gateway.hub.local_hub import LocalHub
-from gateway.hub.routes import MessageView, check_routes, parse_routes
+from gateway.hub.router import Router
+from gateway.hub.routes import check_routes
 from gateway.hub.settings import SettingsSync
 from gateway.log import Event, event
-from gateway.mqtt.codec import Connect, Publish
 from gateway.storage import ballast
 from gateway.storage.disk_guard import DiskGuard
-from gateway.storage.salvage import open_or_salvage
+from gateway.storage.salvage import SalvageReport, open_or_salvage
+from gateway.storage.store import Store
 from gateway.storage.writer import Writer
-from gateway.upstream import cloud_contract as contract
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
 from gateway.upstream.resolver import CloudResolver
-from gateway.upstream.uplink import CloudMessage, Uplink
-
-HOUSEKEEPING_SECS = 1.0
-EXPIRY_SWEEP_SECS = 1.0
-EXPIRY_LOG_SECS = 60.0
-SUMMARY_SECS = 3600.0
-REPORTED_TWIN_SECS = 60.0
-RECLAIM_SECS = 2.0
+from gateway.upstream.uplink import Uplink
 
 
-class Gateway(Handler):
-    """One running gateway: every long-lived object, and the Handler the child server calls."""
+async def run(config) -> int:
+    """Returns the exit status: 0, or EX_TEMPFAIL after a full disk (systemd restarts)."""
+    store, salvage = open_or_salvage(config.storage.path)
+    problem = ballast.ensure(config.storage.path, config.storage.reserve_bytes)
+    if problem:
+        event(Event.DISK_FULL, f"storage: {problem}", level=logging.WARNING)
+    try:
+        gateway = Gateway(config, store, salvage)
+        await gateway.serve()
+    finally:
+        try:  # its WAL sync must not run on the loop's thread either
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+        except Exception as exc:  # after ENOSPC RocksDB cannot even close; the log is safe
+            event(Event.STORE_ERROR, f"store: close failed ({exc}); its log holds every "
+                                     f"acknowledged message", level=logging.ERROR)
+    event(Event.STOPPED, "gatewayd stopped; every accepted message is on disk or delivered")
+    return gateway.exit_code
 
-    def __init__(self, config) -> None:
+
+class Gateway:
+    """One running gateway: its long-lived objects, wired, and the lifecycle that runs them."""
+
+    def __init__(self, config, store: Store, salvage: SalvageReport | None) -> None:
+        cfg, st = config, config.storage
         self.config = config
-        self.started = time.time()
+        self.exit_code = 0
         self._stop = asyncio.Event()
         self._notifier = sdnotify.SystemdNotifier()
-        self._process = psutil.Process()
-        self._io_at_start = _write_bytes(self._process)
-        self.bound: list[tuple[str, int]] = []
-        self._expired_logged = 0
-        self._expired_logged_at = -EXPIRY_LOG_SECS
-        self._registry_synced_at: float | None = None
-        self.rates = Rates()
-        self._reclaimed_at = 0.0
+        self._store = store
+        self._clock = clock = SteadyClock()  # TTL, SAS and trust expiry: immune to clock jumps
+        self.uplink = UplinkSlot()  # filled by _start_uplink, emptied by its stop
+        self._registry = registry = RegistrySync(store)
+
+        def children():
+            return registry.registry.children
+
+        trust = OfflineTrust(store, cfg.auth.offline_trust_secs, clock)
+        audit = AuditLog(store)
+        settings = SettingsSync(store, check_routes)
+        router = Router(settings.settings.routes, children)
+        self.outbox = outbox = Outbox(store)
+        self.writer = writer = Writer(
+            store, outbox, commit_interval_ms=st.commit_interval_ms,
+            commit_max=st.commit_max_messages, cloud_online=self.uplink.online, clock=clock,
+        )
+        registry.submit = settings.submit = writer.submit  # both made before the outbox
+        disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
+        disk_policy = DiskPolicy(disk, outbox, store, writer)
+        writer.on_disk_full = self._disk_full
+        writer.after_commit = disk_policy.check
+        self.ingest = ingest = Ingest(
+            outbox, writer, clock=clock, ttl_secs=ttl_in_force(settings, st.time_to_live_secs),
+            on_new=self.uplink.wake,
+        )
+        handler = ChildHandler(
+            registry=registry, hub_hostname=cfg.gateway.hub_hostname, clock=clock, trust=trust,
+            audit=audit, cloud_online=self.uplink.online, disk=disk, ingest=ingest, router=router,
+        )
+        self.server = server = ChildServer(cfg.listen, handler, cfg.limits)
+        hub = LocalHub(store, server, cfg.cloud.prefix, children, clock=clock,
+                       uplink=self.uplink.get, route_allows_call=router.allows_call,
+                       submit=writer.submit)
+        handler.bind_hub(hub)
+        reported = ReportedTwin(gateway_id=cfg.gateway.id, settings=settings, registry=registry,
+                                ingest=ingest, outbox=outbox, server=server, uplink=self.uplink)
+        self.inbox = CloudInbox(
+            gateway_id=cfg.gateway.id, file_ttl_secs=st.time_to_live_secs, registry=registry,
+            trust=trust, settings=settings, router=router, ingest=ingest, hub=hub, server=server,
+            uplink=self.uplink, reported=reported,
+        )
+        rates = Rates()
+        self.endpoints = Endpoints()
+        self.status = Status(
+            gateway_id=cfg.gateway.id, storage_path=st.path, endpoints=self.endpoints,
+            server=server, registry=registry, settings=settings, router=router, ingest=ingest,
+            outbox=outbox, salvage=salvage, disk=disk, trust=trust, audit=audit, hub=hub,
+            uplink=self.uplink, rates=rates, writer=writer, store=store,
+        )
+        self.housekeeping = Housekeeping(
+            gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,
+            status_line=self.status.line, outbox=outbox, ingest=ingest, hub=hub,
+            disk=disk_policy, rates=rates, trust=trust, audit=audit, reported=reported,
+            uplink=self.uplink,
+        )
+        dead_letters = functools.partial(dead_letter_command, outbox, ingest)
+        self.control = ControlServer(cfg.control.socket,
+                                     {"status": self.status.report, "dlq": dead_letters})
+        self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status.report)
 
     # -- start and stop ----------------------------------------------------------------------
 
-    async def run(self) -> int:
-        """Returns the exit status: 0, or EX_TEMPFAIL after a full disk (systemd restarts)."""
+    async def serve(self) -> None:
         cfg = self.config
-        self.exit_code = 0
-        self.store, self.salvage = open_or_salvage(cfg.storage.path)
-        problem = ballast.ensure(cfg.storage.path, cfg.storage.reserve_bytes)
-        if problem:
-            event(Event.DISK_FULL, f"storage: {problem}", level=logging.WARNING)
-        try:
-            await self._run_open()
-        finally:
-            try:  # its WAL sync must not run on the loop's thread either
-                await asyncio.get_running_loop().run_in_executor(None, self.store.close)
-            except Exception as exc:  # after ENOSPC RocksDB cannot even close; the log is safe
-                event(Event.STORE_ERROR, f"store: close failed ({exc}); its log holds every "
-                                         f"acknowledged message", level=logging.ERROR)
-        event(Event.STOPPED, "gatewayd stopped; every accepted message is on disk or delivered")
-        return self.exit_code
+        # From here on the loop serves: nothing on its thread may wait for an fsync
+        self._store.forbid_sync_on(threading.current_thread())
+        self.endpoints.listeners = await self.server.start(_server_tls(cfg.listen))
+        await self.control.start()
+        await self.metrics.start()
+        self.endpoints.metrics = self.metrics.bound
+        self.writer.start()
+        tasks = [asyncio.create_task(self.housekeeping.run(), name="housekeeping")]
+        self._start_uplink(cfg.cloud)
+        self._install_signals()
+        self._started_event()
+        self._notifier.notify("READY=1\nSTATUS=" + self.status.line())
+        await self._stop.wait()
+        self._notifier.notify("STOPPING=1")
+        await self.server.close()
+        await self.control.close()
+        await self.metrics.close()
+        await self.uplink.detach()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.writer.aclose()
+        if not ballast.is_disk_full(self.writer.store_error):  # else RocksDB refuses writes
+            self.outbox.flush_deletes()
 
     def _disk_full(self, reason: str) -> None:
-        if self.exit_code == ballast.EX_TEMPFAIL:
+        if self.exit_code == EX_TEMPFAIL:
             return  # already on the way out
         released = ballast.release(self.config.storage.path)
         event(Event.DISK_FULL,
@@ -106,77 +189,18 @@ class Gateway(Handler):
               + ("released the reserve and " if released else "no reserve to release; ")
               + "restarting to reopen the store (nothing PUBACKed is lost)",
               level=logging.CRITICAL)
-        self.exit_code = ballast.EX_TEMPFAIL
+        self.exit_code = EX_TEMPFAIL
         self._stop.set()
 
-    async def _run_open(self) -> None:
-        cfg = self.config
-        self.registry = RegistrySync(self.store)
-        self.clock = SteadyClock()  # TTL, SAS and trust expiry: immune to wall-clock jumps
-        self.trust = OfflineTrust(self.store, cfg.auth.offline_trust_secs, self.clock)
-        self.audit = AuditLog(self.store)
-        self._audit_inflight = False
-        self.settings = SettingsSync(self.store, check_routes)
-        self.routes = parse_routes(self.settings.settings.routes)
-        self.unrouted = 0
-        self.outbox = Outbox(self.store)
-        self.writer = Writer(
-            self.store,
-            self.outbox,
-            commit_interval_ms=cfg.storage.commit_interval_ms,
-            commit_max=cfg.storage.commit_max_messages,
-            cloud_online=self._cloud_online,
-            clock=self.clock,
-        )
-        self.ingest = Ingest(
-            self.outbox,
-            self.writer,
-            clock=self.clock,
-            ttl_secs=self.settings.settings.ttl_secs or cfg.storage.time_to_live_secs,
-            on_new=self._wake_uplink,
-        )
-        self.registry.submit = self.settings.submit = self.writer.submit
-        self._reclaiming = False
-        self.server = ChildServer(cfg.listen, self, cfg.limits)
-        st = cfg.storage
-        self.disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
-        self.hub = LocalHub(
-            self.store, self.server, cfg.cloud.prefix, lambda: self.registry.registry.children,
-            submit=self.writer.submit,
-        )
-        self.hub.route_allows_call = lambda caller, target: self.routes.allows_call(caller, target)
-        self.uplink: Uplink | None = None
-        self._uplink_task: asyncio.Task | None = None
-        self.control = ControlServer(
-            cfg.control.socket, {"status": self.status, "dlq": self.dead_letter_command}
-        )
-        # From here on the loop serves: nothing on its thread may wait for an fsync
-        self.store.forbid_sync_on(threading.current_thread())
-        self.bound = await self.server.start(_server_tls(cfg.listen))
-        await self.control.start()
-        self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status)
-        await self.metrics.start()
-        self.writer.on_disk_full = self._disk_full
-        self.writer.after_commit = self._guard_disk
-        self.writer.start()
-        tasks = [asyncio.create_task(self._housekeeping(), name="housekeeping")]
-        self._start_uplink(cfg.cloud)
-        self._install_signals()
-        self._started_event()
-        self._notifier.notify("READY=1\nSTATUS=" + self.status_line())
-        await self._stop.wait()
-        self._notifier.notify("STOPPING=1")
-        await self._shutdown(tasks)
-
     def _started_event(self) -> None:
-        listeners = ", ".join(f"{h}:{p}" for h, p in self.bound) or "none"
-        stats = self.outbox.stats
+        listeners = ", ".join(f"{h}:{p}" for h, p in self.endpoints.listeners) or "none"
+        registry = self._registry.registry
         event(
             Event.STARTED,
             f"gatewayd {self.config.gateway.id} ready: listening on {listeners}; store "
-            f"{self.config.storage.path} holds {stats.count} messages; registry version "
-            f"{self.registry.registry.version} with {len(self.registry.registry.children)} "
-            f"children; cloud {self.config.cloud.url or 'not configured (offline)'}",
+            f"{self.config.storage.path} holds {self.outbox.stats.count} messages; registry "
+            f"version {registry.version} with {len(registry.children)} children; cloud "
+            f"{self.config.cloud.url or 'not configured (offline)'}",
         )
 
     def _install_signals(self) -> None:
@@ -186,30 +210,22 @@ class Gateway(Handler):
         loop.add_signal_handler(signal.SIGHUP, self._reload)
 
     def _start_uplink(self, cloud) -> None:
+        """The one place an uplink is made and put in force (start-up, and each reload)."""
         if not cloud.enabled:
             return
-        self.uplink = Uplink(
+        uplink = Uplink(
             cloud,
             self.config.gateway.id,
             self.outbox,
-            on_cloud_message=self._on_cloud_message,
-            subscriptions=sorted(self._cloud_subscriptions()),
-            clock=self.clock,
-            resolver=CloudResolver(self.store, cloud.host, cloud.port, list(cloud.dns_servers)),
+            on_cloud_message=self.inbox.on_cloud_message,
+            subscriptions=sorted(self.inbox.subscriptions(cloud.prefix)),
+            clock=self._clock,
+            resolver=CloudResolver(self._store, cloud.host, cloud.port, list(cloud.dns_servers)),
         )
-        self.uplink.on_online = self._on_online
-        self.hub.uplink = self.uplink
-        self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+        uplink.on_online = self.inbox.on_online  # Uplink takes it only as an attribute
+        self.uplink.attach(uplink, cloud.prefix)
 
-    async def _stop_uplink(self) -> None:
-        if self.uplink is not None:
-            await self.uplink.stop()
-        if self._uplink_task is not None:
-            self._uplink_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._uplink_task
-        self.uplink = self.hub.uplink = None
-        self._uplink_task = None
+    # -- reload ------------------------------------------------------------------------------
 
     def _reload(self) -> None:
         asyncio.get_running_loop().create_task(self.reload(), name="reload")
@@ -225,19 +241,13 @@ class Gateway(Handler):
             self._notifier.notify("READY=1")
             return
         live, restart = reload_rules.split_live(reload_rules.changed_keys(self.config, new))
-        old, self.config = self.config, new
+        self.config = reload_rules.running_config(self.config, new)
         log.set_level(new.log.level)
-        if not self.settings.settings.ttl_secs:
-            self.ingest.ttl_secs = new.storage.time_to_live_secs
+        self.inbox.set_file_ttl(new.storage.time_to_live_secs)
         self.writer.set_cadence(new.storage.commit_interval_ms, new.storage.commit_max_messages)
         if any(key.startswith("cloud.") for key in live):
-            await self._stop_uplink()
+            await self.uplink.detach()
             self._start_uplink(new.cloud)
-        if restart:  # keep what is bound to the running process until a restart
-            self.config = dataclasses.replace(
-                new, gateway=old.gateway, listen=old.listen, control=old.control,
-                storage=dataclasses.replace(old.storage, **{
-                    k: getattr(new.storage, k) for k in reload_rules.LIVE_STORAGE_KEYS}))
         event(
             Event.CONFIG_RELOADED,
             f"reload: applied {', '.join(live) or 'nothing (no live change)'}"
@@ -245,450 +255,7 @@ class Gateway(Handler):
                if restart else ""),
             level=logging.WARNING if restart else logging.INFO,
         )
-        self._notifier.notify("READY=1\nSTATUS=" + self.status_line())
-
-    async def _shutdown(self, tasks: list[asyncio.Task]) -> None:
-        await self.server.close()
-        await self.control.close()
-        await self.metrics.close()
-        await self._stop_uplink()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.writer.aclose()
-        if not ballast.is_disk_full(self.writer.store_error):  # else RocksDB refuses writes
-            self.outbox.flush_deletes()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    # -- Handler: what the child server asks -------------------------------------------------
-
-    def authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
-        online = self._cloud_online()
-        stale = "" if online else self.trust.expired()
-        if stale:
-            self.audit.record(connect.client_id, False, stale, "cache", "")
-            return Verdict(False, 5, stale)
-        verdict = self._authenticate(connect, cert_der)
-        if not online:
-            self.audit.record(connect.client_id, verdict.ok, verdict.reason, "cache", "")
-        return verdict
-
-    def _authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
-        result = auth.authenticate(
-            self.registry.registry,
-            self.config.gateway.hub_hostname,
-            connect.client_id,
-            connect.username,
-            connect.password,
-            cert_der,
-            self.clock(),
-        )
-        return Verdict(result.ok, result.return_code, result.reason)
-
-    def on_publish(self, conn: ChildConnection, publish: Publish) -> None:
-        try:
-            op = dialect.classify_publish(conn.device_id, publish.topic)
-        except dialect.TopicRefused as exc:
-            raise Refusal(str(exc)) from None
-        if isinstance(op, dialect.Telemetry) and self.disk.refuses():
-            self.disk.state.refused += 1
-            raise Refusal(f"storage full ({self.disk.state.reason}): telemetry refused without "
-                          f"PUBACK, the child keeps it (storage.full_policy = refuse-new)")
-        if isinstance(op, dialect.Telemetry):
-            # QoS 1: its PUBACK in order; QoS 0: still counted until it is safe
-            release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else conn.hold_work()
-            if not self.routes.routes:  # the common case: everything upstream, in order
-                self.ingest.accept(conn.device_id, op.properties, publish.payload, release)
-            else:
-                self._route(conn, op.properties, publish.payload, release)
-            return
-        if isinstance(op, dialect.TwinReportedPatch):
-            conn.slow_down(limits.TWIN)
-        answer = conn.hold_puback(publish.packet_id if publish.qos == 1 else None)
-        self.hub.child_operation(conn, op, publish.payload, answer)  # answered once durable
-
-    def on_subscribe(self, conn: ChildConnection, topic_filter: str, qos: int) -> int:
-        try:
-            dialect.check_subscription(conn.device_id, topic_filter)
-        except dialect.TopicRefused as exc:
-            raise Refusal(str(exc)) from None
-        return min(qos, 1)
-
-    def _route(
-        self, conn: ChildConnection, properties: str, payload: bytes,
-        release: Callable[[], None],
-    ) -> None:
-        """Each sink once: children's queues through the writer, the cloud through the outbox;
-        the PUBACK waits until every copy is safe. A message no route takes is dropped and
-        counted."""
-        device_id = conn.device_id
-        view = MessageView(device_id, properties, payload)
-        upstream = None
-        waiting = [1]  # copies not yet safe, plus one until every sink has been given its copy
-
-        def one_safe() -> None:
-            waiting[0] -= 1
-            if waiting[0] == 0:
-                release()
-
-        for delivery in self.routes.deliveries(view, self.ingest.ttl_secs):
-            if delivery.sink.upstream:
-                upstream = delivery
-            elif delivery.sink.device in self.registry.registry.children:
-                bag = [*view.props().items(), ("$.cdid", device_id)]
-                waiting[0] += 1
-                conn.slow_down(limits.ROUTED)
-                self.hub.enqueue_devicebound(delivery.sink.device, payload, bag,
-                                             delivery.ttl_secs, one_safe)
-            else:
-                self.unrouted += 1
-        if upstream is not None:
-            waiting[0] += 1
-            self.ingest.accept(
-                device_id, properties, payload, one_safe, upstream.priority, upstream.ttl_secs
-            )
-        one_safe()
-
-    def on_subscribed(self, conn: ChildConnection) -> None:
-        self.hub.child_subscribed(conn)
-
-    def on_closed(self, conn: ChildConnection) -> None:
-        self.hub.child_closed(conn)
-
-    # -- cloud -------------------------------------------------------------------------------
-
-    def _cloud_online(self) -> bool:
-        return self.uplink is not None and self.uplink.stats.state == "online"
-
-    def _wake_uplink(self) -> None:
-        if self.uplink is not None:
-            self.uplink.wake()
-
-    def _cloud_subscriptions(self) -> set[str]:
-        prefix, gw = self.config.cloud.prefix, self.config.gateway.id
-        own = {
-            contract.registry_topic(prefix, gw),
-            contract.gateway_twin_topic(prefix, gw, "desired"),
-        }
-        return own | self.hub.subscriptions(list(self.registry.registry.children))
-
-    def _on_cloud_message(self, msg: CloudMessage) -> None:
-        prefix, gw = self.config.cloud.prefix, self.config.gateway.id
-        if msg.topic == contract.registry_topic(prefix, gw):
-            self._registry_synced_at = time.time()
-            self.trust.synced()
-            change = self.registry.apply(msg.payload, msg.hold_ack())
-            for device in change.revoked:
-                self.server.disconnect(device, "removed or disabled in the registry")
-            if change.applied:
-                if self.uplink is not None:
-                    self.uplink.set_subscriptions(self._cloud_subscriptions())
-                self._publish_reported_twin()
-        elif msg.topic == contract.gateway_twin_topic(prefix, gw, "desired"):
-            self._apply_settings(msg.payload, msg.hold_ack())
-        else:
-            self.hub.cloud_message(msg)
-
-    def _apply_settings(self, payload: bytes, then: Callable[[], None] | None = None) -> None:
-        applied, reason = self.settings.apply(payload, then)
-        settings = self.settings.settings
-        if applied:
-            self.ingest.ttl_secs = settings.ttl_secs or self.config.storage.time_to_live_secs
-            self.routes = parse_routes(settings.routes)
-            event(
-                Event.SETTINGS_APPLIED,
-                f"settings: desired version {settings.version} applied: time to live "
-                f"{self.ingest.ttl_secs} s for messages stored from now on; "
-                f"{len(self.routes.routes)} routes",
-            )
-        elif reason != "unchanged":
-            event(
-                Event.SETTINGS_REFUSED,
-                f"settings: desired document refused, version {settings.version} stays in "
-                f"force: {reason}; fix it and publish it again (retained)",
-                level=logging.WARNING,
-            )
-        if reason != "unchanged":
-            self._publish_reported_twin()
-
-    def _on_online(self) -> None:
-        self.hub.on_online()
-        self._publish_reported_twin()
-
-    def dead_letter_command(self, action: str = "list", which: str = "all") -> dict:
-        """`gatewayctl dlq list|resend|drop [SEQ|all]`."""
-        letters = self.outbox.dead_letters()
-        if which != "all":
-            if not which.isdigit():
-                raise ValueError(f"expected a sequence number or 'all', got {which!r}")
-            letters = [entry for entry in letters if entry[0] == int(which)]
-            if not letters:
-                raise ValueError(f"no dead letter with seq {which}")
-        if action == "list":
-            return {"dead_letters": [
-                {"seq": seq, "device_id": msg.device_id, "reason_code": reason,
-                 "refused_at_ms": at, "enqueued_ms": msg.enqueued_ms, "bytes": len(msg.payload),
-                 "priority": msg.priority}
-                for seq, reason, at, msg in letters]}
-        if action == "drop":
-            for seq, *_ in letters:
-                self.outbox.drop_dead_letter(seq)
-            return {"dropped": len(letters)}
-        if action == "resend":
-            for seq, _, _, msg in letters:
-                self.ingest.accept(
-                    msg.device_id, msg.properties, msg.payload,
-                    lambda seq=seq: self.outbox.drop_dead_letter(seq), msg.priority,
-                )
-            return {"resent": len(letters)}
-        raise ValueError(f"unknown action {action!r}: use list, resend or drop")
-
-    def reported_twin(self) -> dict:
-        """The gateway's reported properties: what is in force and how the site is doing."""
-        settings = self.settings.settings
-        stats = self.outbox.stats
-        oldest = self.outbox.oldest_enqueued_ms()
-        uplink = self.uplink.stats if self.uplink is not None else None
-        return {
-            "schemaVersion": "1.0",
-            "lastDesiredVersion": settings.version,
-            "lastDesiredRefusal": self.settings.last_refusal or None,
-            "storeAndForwardConfiguration": {"timeToLiveSecs": self.ingest.ttl_secs},
-            "routes": settings.routes,
-            "registry": {
-                "version": self.registry.registry.version,
-                "children": len(self.registry.registry.children),
-                "lastSync": _iso(self._registry_synced_at),
-                "lastRefusal": self.registry.last_refusal or None,
-            },
-            "uplink": {
-                "state": uplink.state if uplink else "disabled",
-                "since": _iso(uplink.since) if uplink else None,
-            },
-            "backlog": {
-                "messages": stats.count,
-                "bytes": stats.bytes,
-                "oldestAgeSecs": round(time.time() - oldest / 1000, 1) if oldest else None,
-            },
-            "childrenConnected": len(self.server.sessions),
-            "lastChildRefusal": self.server.last_refusal,
-        }
-
-    def _publish_reported_twin(self) -> None:
-        if self.uplink is None:
-            return
-        topic = contract.gateway_twin_topic(self.config.cloud.prefix, self.config.gateway.id,
-                                            "reported")
-        self.uplink.publish(topic, json.dumps(self.reported_twin()).encode(), retain=True)
-
-    # -- housekeeping and status -------------------------------------------------------------
-
-    async def _housekeeping(self) -> None:
-        watchdog = _watchdog_interval()
-        last_sweep = last_summary = last_watchdog = last_reported = time.monotonic()
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_SECS if watchdog is None else min(watchdog, 1.0))
-            now = time.monotonic()
-            if watchdog is not None and now - last_watchdog >= watchdog:
-                self._notifier.notify("WATCHDOG=1")
-                last_watchdog = now
-            if now - last_sweep >= EXPIRY_SWEEP_SECS:
-                last_sweep = now
-                self._sweep_expired()
-                self.hub.sweep()
-            if now - last_reported >= REPORTED_TWIN_SECS:
-                last_reported = now
-                self._publish_reported_twin()
-            if now - last_summary >= SUMMARY_SECS:
-                last_summary = now
-                event(Event.SUMMARY, "summary: " + self.status_line())
-            self._sample_rates()
-            self._guard_disk()
-            self.trust.refresh(self._cloud_online())
-            self._publish_audit()
-            self._notifier.notify("STATUS=" + self.status_line())
-
-    def _publish_audit(self) -> None:
-        """Offline authentications go to the cloud once it is back, a batch at a time."""
-        if self._audit_inflight or not self.audit.count or not self._cloud_online():
-            return
-        keys, entries = self.audit.pending()
-        if not keys:
-            return
-
-        def done(ok: bool) -> None:
-            self._audit_inflight = False
-            if ok:
-                self.audit.published(keys)
-
-        topic = contract.audit_topic(self.config.cloud.prefix, self.config.gateway.id)
-        self._audit_inflight = self.uplink.publish(topic, json.dumps(entries).encode(),
-                                                   on_done=done)
-
-    def _guard_disk(self) -> None:
-        """Every second, and after every group commit (a fast ingest fills a small disk
-        between two ticks): check the limits and apply the policy."""
-        self.disk.check(self.outbox.stats.bytes)
-        if self.disk.drops():
-            dropped, _ = self.outbox.drop_oldest(self.disk.drop_budget(self.outbox.stats.count))
-            self.disk.state.dropped += dropped
-            self.outbox.flush_deletes()
-            now = time.monotonic()
-            if dropped and self.disk.state.free_percent < self.disk.min_free_percent \
-                    and now - self._reclaimed_at >= RECLAIM_SECS and not self._reclaiming:
-                self._reclaimed_at = now
-                self._reclaiming = True  # deleted messages free nothing until compacted
-                asyncio.get_running_loop().create_task(self._reclaim(), name="reclaim")
-            self.disk.check(self.outbox.stats.bytes)
-
-    async def _reclaim(self) -> None:
-        """A memtable flush and compaction sync files: on the writer's thread, between commits."""
-        try:
-            await self.writer.call(self.store.reclaim_outbox)
-        except Exception as exc:  # RocksDB's text; the next drop tries again
-            event(Event.STORE_ERROR, f"store: reclaiming space failed: {exc}",
-                  level=logging.WARNING)
-        finally:
-            self._reclaiming = False
-        self.disk.check(self.outbox.stats.bytes)
-
-    def _sample_rates(self) -> None:
-        self.rates.add(Sample(time.monotonic(), self.ingest.accepted, self.ingest.accepted_bytes,
-                              self.outbox.stats.delivered))
-
-    def _sweep_expired(self) -> None:
-        self.outbox.expire(int(self.clock() * 1000))
-        self.outbox.flush_deletes()
-        expired = self.outbox.stats.expired
-        now = time.monotonic()
-        if expired != self._expired_logged and now - self._expired_logged_at >= EXPIRY_LOG_SECS:
-            self._expired_logged_at = now
-            event(
-                Event.MESSAGES_EXPIRED,
-                f"outbox: {expired - self._expired_logged} messages expired unsent "
-                f"(time_to_live_secs={self.ingest.ttl_secs}; {expired} since start)",
-                level=logging.WARNING,
-            )
-            self._expired_logged = expired
-
-    def status_line(self) -> str:
-        uplink = self.uplink.stats.state if self.uplink is not None else "disabled"
-        oldest = self.outbox.oldest_enqueued_ms()
-        age = f", oldest {time.time() - oldest / 1000:.0f} s" if oldest else ""
-        free = psutil.disk_usage(str(self.config.storage.path)).free
-        return (
-            f"uplink {uplink}; {len(self.server.sessions)} children; "
-            f"backlog {self.outbox.stats.count} msgs{age}; disk free {free // 2**20} MiB"
-        )
-
-    def status(self) -> dict:
-        stats = self.outbox.stats
-        oldest = self.outbox.oldest_enqueued_ms()
-        disk = psutil.disk_usage(str(self.config.storage.path))
-        uplink = self.uplink.stats if self.uplink is not None else None
-        rates = self.rates.per_second()
-        return {
-            "gateway_id": self.config.gateway.id,
-            "pid": os.getpid(),
-            "uptime_secs": round(time.time() - self.started, 1),
-            "listeners": [f"{h}:{p}" for h, p in self.bound],
-            "metrics": "{}:{}".format(*self.metrics.bound) if self.metrics.bound else None,
-            "uplink": vars(uplink) if uplink is not None else {"state": "disabled"},
-            "children": sorted(self.server.sessions),
-            "children_refused": self.server.refused,
-            "registry_version": self.registry.registry.version,
-            "registry_children": len(self.registry.registry.children),
-            "registry_last_refusal": self.registry.last_refusal,
-            "settings_version": self.settings.settings.version,
-            "settings_last_refusal": self.settings.last_refusal,
-            "time_to_live_secs": self.ingest.ttl_secs,
-            "last_child_refusal": self.server.last_refusal,
-            "audit_pending": self.audit.count,
-            "offline_trust": {
-                "trust_secs": self.trust.trust_secs,
-                "fresh_at": self.trust.fresh_at,
-                "expired": self.trust.expired(),
-            },
-            "hub": self.hub.status(),
-            "routes": self.routes.describe(),
-            "unrouted": self.unrouted,
-            "dead_letters": len(self.outbox.dead_letters(100_000)),
-            "backlog": {
-                "messages": stats.count,
-                "bytes": stats.bytes,
-                "oldest_age_secs": round(time.time() - oldest / 1000, 1) if oldest else None,
-                "by_priority": {str(p): n for p, n in self.outbox.backlog_by_priority().items()},
-            },
-            "rates": rates,
-            "projections": projections(stats.count, disk.free, rates),
-            "store_bytes": _tree_bytes(self.config.storage.path),
-            "outbox": vars(stats),
-            "next_seq": self.outbox.next_seq,
-            "store_error": self.writer.store_error,
-            "writer": {
-                "commits": self.writer.commits,
-                "jobs_committed": self.writer.jobs_committed,
-                "backlog": self.writer.backlog,
-                "synced_writes": self.store.synced_writes,
-                "sync_guard": self.store.sync_guarded,
-                "sync_refused_on_loop": self.store.sync_refused,
-            },
-            "salvage": None if self.salvage is None else {
-                "quarantine": str(self.salvage.quarantine),
-                "messages": self.salvage.messages,
-                "unreadable": self.salvage.unreadable,
-                "other_records": self.salvage.other_records,
-                "error": self.salvage.error,
-            },
-            "disk": {
-                "free_bytes": disk.free,
-                "total_bytes": disk.total,
-                "free_percent": self.disk.state.free_percent,
-                "min_free_percent": self.disk.min_free_percent,
-                "max_bytes": self.disk.max_bytes,
-                "policy": self.disk.policy,
-                "full": self.disk.state.full,
-                "full_reason": self.disk.state.reason,
-                "dropped": self.disk.state.dropped,
-                "refused": self.disk.state.refused,
-            },
-            "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
-        }
-
-
-def _tree_bytes(path) -> int:
-    total = 0
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(path):
-            with contextlib.suppress(OSError):
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat().st_size
-    return total
-
-
-def _iso(stamp: float | None) -> str | None:
-    if stamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-
-
-def _write_bytes(process: psutil.Process) -> int:
-    try:
-        return process.io_counters().write_bytes
-    except (psutil.Error, AttributeError):
-        return 0
-
-
-def _watchdog_interval() -> float | None:
-    """Half of WatchdogSec when systemd asked for keep-alives (WATCHDOG_USEC), else None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    if not usec or os.environ.get("WATCHDOG_PID", str(os.getpid())) != str(os.getpid()):
-        return None
-    return int(usec) / 2_000_000
+        self._notifier.notify("READY=1\nSTATUS=" + self.status.line())
 
 
 def _server_tls(listen) -> ssl.SSLContext | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -52,32 +51,52 @@ class LocalHub:
         server: ChildServer,
         prefix: str,
         children: Callable[[], Mapping[str, Child]],
-        clock: Callable[[], float] = time.time,
+        *,
+        clock: Callable[[], float],
+        uplink: Callable[[], Uplink | None],
+        route_allows_call: Callable[[str, str], bool] = lambda caller, target: False,
         submit: Submit | None = None,
     ) -> None:
+        # `clock` is the daemon's SteadyClock, and has no default: a C2D message's time to live
+        # measured on the wall clock would expire (or revive) it whenever NTP jumps the clock.
+        # `uplink` answers the uplink in force at the moment of use: a reload replaces it.
         self._server = server
         self._prefix = prefix
         self._children = children
-        self.route_allows_call: Callable[[str, str], bool] | None = None  # set by routes
+        self._route_allows_call = route_allows_call
         self._clock = clock
+        self._uplink = uplink
         self.twins = TwinStore(store, submit)
         self.devicebound = DeviceboundQueue(store, submit)
         self.methods = MethodRouter(server)
-        self.uplink: Uplink | None = None
         self._deliveries: dict[str, _Delivery] = {}
         self._reporting: dict[str, bool] = {}  # reported publish in flight -> another wanted
         self.dropped_unknown = 0
 
+    @property
+    def uplink(self) -> Uplink | None:
+        return self._uplink()
+
     # -- from children -----------------------------------------------------------------------
 
     def child_operation(
-        self, conn: ChildConnection, op: object, payload: bytes, answer: Callable[..., None]
+        self,
+        conn: ChildConnection,
+        op: object,
+        payload: bytes,
+        answer: Callable[..., None] | None = None,
     ) -> None:
         """A twin or method PUBLISH from a child (telemetry goes to the ingest, not here).
 
         `answer(*replies)` releases the request's place in the connection's answer order with
         its (topic, payload) replies: a GET behind an uncommitted patch is answered after the
-        patch's 204, as IoT Hub would."""
+        patch's 204. Without one (a caller that keeps no order) the replies are sent as they
+        come."""
+        if answer is None:
+            def answer(*replies: tuple[str, bytes]) -> None:
+                for topic, body in replies:
+                    conn.deliver(topic, body)
+
         if isinstance(op, dialect.TwinGet):
             doc = json.dumps(self.twins.get(conn.device_id).document()).encode()
             answer((f"$iothub/twin/res/200/?$rid={op.rid}", doc))
@@ -120,9 +139,7 @@ class LocalHub:
     def _may_call(self, caller: str, target: Child) -> bool:
         if caller in target.method_callers or "*" in target.method_callers:
             return True
-        return self.route_allows_call is not None and self.route_allows_call(
-            caller, target.device_id
-        )
+        return self._route_allows_call(caller, target.device_id)
 
     def _reported_patch(
         self, conn: ChildConnection, rid: str, payload: bytes, answer: Callable[..., None]

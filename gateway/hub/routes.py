@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from gateway.errors import DataError
 from gateway.upstream.message import DEFAULT_PRIORITY
 
 UPSTREAM = "$upstream"
@@ -36,7 +37,7 @@ SYSTEM_PROPERTIES = {
 }
 
 
-class RouteError(ValueError):
+class RouteError(DataError):
     """A route that does not parse; the message names the route and the column."""
 
 
@@ -138,7 +139,7 @@ def _tokens(text: str, offset: int) -> list[_Tok]:
     return out
 
 
-class _At(Exception):
+class _At(RouteError):
     def __init__(self, col: int, reason: str) -> None:
         super().__init__(reason)
         self.col, self.reason = col, reason
@@ -456,7 +457,7 @@ def parse_routes(doc: object) -> RouteTable:
 
 
 def check_routes(doc: dict) -> None:
-    """For SettingsSync: raises RouteError (a ValueError) when the table would be refused."""
+    """For SettingsSync: raises RouteError (a DataError) when the table would be refused."""
     parse_routes(doc)
 
 

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.errors import DataError
 from gateway.storage.store import Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
 
@@ -23,7 +24,7 @@ MAX_TTL_SECS = 2_147_483_647
 SCHEMA_VERSIONS = ("1.0", "1.1")
 
 
-class SettingsError(ValueError):
+class SettingsError(DataError):
     """The document is refused; the message names the field."""
 
 
@@ -58,7 +59,7 @@ def parse_settings(
     if check_routes is not None:
         try:
             check_routes(routes)
-        except ValueError as exc:
+        except (DataError, ValueError) as exc:  # check_routes raises RouteError, a DataError
             raise SettingsError(f"routes: {exc}") from None
     return HubSettings(version, ttl, routes, doc)
 

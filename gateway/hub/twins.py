@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.errors import DataError
 from gateway.storage.store import Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
 
@@ -28,7 +29,7 @@ MAX_TWIN_BYTES = 32 * 1024  # IoT Hub's limit for each of desired and reported
 MAX_DEPTH = 10  # IoT Hub allows at most 10 levels of nesting in twin properties
 
 
-class TwinError(ValueError):
+class TwinError(DataError):
     """A patch or document the twin refuses; the message says why (status 400 to a child)."""
 
 

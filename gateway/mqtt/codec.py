@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from gateway.errors import GatewayError, InternalError, PeerError
 from gateway.mqtt import topics
 
 __all__ = [
@@ -113,11 +114,11 @@ _SUBACK_CODES = frozenset({0, 1, 2, SUBACK_FAILURE})
 # -- errors ---------------------------------------------------------------------------------------
 
 
-class MQTTError(Exception):
+class MQTTError(GatewayError):
     """Base of everything this module raises on purpose."""
 
 
-class ProtocolError(MQTTError):
+class ProtocolError(MQTTError, PeerError):
     """The peer sent something MQTT 3.1.1 forbids; close the connection and log `reason`."""
 
     def __init__(self, reason: str) -> None:
@@ -141,7 +142,7 @@ class UnsupportedProtocol(ProtocolError):
     return_code = CONNACK_BAD_PROTOCOL
 
 
-class LocalProtocolError(MQTTError):
+class LocalProtocolError(MQTTError, InternalError):
     """We were asked to encode a packet the spec forbids: a bug on this side, not the peer's."""
 
 

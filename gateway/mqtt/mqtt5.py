@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from gateway.errors import PeerError
 from gateway.mqtt.codec import remaining_length_bytes
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
@@ -64,7 +65,7 @@ def reason_name(code: int) -> str:
     return REASONS.get(code, f"reason code 0x{code:02x}")
 
 
-class MalformedPacket(ValueError):
+class MalformedPacket(PeerError):
     """The broker sent bytes that are not MQTT 5; the connection cannot continue."""
 
 

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 NAME = "ballast"
-EX_TEMPFAIL = 75
 
 
 def ensure(directory: Path, size: int) -> str:

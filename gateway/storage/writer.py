@@ -76,6 +76,7 @@ class Writer:
         self._hurry = asyncio.Event()  # commit as soon as the spacing allows
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._stopping = False
+        self._closed = False
         self._last_commit = -1e9  # monotonic start of the previous commit
         self._task: asyncio.Task | None = None
         self.store_error = ""
@@ -95,7 +96,7 @@ class Writer:
         the store for it. The queue is bounded by its callers: each child connection stops
         reading past its own bound of outstanding work, and the cloud side by its Receive
         Maximum."""
-        if self._stopping and self._task is None:
+        if self._closed:
             raise RuntimeError("the writer is closed; nothing can be made durable any more")
         self._jobs.append(_Job(writes, on_durable))
         self._pending.set()
@@ -218,10 +219,12 @@ class Writer:
         self._stopping = True
         self._pending.set()
         self._hurry.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        if self._task is None:  # never started (tools, tests): still commit what is pending
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="last-commit")
+        await self._task
+        self._task = None
         self._executor.shutdown(wait=True)
+        self._closed = True
 
 
 def _call(callback: Callable[[], None]) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from gateway.errors import DataError
+
 RECORD_VERSION = 2
 # version, enqueued_ms, expires_ms, len(device), len(props), len(payload)
 _HEADER = struct.Struct(">BQQHHI")
@@ -20,7 +22,7 @@ DEFAULT_PRIORITY = 9  # routes without a priority, and every message when no rou
 PRIORITIES = range(10)  # 0 is the highest
 
 
-class RecordError(ValueError):
+class RecordError(DataError):
     """A stored record cannot be decoded: the store holds bytes this release does not understand."""
 
 

@@ -17,13 +17,14 @@ import socket
 import dns.exception
 import dns.resolver
 
+from gateway.errors import UnavailableError
 from gateway.storage.store import Store
 
 _META_PREFIX = b"dns/"
 TIMEOUT_SECS = 3.0
 
 
-class ResolveError(Exception):
+class ResolveError(UnavailableError):
     """No address for the host; the message is the journal's reason."""
 
 

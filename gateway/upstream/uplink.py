@@ -1,4 +1,4 @@
-"""The connection to the cloud broker: connect, back off, drain the outbox in order, take acks.
+"""The connection to the cloud broker: connect, back off, subscribe, write what the drain says.
 
 The MQTT 5 client is the gateway's own (mqtt/mqtt5.py for the bytes, mqtt/cloud_session.py for
 the socket) on the gateway's event loop: paho cost ~60 µs of CPU per forwarded message, more than
@@ -6,9 +6,11 @@ the rest of the gateway's path together, most of it in building a general Proper
 PUBLISH and in its PUBACK bookkeeping (profile in docs/performance.md). Here a telemetry PUBLISH
 is a join of pre-encoded pieces and a fill of the window is one socket write.
 
-A fresh session is made for every connection. What was in flight when a connection died is
-re-read from the outbox (which still holds every unacknowledged message) and sent again in order:
-duplicates after a link loss are bounded by the window, and the cloud can drop them by `seq`.
+A fresh session is made for every connection. Which stored messages go next, and what their
+acks mean, is the drain's (upstream/drain.py, no I/O); the Uplink feeds it the connection's events
+and writes its PUBLISHes. What was in flight when a connection died is re-read from the outbox
+(which still holds every unacknowledged message) and sent again in order: duplicates after a link
+loss are bounded by the window, and the cloud can drop them by `seq`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.errors import UnavailableError
 from gateway.log import Event, event
 from gateway.mqtt import mqtt5
 from gateway.upstream import cloud_contract as contract
 from gateway.upstream.cloud_session import CloudSession, SessionCallbacks
-from gateway.upstream.message import PRIORITIES
-from gateway.upstream.outbox import Cursor, Outbox
+from gateway.upstream.drain import Drain
+from gateway.upstream.outbox import Outbox
 from gateway.upstream.resolver import CloudResolver, ResolveError
 
 SESSION_EXPIRY_SECS = 7 * 24 * 3600
@@ -76,41 +79,12 @@ class CloudMessage:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    seq: int
-    size: int
-    priority: int
-    live: bool
-
-
-class TokenBucket:
-    """Publishes per second with a one-second burst; rate 0 means no limit."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self._tokens = max(rate, 1.0)
-        self._at = time.monotonic()
-
-    def _refill(self, now: float) -> None:
-        self._tokens = min(max(self.rate, 1.0), self._tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    def available(self, now: float) -> int:
-        self._refill(now)
-        return int(self._tokens)
-
-    def take(self) -> None:
-        if self.rate:
-            self._tokens -= 1
-
-    def wait_for_one(self, now: float) -> float:
-        self._refill(now)
-        return max(0.001, (1 - self._tokens) / self.rate)
-
-
-class UplinkFailure(Exception):
+class UplinkFailure(UnavailableError):
     """A connection attempt failed; the message is the one-line reason for the journal."""
+
+
+class UplinkLost(UplinkFailure):
+    """A connection that was up went away; the message is why, in one line."""
 
 
 @dataclass
@@ -143,26 +117,14 @@ class Uplink:
         self._cfg = cloud
         self._resolver = resolver
         self._gateway_id = gateway_id
-        self._outbox = outbox
         self._on_cloud_message = on_cloud_message
         self._subscriptions: set[str] = set(subscriptions)
-        self._encoder = contract.TelemetryEncoder(cloud.prefix, gateway_id)
         self._direct: dict[int, Callable[[bool], None] | None] = {}  # id -> on PUBACK(ok)
         self.on_online: Callable[[], None] | None = None
         self._clock = clock
         self._session: CloudSession | None = None
-        self._window = cloud.inflight_window  # lowered to the broker's Receive Maximum
-        self._inflight: dict[int, _Sent] = {}  # packet id -> what it carries
-        self._cursor: Cursor = {}  # per priority: the last seq sent
-        self._live_cursor: Cursor = {}
-        self._live_start: int | None = None  # live-first: seqs from here on are "live"
-        self._live_inflight = 0
-        self._refusals: dict[int, int] = {}  # seq -> refusals so far
-        self._retry: list[tuple[int, int]] = []  # (seq, priority) refused, to send again
+        self._receive_max = 65535  # the broker's, from its CONNACK
         self._last_logged = ""
-        self._acked_on_connection = 0
-        self._first_on_connection: _Sent | None = None
-        self._bucket = TokenBucket(cloud.max_publish_rate)
         self._refill_timer: asyncio.TimerHandle | None = None
         self._fill_scheduled = False
         self._lost = asyncio.Event()
@@ -170,6 +132,8 @@ class Uplink:
         self._connack: asyncio.Future | None = None
         self._stopping = False
         self.stats = UplinkStats(since=clock(), address=f"{cloud.host}:{cloud.port}")
+        self._drain = Drain(cloud, outbox, contract.TelemetryEncoder(cloud.prefix, gateway_id),
+                            self.stats, clock)
         self._set_state("offline")
 
     # -- public ------------------------------------------------------------------------------
@@ -225,6 +189,9 @@ class Uplink:
             try:
                 await self._run_session()
                 attempt = 0
+            except UplinkLost as exc:
+                self._lost_connection(str(exc))
+                attempt += 1
             except UplinkFailure as exc:
                 self._failed(str(exc))
                 attempt += 1
@@ -250,9 +217,7 @@ class Uplink:
         self.stats.connects += 1
         event(Event.UPLINK_UP, f"uplink: connected to {self._cfg.url}", address=self.stats.address)
         self._publish_status(session, "online")
-        if self._cfg.live_share > 0:
-            self._live_start = self._outbox.next_seq
-            self._live_cursor = dict.fromkeys(PRIORITIES, self._live_start - 1)
+        self._drain.connected(self._receive_max)
         self._subscribe(session, self._subscriptions)
         if self.on_online is not None:
             self.on_online()
@@ -260,7 +225,7 @@ class Uplink:
         await self._lost.wait()
         self._teardown(session)
         if not self._stopping:
-            raise UplinkFailure(self._lost_reason or "connection lost")
+            raise UplinkLost(self._lost_reason or "connection lost")
 
     @staticmethod
     def _subscribe(session: CloudSession, topics: set[str]) -> None:
@@ -368,24 +333,11 @@ class Uplink:
         )
 
     def _teardown(self, session: CloudSession) -> None:
-        first, self._first_on_connection = self._first_on_connection, None
-        if first is not None and self._acked_on_connection == 0 and not self._stopping:
-            # Many brokers (AWS IoT, some mosquitto versions) close the connection instead of
-            # refusing a message; one that kills every connection it is the first on is poison.
-            self._strike(first, "the broker closed the connection before acknowledging it")
-        self._acked_on_connection = 0
         if not self._stopping:
             session.abort()  # on stop, close() is already flushing the DISCONNECT
         self._session = None
-        self._inflight.clear()
         self._direct.clear()
-        self.stats.inflight = 0
-        self._cursor = {}
-        self._live_cursor = {}
-        self._live_start = None
-        self._live_inflight = 0
-        self._retry.clear()
-        self._outbox.flush_deletes()
+        self._drain.lost(self._stopping)
         if not self._stopping:
             self._set_state("offline")
 
@@ -399,8 +351,7 @@ class Uplink:
             fut.set_exception(UplinkFailure(
                 f"the broker refused the connection: {mqtt5.reason_name(packet.reason)}"))
             return
-        receive_max = int(packet.props.get(mqtt5.P_RECEIVE_MAXIMUM, 65535))
-        self._window = max(1, min(self._cfg.inflight_window, receive_max))
+        self._receive_max = int(packet.props.get(mqtt5.P_RECEIVE_MAXIMUM, 65535))
         fut.set_result(None)
 
     def _on_lost(self, why: str) -> None:
@@ -413,7 +364,7 @@ class Uplink:
         self._lost.set()
 
     def _on_read_done(self) -> None:
-        self._outbox.flush_deletes()
+        self._drain.acks_done()
         self._fill()
 
     def _on_puback(self, packet_id: int, code: int) -> None:
@@ -422,44 +373,7 @@ class Uplink:
             if on_done is not None:
                 on_done(code < 0x80)
             return
-        sent = self._inflight.pop(packet_id, None)
-        if sent is None:
-            return
-        if sent.live:
-            self._live_inflight -= 1
-        if code >= 0x80:
-            self._refused(sent, code)
-            return
-        if self._refusals:
-            self._refusals.pop(sent.seq, None)
-        self._acked_on_connection += 1
-        self.stats.acked += 1
-        self._outbox.ack(sent.seq, sent.size, sent.priority)
-
-    def _refused(self, sent: _Sent, code: int) -> None:
-        """Retry a refused message a few times, then move it aside: it must not block the queue."""
-        self.stats.refused += 1
-        if not self._strike(sent, mqtt5.reason_name(code), code):
-            self._retry.append((sent.seq, sent.priority))
-
-    def _strike(self, sent: _Sent, why: str, code: int = 0x80) -> bool:
-        """Count one refusal of a message; True when it has just gone to the dead letters."""
-        count = self._refusals.get(sent.seq, 0) + 1
-        self._refusals[sent.seq] = count
-        if count < self._cfg.max_refusals:
-            return False
-        del self._refusals[sent.seq]
-        now_ms = int(self._clock() * 1000)
-        if self._outbox.dead_letter(sent.seq, sent.priority, code, now_ms):
-            event(
-                Event.UPLINK_REFUSED_MESSAGE,
-                f"uplink: message seq={sent.seq} refused {count} times ({why}); moved to the "
-                f"dead letters (gatewayctl dlq list); check the broker's ACL, quota or "
-                f"message size limit for the prefix",
-                level=logging.WARNING,
-                seq=sent.seq,
-            )
-        return True
+        self._drain.acked(packet_id, code)
 
     # -- draining ----------------------------------------------------------------------------
 
@@ -468,68 +382,24 @@ class Uplink:
         self._fill()
 
     def _fill(self) -> None:
-        """Send the next messages, up to the inflight window: refused ones to retry first,
-        then, with live-first, a share for messages that arrived since the link came back,
-        and the backlog in priority and stored order."""
+        """Write what the drain sends now, as one socket write; a timer when the publish rate
+        holds some back."""
         session = self._session
-        room = self._window - len(self._inflight) - len(self._direct)
-        if session is None or self.stats.state != "online" or room <= 0:
+        if session is None or self.stats.state != "online":
             return
-        room = self._paced(room)
-        now_ms = int(self._clock() * 1000)
-        while self._retry and room > 0:
-            seq, priority = self._retry.pop(0)
-            msg = self._outbox.get(seq, priority)
-            if msg is not None and msg.expires_ms > now_ms:
-                self._send(session, seq, msg, now_ms, live=False)
-                room -= 1
-        if self._live_start is not None:
-            live_room = round(self._window * self._cfg.live_share)
-            take = min(room, max(live_room - self._live_inflight, 0))
-            room -= self._send_batch(session, self._live_cursor, take, now_ms, None, live=True)
-        backlog = self._send_batch(session, self._cursor, room, now_ms, self._live_start, False)
-        if self._live_start is not None and backlog < room:  # the backlog is drained
-            self._send_batch(session, self._live_cursor, room - backlog, now_ms, None, live=True)
-        self.stats.inflight = len(self._inflight)
+        fill = self._drain.fill(len(self._direct), session.packet_id)
+        if fill is None:
+            return
+        for packet in fill.packets:
+            session.send(packet)
+        if fill.again_in is not None and self._refill_timer is None:
+            loop = asyncio.get_running_loop()
+            self._refill_timer = loop.call_later(fill.again_in, self._refilled)
         session.flush()
-
-    def _paced(self, room: int) -> int:
-        """cloud.max_publish_rate: what the token bucket allows now; a timer fills the rest."""
-        if not self._bucket.rate:
-            return room
-        allowed = min(room, self._bucket.available(time.monotonic()))
-        if allowed < room and self._refill_timer is None:
-            delay = self._bucket.wait_for_one(time.monotonic())
-            self._refill_timer = asyncio.get_running_loop().call_later(delay, self._refilled)
-        return allowed
 
     def _refilled(self) -> None:
         self._refill_timer = None
         self._fill()
-
-    def _send_batch(
-        self, session: CloudSession, cursor: Cursor, limit: int, now_ms: int,
-        below: int | None, live: bool
-    ) -> int:
-        if limit <= 0:
-            return 0
-        batch = self._outbox.read(cursor or 0, limit, now_ms, below=below)
-        for seq, msg in batch:
-            self._send(session, seq, msg, now_ms, live)
-            cursor[msg.priority] = seq
-        return len(batch)
-
-    def _send(self, session: CloudSession, seq: int, msg, now_ms: int, live: bool) -> None:
-        packet_id = session.packet_id()
-        encoder = self._encoder
-        session.send(mqtt5.publish(encoder.topic(msg.device_id), packet_id,
-                                   encoder.properties(seq, msg, now_ms), msg.payload))
-        self._bucket.take()
-        sent = self._inflight[packet_id] = _Sent(seq, msg.size(), msg.priority, live)
-        if self._first_on_connection is None:
-            self._first_on_connection = sent
-        self._live_inflight += live
-        self.stats.sent += 1
 
     def _publish_status(self, session: CloudSession, state: str) -> None:
         payload = json.dumps({"state": state, "since": int(self._clock())}).encode()
@@ -544,6 +414,19 @@ class Uplink:
         if state != self.stats.state:
             self.stats.state = state
             self.stats.since = self._clock()
+
+    def _lost_connection(self, reason: str) -> None:
+        """One journal line per lost connection, with why; a failure to reconnect for the same
+        reason is not logged again."""
+        self._last_logged = reason
+        self.stats.last_error = reason
+        event(
+            Event.UPLINK_LOST,
+            f"uplink: the connection to {self._cfg.url} was lost: {reason}; messages are kept "
+            f"and sent when it returns",
+            level=logging.WARNING,
+            address=self.stats.address,
+        )
 
     def _failed(self, reason: str) -> None:
         was, self._last_logged = self._last_logged, reason

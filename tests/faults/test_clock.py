@@ -1,8 +1,9 @@
 """Wall-clock jumps under a running gatewayd (libfaketime, its offset changed through a file the
 daemon re-reads; the monotonic clock left real): TTL and SAS expiry follow real elapsed time.
 
-A jump forward must not expire the whole backlog at once; a jump back must not keep expired
-messages, nor accept expired tokens, for as long as the jump.
+A jump forward must not expire the whole backlog (nor the cloud-to-device messages waiting for a
+child) at once; a jump back must not keep expired messages, nor accept expired tokens, for as
+long as the jump.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from gateway.upstream.cloud_contract import registry_topic
 from tests.faults.hostile import connect_packet, dial, read_packets
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.hub_child import HubChild, Operator
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 MESSAGES = 20
@@ -108,3 +110,46 @@ def test_jump_back_does_not_revive_an_expired_sas_token(cloud, gateways, faketim
     while "SAS token expired" not in gw.log_text():
         assert time.monotonic() < deadline, gw.log_text()[-1500:]
         time.sleep(0.05)
+
+
+def _c2d_gateway(cloud, gateways, env, key: str):
+    """Online (C2D comes from the cloud), the child not connected: the message waits stored."""
+    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"c1": key}))
+    gw = gateways(cloud_url=cloud.url)
+    gw.start(env=env)
+    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
+                   what="registry synced and uplink online")
+    return gw
+
+
+def test_jump_forward_does_not_expire_waiting_cloud_to_device_messages(cloud, gateways,
+                                                                       faketime):
+    env, set_offset = faketime
+    key = new_key()
+    gw = _c2d_gateway(cloud, gateways, env, key)
+    operator = Operator(cloud.port)
+    operator.send("c1", b"waits", ttl=3600)
+    gw.wait_status(lambda s: s["hub"]["devicebound_waiting"] == 1, what="the C2D message stored")
+    set_offset("+2d")  # two days: far past the message's hour, measured by the wall clock
+    child = HubChild("c1", key, gw.plain_port)
+    assert child.connect() == 0
+    child.subscribe_all()  # delivery looks the message up at the time of the subscription
+    child.wait(lambda: child.messages("devices/c1/messages/devicebound/"), what="the C2D message")
+    assert [p for _, p in child.messages("devices/c1/messages/devicebound/")] == [b"waits"]
+    assert gw.status()["hub"]["devicebound_expired"] == 0
+    child.close()
+    operator.close()
+
+
+def test_jump_back_still_expires_cloud_to_device_messages_on_time(cloud, gateways, faketime):
+    env, set_offset = faketime
+    gw = _c2d_gateway(cloud, gateways, env, new_key())
+    operator = Operator(cloud.port)
+    operator.send("c1", b"short-lived", ttl=2)
+    gw.wait_status(lambda s: s["hub"]["devicebound_waiting"] + s["hub"]["devicebound_expired"]
+                   == 1, what="the C2D message stored")
+    set_offset("-1d")
+    status = gw.wait_status(lambda s: s["hub"]["devicebound_expired"] == 1, timeout=20,
+                            what="the 2 s C2D time to live to pass despite the clock going back")
+    assert status["hub"]["devicebound_waiting"] == 0
+    operator.close()

@@ -12,7 +12,7 @@ import pytest
 from gateway.child import server
 from gateway.config import ListenSettings
 from gateway.log import Event
-from gateway.mqtt import codec
+from gateway.mqtt import codec, session
 from gateway.mqtt.codec import ConnAck, Connect
 from tests.support.broker import free_port
 
@@ -45,7 +45,7 @@ async def _silent_child(port: int, keepalive: int) -> float:
 @pytest.mark.parametrize("keepalive", [0, 65535])
 def test_keepalive_is_capped(monkeypatch, keepalive):
     """Keepalive 0 (none) and 65,535 (18 h) both end at 1.5 x the cap of silence."""
-    monkeypatch.setattr(server, "MAX_KEEPALIVE_SECS", 0.4)
+    monkeypatch.setattr(session, "MAX_KEEPALIVE_SECS", 0.4)
 
     async def run() -> float:
         srv = server.ChildServer(_settings(), AcceptAll())

@@ -47,3 +47,25 @@ def test_reload_moves_the_uplink_and_refuses_a_bad_file(cloud, gateways):
     log = wait_log(gw, "needs a restart (systemctl restart gatewayd): listen.plain_port")
     assert gw.status()["listeners"] == [f"127.0.0.1:{gw.plain_port}"], "still bound as before"
     assert gw.proc.poll() is None and "Traceback" not in log
+
+
+def test_what_needs_a_restart_keeps_its_old_value_until_the_restart(gateways):
+    gw = gateways()
+    gw.start()
+    good = gw.config.read_text()
+    restart_only = good + "\n[auth]\noffline_trust_secs = 600\n\n[metrics]\nport = 9\n"
+    gw.config.write_text(restart_only)
+    gw.proc.send_signal(signal.SIGHUP)
+    first = "needs a restart (systemctl restart gatewayd): metrics.port, auth.offline_trust_secs"
+    wait_log(gw, first)
+    assert gw.status()["offline_trust"]["trust_secs"] == 0, "the running process keeps 0"
+
+    # a second reload with one live change: nothing was restarted, so the same keys still wait
+    assert "[log]" not in good
+    gw.config.write_text(restart_only + '\n[log]\nlevel = "debug"\n')
+    gw.proc.send_signal(signal.SIGHUP)
+    log = wait_log(gw, "reload: applied log.level")
+    line = log[log.index("reload: applied log.level"):].splitlines()[0]
+    assert "auth.offline_trust_secs" in line and "metrics.port" in line, line
+    assert gw.status()["metrics"] is None, "no metrics listener until a restart"
+    assert gw.proc.poll() is None and "Traceback" not in log

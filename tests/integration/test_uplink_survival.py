@@ -102,3 +102,20 @@ def test_a_half_open_connection_is_detected_and_nothing_is_lost(cloud, gateways)
     verifier.wait_for(lambda m: {x.i for x in m} >= set(range(50)), what="all 50")
     child.close()
     verifier.disconnect()
+
+
+def test_a_lost_connection_is_one_uplink_lost_event_with_the_reason(cloud, gateways):
+    gw = gateways(cloud_url=cloud.url)
+    gw.start()
+    gw.wait_status(lambda s: s["uplink"]["state"] == "online", what="online")
+    for flap in (1, 2):
+        cloud.stop()  # the cloud broker goes away while the gateway is online
+        gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="the loss noticed")
+        cloud.start()
+        gw.wait_status(lambda s: s["uplink"]["state"] == "online", what="back online")
+        lost = [line for line in gw.log_text().splitlines() if "connection to" in line
+                and "was lost" in line]
+        assert len(lost) == flap, f"one uplink_lost line per lost connection: {lost}"
+    assert "the broker closed the connection" in lost[-1] or "connection lost:" in lost[-1], \
+        lost[-1]
+    assert f"address=127.0.0.1:{cloud.port}" in lost[-1]

@@ -70,6 +70,7 @@ class Gatewayd:
         write_toml(self.config, sections)
         self.proc: subprocess.Popen | None = None
         self.module = "gateway.cli.gatewayd"  # the bench runs a variant with other store options
+        self.env: dict[str, str] = {}  # extra environment of every start, e.g. an LD_PRELOAD
 
     def start(self, timeout: float = 30.0, env: dict | None = None) -> None:
         notify_path = self.sockdir / "notify.sock"
@@ -78,6 +79,7 @@ class Gatewayd:
         notify.bind(str(notify_path))
         notify.settimeout(timeout)
         full_env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
+        full_env.update(self.env)
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(

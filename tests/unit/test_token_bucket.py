@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from gateway.upstream.uplink import TokenBucket
+from gateway.upstream.token_bucket import TokenBucket
 
 
 def test_rate_burst_and_wait():
-    bucket = TokenBucket(100)
-    bucket._at = 0.0
+    bucket = TokenBucket(100, now=0.0)
     assert bucket.available(0.0) == 100, "a one-second burst"
     for _ in range(100):
         bucket.take()
@@ -18,9 +17,8 @@ def test_rate_burst_and_wait():
 
 
 def test_zero_means_unlimited_and_slow_rates_still_send():
-    assert TokenBucket(0).rate == 0
-    slow = TokenBucket(0.5)
-    slow._at = 0.0
+    assert TokenBucket(0, now=0.0).rate == 0
+    slow = TokenBucket(0.5, now=0.0)
     assert slow.available(0.0) == 1
     slow.take()
     assert slow.available(1.0) == 0 and slow.available(2.0) == 1

@@ -1,0 +1,148 @@
+"""What the child server asks of the gateway: who may connect, and where each PUBLISH goes.
+
+Authentication is the registry's (child/auth.py), with two rules on top while the cloud is
+away: past `auth.offline_trust_secs` without a fresh registry every child is refused, and every
+decision taken offline goes to the audit log, so that the cloud learns later who used the site.
+A telemetry PUBLISH is refused without a PUBACK while the disk is full and the policy is
+refuse-new (the child keeps the message); otherwise it goes upstream through the ingest, or
+through the routes when there are any. Twin and method traffic is the local hub's. Every
+answer waits for the writer's commit that makes its request safe, in the connection's order;
+twin patches and routed copies are charged to the child's rate (`[limits]`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.child import auth, dialect, limits
+from gateway.child.offline_trust import AuditLog, OfflineTrust
+from gateway.child.registry_sync import RegistrySync
+from gateway.child.server import ChildConnection, Handler, Refusal, Verdict
+from gateway.hub.local_hub import LocalHub
+from gateway.hub.router import Router
+from gateway.mqtt.codec import Connect, Publish
+from gateway.storage.disk_guard import DiskGuard
+from gateway.upstream.ingest import Ingest
+
+
+class ChildHandler(Handler):
+    """The Handler the child server calls; the local hub is bound once, right after both exist
+    (the server takes its handler at construction and the hub needs the server)."""
+
+    def __init__(
+        self,
+        *,
+        registry: RegistrySync,
+        hub_hostname: str,
+        clock: Callable[[], float],
+        trust: OfflineTrust,
+        audit: AuditLog,
+        cloud_online: Callable[[], bool],
+        disk: DiskGuard,
+        ingest: Ingest,
+        router: Router,
+    ) -> None:
+        self._registry = registry
+        self._hub_hostname = hub_hostname
+        self._clock = clock
+        self._trust = trust
+        self._audit = audit
+        self._cloud_online = cloud_online
+        self._disk = disk
+        self._ingest = ingest
+        self._router = router
+        self._hub: LocalHub | None = None
+
+    def bind_hub(self, hub: LocalHub) -> None:
+        """Once, by the daemon's wiring, before the listeners start."""
+        if self._hub is not None:
+            raise RuntimeError("the local hub is bound once")
+        self._hub = hub
+
+    @property
+    def hub(self) -> LocalHub:
+        if self._hub is None:
+            raise RuntimeError("no local hub bound: the listeners started before the wiring")
+        return self._hub
+
+    # -- CONNECT -----------------------------------------------------------------------------
+
+    def authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
+        online = self._cloud_online()
+        stale = "" if online else self._trust.expired()
+        if stale:
+            self._audit.record(connect.client_id, False, stale, "cache", "")
+            return Verdict(False, 5, stale)
+        result = auth.authenticate(
+            self._registry.registry,
+            self._hub_hostname,
+            connect.client_id,
+            connect.username,
+            connect.password,
+            cert_der,
+            self._clock(),
+        )
+        if not online:
+            self._audit.record(connect.client_id, result.ok, result.reason, "cache", "")
+        return Verdict(result.ok, result.return_code, result.reason)
+
+    # -- PUBLISH and SUBSCRIBE ---------------------------------------------------------------
+
+    def on_publish(self, conn: ChildConnection, publish: Publish) -> None:
+        try:
+            op = dialect.classify_publish(conn.device_id, publish.topic)
+        except dialect.TopicRefused as exc:
+            raise Refusal(str(exc)) from None
+        telemetry = isinstance(op, dialect.Telemetry)
+        if telemetry and self._disk.refuses():
+            self._disk.state.refused += 1
+            raise Refusal(f"storage full ({self._disk.state.reason}): telemetry refused without "
+                          f"PUBACK, the child keeps it (storage.full_policy = refuse-new)")
+        if telemetry:
+            # QoS 1: its PUBACK in order; QoS 0: still counted until it is safe
+            release = conn.hold_puback(publish.packet_id) if publish.qos == 1 else conn.hold_work()
+            self._telemetry(conn, op.properties, publish.payload, release)
+            return
+        if isinstance(op, dialect.TwinReportedPatch):
+            conn.slow_down(limits.TWIN)
+        answer = conn.hold_puback(publish.packet_id if publish.qos == 1 else None)
+        self.hub.child_operation(conn, op, publish.payload, answer)  # answered once durable
+
+    def _telemetry(self, conn: ChildConnection, properties: str, payload: bytes,
+                   release: Callable[[], None]) -> None:
+        """Children's queues through the writer, the cloud through the ingest; the PUBACK waits
+        until every copy is safe, and a message that goes nowhere is released at once."""
+        device_id = conn.device_id
+        if self._router.empty:  # the common case: everything upstream, in order
+            self._ingest.accept(device_id, properties, payload, release)
+            return
+        plan = self._router.plan(device_id, properties, payload, self._ingest.ttl_secs)
+        waiting = 1 + len(plan.children) + (plan.upstream is not None)
+
+        def one_safe() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0:
+                release()
+
+        for copy in plan.children:
+            conn.slow_down(limits.ROUTED)
+            self.hub.enqueue_devicebound(copy.device_id, payload, copy.properties,
+                                         copy.ttl_secs, one_safe)
+        if plan.upstream is not None:
+            self._ingest.accept(device_id, properties, payload, one_safe,
+                                plan.upstream.priority, plan.upstream.ttl_secs)
+        one_safe()  # every copy is handed over
+
+    def on_subscribe(self, conn: ChildConnection, topic_filter: str, qos: int) -> int:
+        try:
+            dialect.check_subscription(conn.device_id, topic_filter)
+        except dialect.TopicRefused as exc:
+            raise Refusal(str(exc)) from None
+        return min(qos, 1)
+
+    def on_subscribed(self, conn: ChildConnection) -> None:
+        self.hub.child_subscribed(conn)
+
+    def on_closed(self, conn: ChildConnection) -> None:
+        self.hub.child_closed(conn)

@@ -1,0 +1,199 @@
+"""The gateway's state in one dict and in one line.
+
+`report()` answers the control socket (`gatewayctl status`) and every metrics scrape
+(daemon/metrics.py renders the same dict), so the two never disagree and nothing is counted per
+message for them: every number is read from the object that holds it when someone asks. `line()`
+is the short form systemd shows (sd_notify STATUS=) and the hourly summary in the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from gateway.child.offline_trust import AuditLog, OfflineTrust
+from gateway.child.registry_sync import RegistrySync
+from gateway.child.server import ChildServer
+from gateway.daemon.rates import Rates, projections
+from gateway.daemon.uplink_slot import UplinkSlot
+from gateway.hub.local_hub import LocalHub
+from gateway.hub.router import Router
+from gateway.hub.settings import SettingsSync
+from gateway.storage.disk_guard import DiskGuard
+from gateway.storage.salvage import SalvageReport
+from gateway.storage.store import Store
+from gateway.storage.writer import Writer
+from gateway.upstream.ingest import Ingest
+from gateway.upstream.outbox import Outbox
+
+
+@dataclass
+class Endpoints:
+    """What start-up bound, filled in by the lifecycle as it binds (empty before)."""
+
+    listeners: list[tuple[str, int]] = field(default_factory=list)
+    metrics: tuple[str, int] | None = None
+
+
+class Status:
+    """Reads the facts from their holders; holds nothing but the start time and write count."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        storage_path: Path,
+        endpoints: Endpoints,
+        server: ChildServer,
+        registry: RegistrySync,
+        settings: SettingsSync,
+        router: Router,
+        ingest: Ingest,
+        outbox: Outbox,
+        salvage: SalvageReport | None,
+        disk: DiskGuard,
+        trust: OfflineTrust,
+        audit: AuditLog,
+        hub: LocalHub,
+        uplink: UplinkSlot,
+        rates: Rates,
+        writer: Writer,
+        store: Store,
+    ) -> None:
+        self._gateway_id = gateway_id
+        self._path = storage_path
+        self._endpoints = endpoints
+        self._server = server
+        self._registry = registry
+        self._settings = settings
+        self._router = router
+        self._ingest = ingest
+        self._outbox = outbox
+        self._salvage = salvage
+        self._disk = disk
+        self._trust = trust
+        self._audit = audit
+        self._hub = hub
+        self._uplink = uplink
+        self._rates = rates
+        self._writer = writer
+        self._store = store
+        self._started = time.time()
+        self._process = psutil.Process()
+        self._io_at_start = _write_bytes(self._process)
+
+    def line(self) -> str:
+        oldest = self._outbox.oldest_enqueued_ms()
+        age = f", oldest {time.time() - oldest / 1000:.0f} s" if oldest else ""
+        free = psutil.disk_usage(str(self._path)).free
+        return (
+            f"uplink {self._uplink.state()}; {len(self._server.sessions)} children; "
+            f"backlog {self._outbox.stats.count} msgs{age}; disk free {free // 2**20} MiB"
+        )
+
+    def report(self) -> dict:
+        stats = self._outbox.stats
+        oldest = self._outbox.oldest_enqueued_ms()
+        disk = psutil.disk_usage(str(self._path))
+        uplink = self._uplink.stats()
+        rates = self._rates.per_second()
+        metrics = self._endpoints.metrics
+        return {
+            "gateway_id": self._gateway_id,
+            "pid": os.getpid(),
+            "uptime_secs": round(time.time() - self._started, 1),
+            "listeners": [f"{h}:{p}" for h, p in self._endpoints.listeners],
+            "metrics": "{}:{}".format(*metrics) if metrics else None,
+            "uplink": vars(uplink) if uplink is not None else {"state": "disabled"},
+            "children": sorted(self._server.sessions),
+            "children_refused": self._server.refused,
+            "registry_version": self._registry.registry.version,
+            "registry_children": len(self._registry.registry.children),
+            "registry_last_refusal": self._registry.last_refusal,
+            "settings_version": self._settings.settings.version,
+            "settings_last_refusal": self._settings.last_refusal,
+            "time_to_live_secs": self._ingest.ttl_secs,
+            "last_child_refusal": self._server.last_refusal,
+            "audit_pending": self._audit.count,
+            "offline_trust": {
+                "trust_secs": self._trust.trust_secs,
+                "fresh_at": self._trust.fresh_at,
+                "expired": self._trust.expired(),
+            },
+            "hub": self._hub.status(),
+            "routes": self._router.describe(),
+            "unrouted": self._router.unrouted,
+            "dead_letters": len(self._outbox.dead_letters(100_000)),
+            "backlog": {
+                "messages": stats.count,
+                "bytes": stats.bytes,
+                "oldest_age_secs": round(time.time() - oldest / 1000, 1) if oldest else None,
+                "by_priority": {str(p): n for p, n in self._outbox.backlog_by_priority().items()},
+            },
+            "rates": rates,
+            "projections": projections(stats.count, disk.free, rates),
+            "store_bytes": _tree_bytes(self._path),
+            "outbox": vars(stats),
+            "next_seq": self._outbox.next_seq,
+            "store_error": self._writer.store_error,
+            "writer": {
+                "commits": self._writer.commits,
+                "jobs_committed": self._writer.jobs_committed,
+                "backlog": self._writer.backlog,
+                "synced_writes": self._store.synced_writes,
+                "sync_guard": self._store.sync_guarded,
+                "sync_refused_on_loop": self._store.sync_refused,
+            },
+            "salvage": self._salvage_report(),
+            "disk": self._disk_report(disk),
+            "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
+        }
+
+    def _salvage_report(self) -> dict | None:
+        salvage = self._salvage
+        if salvage is None:
+            return None
+        return {
+            "quarantine": str(salvage.quarantine),
+            "messages": salvage.messages,
+            "unreadable": salvage.unreadable,
+            "other_records": salvage.other_records,
+            "error": salvage.error,
+        }
+
+    def _disk_report(self, usage) -> dict:
+        guard = self._disk
+        return {
+            "free_bytes": usage.free,
+            "total_bytes": usage.total,
+            "free_percent": guard.state.free_percent,
+            "min_free_percent": guard.min_free_percent,
+            "max_bytes": guard.max_bytes,
+            "policy": guard.policy,
+            "full": guard.state.full,
+            "full_reason": guard.state.reason,
+            "dropped": guard.state.dropped,
+            "refused": guard.state.refused,
+        }
+
+
+def _tree_bytes(path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat().st_size
+    return total
+
+
+def _write_bytes(process: psutil.Process) -> int:
+    try:
+        return process.io_counters().write_bytes
+    except (psutil.Error, AttributeError):
+        return 0
