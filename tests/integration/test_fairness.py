@@ -28,7 +28,6 @@ RATE, SECS = 100, 6
 KEEP = 0.99
 P99_MS = {"online": 50, "offline": 300}
 SERVED_PER_SEC = 500
-ONE_WRITER = pytest.mark.xfail(strict=True, reason="issue 13: one writer")
 TO_C = 'BrokeredEndpoint("/devices/c/messages/devicebound")'
 ROUTES = {
     "b-to-c": f"FROM /messages/devices/b/* INTO {TO_C}",
@@ -94,16 +93,14 @@ def assert_fair(figures, link: str) -> None:
 @pytest.mark.parametrize("link", ["online", "offline"])
 def test_the_bystander_alone_is_served_within_bounds_on_a_slow_card(
         tmp_path, cloud, gateways, link, record_property):
-    """The instrument's own check: alone, A keeps its PUBACKs already today, so a storm is what
-    takes them away. (Its p99 is printed, not asserted: today the outbox's group commit holds
-    the GIL through its flush, see the issue, and a loaded test machine adds its own.)"""
+    """The instrument's own check: alone, A keeps its PUBACKs, so a storm is what would take
+    them away. (Its p99 is printed, not asserted: a loaded test machine adds its own.)"""
     gw, keys, shim = slow_gateway(tmp_path, cloud, gateways, link)
     figures, _ = phase(gw, keys, shim, None, f"alone {link}", record_property)
     assert figures.acked >= KEEP * figures.sent, figures.line()
     assert shim.flushes() > 0, "the shim saw the daemon's flushes"
 
 
-@ONE_WRITER
 @pytest.mark.parametrize("link", ["online", "offline"])
 def test_a_bystander_keeps_its_pubacks_while_a_neighbour_storms_its_twin(
         tmp_path, cloud, gateways, link, record_property):
@@ -113,7 +110,6 @@ def test_a_bystander_keeps_its_pubacks_while_a_neighbour_storms_its_twin(
     assert_fair(figures, link)
 
 
-@ONE_WRITER
 @pytest.mark.parametrize("c_state", ["subscribed", "away"])
 @pytest.mark.parametrize("link", ["online", "offline"])
 def test_a_bystander_keeps_its_pubacks_while_a_neighbour_storms_a_third_childs_queue(
@@ -136,7 +132,6 @@ def test_a_bystander_keeps_its_pubacks_while_a_neighbour_storms_a_third_childs_q
     assert_fair(figures, link)
 
 
-@ONE_WRITER
 @pytest.mark.parametrize("link", ["online", "offline"])
 def test_the_storming_child_is_served_500_patches_per_sec_with_the_rate_off(
         tmp_path, cloud, gateways, link, record_property):
