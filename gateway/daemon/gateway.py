@@ -43,6 +43,7 @@ from gateway.storage import ballast
 from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import open_or_salvage
 from gateway.upstream import cloud_contract as contract
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
 from gateway.upstream.resolver import CloudResolver
@@ -118,6 +119,7 @@ class Gateway(Handler):
         self.routes = parse_routes(self.settings.settings.routes)
         self.unrouted = 0
         self.outbox = Outbox(self.store)
+        self.dead_letters = DeadLetters(self.store, self.outbox)
         self.ingest = Ingest(
             self.outbox,
             clock=self.clock,
@@ -183,6 +185,7 @@ class Gateway(Handler):
             subscriptions=sorted(self._cloud_subscriptions()),
             clock=self.clock,
             resolver=CloudResolver(self.store, cloud.host, cloud.port, list(cloud.dns_servers)),
+            dead_letters=self.dead_letters,
         )
         self.uplink.on_online = self._on_online
         self.hub.uplink = self.uplink
@@ -391,31 +394,7 @@ class Gateway(Handler):
 
     def dead_letter_command(self, action: str = "list", which: str = "all") -> dict:
         """`gatewayctl dlq list|resend|drop [SEQ|all]`."""
-        letters = self.outbox.dead_letters()
-        if which != "all":
-            if not which.isdigit():
-                raise ValueError(f"expected a sequence number or 'all', got {which!r}")
-            letters = [entry for entry in letters if entry[0] == int(which)]
-            if not letters:
-                raise ValueError(f"no dead letter with seq {which}")
-        if action == "list":
-            return {"dead_letters": [
-                {"seq": seq, "device_id": msg.device_id, "reason_code": reason,
-                 "refused_at_ms": at, "enqueued_ms": msg.enqueued_ms, "bytes": len(msg.payload),
-                 "priority": msg.priority}
-                for seq, reason, at, msg in letters]}
-        if action == "drop":
-            for seq, *_ in letters:
-                self.outbox.drop_dead_letter(seq)
-            return {"dropped": len(letters)}
-        if action == "resend":
-            for seq, _, _, msg in letters:
-                self.ingest.accept(
-                    msg.device_id, msg.properties, msg.payload,
-                    lambda seq=seq: self.outbox.drop_dead_letter(seq), msg.priority,
-                )
-            return {"resent": len(letters)}
-        raise ValueError(f"unknown action {action!r}: use list, resend or drop")
+        return self.dead_letters.command(action, which, self.ingest.accept)
 
     def reported_twin(self) -> dict:
         """The gateway's reported properties: what is in force and how the site is doing."""
@@ -574,7 +553,7 @@ class Gateway(Handler):
             "hub": self.hub.status(),
             "routes": self.routes.describe(),
             "unrouted": self.unrouted,
-            "dead_letters": len(self.outbox.dead_letters(100_000)),
+            "dead_letters": self.dead_letters.count,
             "backlog": {
                 "messages": stats.count,
                 "bytes": stats.bytes,

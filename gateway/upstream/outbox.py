@@ -19,7 +19,6 @@ where it does not block the event loop (`commit_begin` / `write` / `commit_end`)
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -35,7 +34,6 @@ from gateway.upstream.message import (
 )
 
 SEQ_BLOCK = 65536
-_DLQ_HEAD = struct.Struct(">BQ")  # reason code, refused at (ms)
 _key_seq = ks.key_seq
 
 
@@ -434,43 +432,13 @@ class Outbox:
         self.stats.dropped_full += dropped
         return dropped, dropped_bytes
 
-    # -- dead letters ------------------------------------------------------------------------
-
-    def dead_letter(self, seq: int, priority: int, reason: int, now_ms: int) -> bool:
-        """Move a message the cloud keeps refusing out of the queue, durably, in one step.
-
-        The dead-letter copy is synced before the message leaves the queue, so it is in one
-        place or the other (or, after a power cut between the two, both: at least once)."""
-        msg = self.get(seq, priority)
-        if msg is None:
-            return False
-        value = _DLQ_HEAD.pack(reason, now_ms) + encode_record(msg)
-        self._store.put(self._store.meta, ks.dlq_key(seq), value, sync=True)
+    def moved_out(self, seq: int, priority: int, msg: Message) -> None:
+        """The message is now kept elsewhere (the dead letters): forget it, undelivered."""
         in_memory = seq in self._mem
         self.ack(seq, msg.size(), priority, delivered=False)
         if in_memory:
             self.stats.acked_before_commit -= 1
         self.stats.dead_lettered += 1
-        return True
-
-    def dead_letters(self, limit: int = 1000) -> list[tuple[int, int, int, Message]]:
-        """(seq, reason code, refused at ms, message), oldest first."""
-        out = []
-        for key, value in self._store.meta.scan(ks.DLQ_PREFIX):
-            if len(out) >= limit:
-                break
-            reason, at = _DLQ_HEAD.unpack_from(value)
-            try:
-                msg = decode_record(value[_DLQ_HEAD.size :])
-            except RecordError:
-                continue
-            out.append((ks.dlq_seq(key), reason, at, msg))
-        return out
-
-    def drop_dead_letter(self, seq: int) -> None:
-        batch = Batch()
-        batch.delete(self._store.meta, ks.dlq_key(seq))
-        self._store.write(batch, sync=True)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

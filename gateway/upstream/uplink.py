@@ -27,6 +27,7 @@ from gateway.log import Event, event
 from gateway.mqtt import mqtt5
 from gateway.upstream import cloud_contract as contract
 from gateway.upstream.cloud_session import CloudSession, SessionCallbacks
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.message import PRIORITIES
 from gateway.upstream.outbox import Cursor, Outbox
 from gateway.upstream.resolver import CloudResolver, ResolveError
@@ -129,8 +130,11 @@ class Uplink:
         subscriptions: list[str],
         clock: Callable[[], float] = time.time,
         resolver: CloudResolver | None = None,
+        *,
+        dead_letters: DeadLetters,
     ) -> None:
         self._cfg = cloud
+        self._dead_letters = dead_letters
         self._resolver = resolver
         self._gateway_id = gateway_id
         self._outbox = outbox
@@ -439,7 +443,7 @@ class Uplink:
             return False
         del self._refusals[sent.seq]
         now_ms = int(self._clock() * 1000)
-        if self._outbox.dead_letter(sent.seq, sent.priority, code, now_ms):
+        if self._dead_letters.move(sent.seq, sent.priority, code, now_ms):
             event(
                 Event.UPLINK_REFUSED_MESSAGE,
                 f"uplink: message seq={sent.seq} refused {count} times ({why}); moved to the "
