@@ -163,14 +163,14 @@ class Outbox:
         if not seqs and not self._deletes:
             return None
         batch = Batch()
-        outbox = self._store.outbox
-        sizes, priorities = [], []
+        sizes, priorities, records = [], [], []
         for seq in seqs:
             msg = self._mem[seq]
-            batch.put(outbox, ks.seq_key(seq, msg.priority), encode_record(msg))
+            records.append((ks.seq_key(seq, msg.priority), encode_record(msg)))
             sizes.append(msg.size())
             priorities.append(msg.priority)
             self._lane_disk[msg.priority] += 1
+        batch.put_many(self._store.outbox, records)
         self._disk_count += len(seqs)
         self._disk_bytes += sum(sizes)
         self._add_deletes(batch)
@@ -230,12 +230,13 @@ class Outbox:
         self._store.write(batch, sync=False)
 
     def _add_deletes(self, batch: Batch) -> None:
-        outbox = self._store.outbox
+        keys = []
         for seq, (priority, size) in self._deletes.items():
-            batch.delete(outbox, ks.seq_key(seq, priority))
+            keys.append(ks.seq_key(seq, priority))
             self._disk_count -= 1
             self._disk_bytes -= size
             self._lane_disk[priority] = max(self._lane_disk[priority] - 1, 0)
+        batch.delete_many(self._store.outbox, keys)
         self._deletes.clear()
         self._disk_count = max(self._disk_count, 0)
         self._disk_bytes = max(self._disk_bytes, 0)
