@@ -138,14 +138,11 @@ class Family:
         self, prefix: bytes = b"", start: bytes | None = None
     ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) of every key under `prefix`, ascending, from `start` (inclusive) on."""
-        it = self._view.iter()
-        it.seek(prefix if start is None or start < prefix else start)
-        while it.valid():
-            key = it.key()
+        for key, value in self._view.items(
+                from_key=prefix if start is None or start < prefix else start):
             if not key.startswith(prefix):
                 return
-            yield key, it.value()
-            it.next()
+            yield key, value
 
     def keys(self, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
         """The keys of `scan`, without copying the values out."""
