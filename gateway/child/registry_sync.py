@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from gateway.child.auth import Registry, parse_registry, registry_to_bytes
 from gateway.errors import RegistryError
 from gateway.log import Event, event
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
-
-_META_REGISTRY = b"registry"
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class RegistrySync:
         self.received_at: float | None = None  # wall time of the cloud's last document, if any
 
     def _load(self) -> Registry:
-        cached = self._store.get_meta(_META_REGISTRY)
+        cached = self._store.meta.get(ks.REGISTRY)
         if cached is None:
             return Registry.empty()
         try:
@@ -66,7 +65,7 @@ class RegistrySync:
             )
         if new == old:
             return RegistryChange(False, "unchanged")
-        self._store.put_meta(_META_REGISTRY, registry_to_bytes(new), sync=True)
+        self._store.put(self._store.meta, ks.REGISTRY, registry_to_bytes(new), sync=True)
         self.registry = new
         revoked = tuple(
             device

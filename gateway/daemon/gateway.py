@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import ssl
@@ -34,7 +33,6 @@ from gateway.config import load_config
 from gateway.daemon import reload as reload_rules
 from gateway.daemon.cloud_inbox import CloudInbox, ttl_in_force
 from gateway.daemon.control import ControlServer
-from gateway.daemon.dead_letter_command import dead_letter_command
 from gateway.daemon.housekeeping import DiskPolicy, Housekeeping
 from gateway.daemon.metrics import MetricsServer
 from gateway.daemon.rates import Rates
@@ -51,6 +49,7 @@ from gateway.storage import ballast
 from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import SalvageReport, open_or_salvage
 from gateway.storage.store import Store
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
 from gateway.upstream.resolver import CloudResolver
@@ -98,6 +97,7 @@ class Gateway:
         settings = SettingsSync(store, check_routes)
         router = Router(settings.settings.routes, children)
         self.outbox = outbox = Outbox(store)
+        self.dead_letters = dead_letters = DeadLetters(store, outbox)
         disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         disk_policy = DiskPolicy(disk, outbox, store)
         self.ingest = ingest = Ingest(
@@ -126,8 +126,8 @@ class Gateway:
         self.status = Status(
             gateway_id=cfg.gateway.id, storage_path=st.path, endpoints=self.endpoints,
             server=server, registry=registry, settings=settings, router=router, ingest=ingest,
-            outbox=outbox, salvage=salvage, disk=disk, trust=trust, audit=audit, hub=hub,
-            uplink=self.uplink, rates=rates,
+            outbox=outbox, dead_letters=dead_letters, salvage=salvage, disk=disk, trust=trust,
+            audit=audit, hub=hub, uplink=self.uplink, rates=rates,
         )
         self.housekeeping = Housekeeping(
             gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,
@@ -135,9 +135,10 @@ class Gateway:
             disk=disk_policy, rates=rates, trust=trust, audit=audit, reported=reported,
             uplink=self.uplink,
         )
-        dead_letters = functools.partial(dead_letter_command, outbox, ingest)
-        self.control = ControlServer(cfg.control.socket,
-                                     {"status": self.status.report, "dlq": dead_letters})
+        def dlq(action: str = "list", which: str = "all") -> dict:
+            return dead_letters.command(action, which, ingest.accept)
+
+        self.control = ControlServer(cfg.control.socket, {"status": self.status.report, "dlq": dlq})
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status.report)
 
     # -- start and stop ----------------------------------------------------------------------
@@ -209,6 +210,7 @@ class Gateway:
             subscriptions=sorted(self.inbox.subscriptions(cloud.prefix)),
             clock=self._clock,
             resolver=CloudResolver(self._store, cloud.host, cloud.port, list(cloud.dns_servers)),
+            dead_letters=self.dead_letters,
         )
         uplink.on_online = self.inbox.on_online  # Uplink takes it only as an attribute
         self.uplink.attach(uplink, cloud.prefix)

@@ -26,6 +26,7 @@ from gateway.hub.router import Router
 from gateway.hub.settings import SettingsSync
 from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import SalvageReport
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
 
@@ -53,6 +54,7 @@ class Status:
         router: Router,
         ingest: Ingest,
         outbox: Outbox,
+        dead_letters: DeadLetters,
         salvage: SalvageReport | None,
         disk: DiskGuard,
         trust: OfflineTrust,
@@ -70,6 +72,7 @@ class Status:
         self._router = router
         self._ingest = ingest
         self._outbox = outbox
+        self._dead_letters = dead_letters
         self._salvage = salvage
         self._disk = disk
         self._trust = trust
@@ -122,7 +125,7 @@ class Status:
             "hub": self._hub.status(),
             "routes": self._router.describe(),
             "unrouted": self._router.unrouted,
-            "dead_letters": len(self._outbox.dead_letters(100_000)),
+            "dead_letters": self._dead_letters.count,
             "backlog": {
                 "messages": stats.count,
                 "bytes": stats.bytes,

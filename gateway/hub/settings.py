@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import DataError
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 
-_META_KEY = b"gateway_twin_desired"
 MAX_TTL_SECS = 2_147_483_647
 SCHEMA_VERSIONS = ("1.0", "1.1")
 
@@ -83,7 +83,7 @@ class SettingsSync:
         self._store = store
         self._check_routes = check_routes
         self.last_refusal = ""
-        raw = store.get_meta(_META_KEY)
+        raw = store.meta.get(ks.SETTINGS)
         self.settings = HubSettings()
         if raw:
             try:
@@ -100,7 +100,7 @@ class SettingsSync:
             return False, str(exc)
         if new.version <= self.settings.version:
             return False, "unchanged"
-        self._store.put_meta(_META_KEY, json.dumps(new.raw).encode(), sync=True)
+        self._store.put(self._store.meta, ks.SETTINGS, json.dumps(new.raw).encode(), sync=True)
         self.settings = new
         self.last_refusal = ""
         return True, "applied"

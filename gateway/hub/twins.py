@@ -19,9 +19,9 @@ import json
 from dataclasses import dataclass, field
 
 from gateway.errors import DataError
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 
-_KEY_PREFIX = b"twin/"
 MAX_TWIN_BYTES = 32 * 1024  # IoT Hub's limit for each of desired and reported
 MAX_DEPTH = 10  # IoT Hub allows at most 10 levels of nesting in twin properties
 
@@ -107,13 +107,13 @@ class TwinStore:
     def get(self, device_id: str) -> Twin:
         twin = self._cache.get(device_id)
         if twin is None:
-            raw = self._store.get_meta(_KEY_PREFIX + device_id.encode())
+            raw = self._store.meta.get(ks.twin_key(device_id))
             twin = _decode(raw) if raw else Twin()
             self._cache[device_id] = twin
         return twin
 
     def _save(self, device_id: str, twin: Twin, sync: bool = True) -> None:
-        self._store.put_meta(_KEY_PREFIX + device_id.encode(), _encode(twin), sync=sync)
+        self._store.put(self._store.meta, ks.twin_key(device_id), _encode(twin), sync=sync)
         self._cache[device_id] = twin
 
     def patch_reported(self, device_id: str, patch: dict) -> int:
@@ -171,10 +171,8 @@ class TwinStore:
     def dirty_devices(self) -> list[str]:
         """Children whose reported state the cloud has not seen yet (scans the store)."""
         out = []
-        for key, raw in self._store.meta.items(from_key=_KEY_PREFIX):
-            if not key.startswith(_KEY_PREFIX):
-                break
-            device_id = key[len(_KEY_PREFIX) :].decode()
+        for key, raw in self._store.meta.scan(ks.TWIN_PREFIX):
+            device_id = ks.twin_device(key)
             twin = self._cache.get(device_id) or _decode(raw)
             if twin.dirty:
                 out.append(device_id)
