@@ -28,6 +28,7 @@ from tests.faults.hostile import (
     telemetry,
 )
 from tests.support.clients import Child
+from tests.support.wait import wait_until
 
 RSS_GROWTH_LIMIT = 64 << 20  # peak over the baseline, through every flood of this module
 PINGREQ = b"\xc0\x00"
@@ -260,16 +261,19 @@ def test_h43_reader_that_never_reads_is_closed(site):
     sock.settimeout(0.5)
     burst = PINGREQ * 32768
     sent = 0
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
+
+    def closed() -> bool:
+        nonlocal sent
         try:
             sent += sock.send(burst)
         except TimeoutError:
-            continue  # the gateway stopped reading us: keep the pressure on until it closes
+            return False  # the gateway stopped reading us: keep the pressure on until it closes
         except (BrokenPipeError, ConnectionResetError):
-            break
-    else:
-        raise AssertionError(f"never closed; {sent} bytes sent")
+            return True
+        return False
+
+    wait_until(closed, timeout=40, interval=0, what="the gateway to close a child that never "
+               "reads", show=lambda _: f"never closed; {sent} bytes sent")
     sock.close()
     _count(site, "catalogue")
 

@@ -14,8 +14,9 @@ import getpass
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from .wait import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -70,15 +71,19 @@ class Mosquitto:
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf)], stdout=self._log_file, stderr=self._log_file
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def running() -> bytes:
             text = self.log.read_bytes()[start_offset:]
-            if b"running" in text and b"Opening ipv4 listen socket" in text:
-                return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {text.decode(errors='replace')}")
-            time.sleep(0.02)
-        raise RuntimeError("mosquitto did not report running")
+            return text
+
+        def ready(text: bytes) -> bool:
+            return b"running" in text and b"Opening ipv4 listen socket" in text
+
+        wait_until(running, ready, timeout=timeout, interval=0.02,
+                   what="mosquitto to report running",
+                   show=lambda text: text.decode(errors="replace"))
 
     def stop(self) -> None:
         """SIGTERM: mosquitto saves its persistence file, like a cloud going down cleanly.
