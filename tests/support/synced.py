@@ -18,7 +18,7 @@ from .gatewayd import Gatewayd
 
 
 def synced_gateway(cloud: Mosquitto, make: Callable[..., Gatewayd],
-                   keys: dict[str, str] | None = None, *, registry: bytes | None = None,
+                   keys: dict[str, str] | None = None, /, *, registry: bytes | None = None,
                    online: bool = False, until: Callable[[dict], bool] | None = None,
                    env: dict | None = None, cloud_url: str | None = None,
                    **overrides) -> Gatewayd:
@@ -28,7 +28,8 @@ def synced_gateway(cloud: Mosquitto, make: Callable[..., Gatewayd],
     retained before the gateway starts. `make(cloud_url=..., **overrides)` builds the gateway
     (the `gateways` fixture); `cloud_url` defaults to the broker itself (a proxy in front of it
     is the other case). `online` also waits for the uplink, and `until` for any further status
-    condition that belongs to the same start.
+    condition that belongs to the same start. The first three are positional only, so that
+    `cloud={...}` is the gateway's [cloud] section, not the broker.
     """
     doc = registry if registry is not None else registry_doc(1, keys or {})
     publish_retained(cloud.port, registry_topic("", "edge-1"), doc)
