@@ -65,8 +65,8 @@ def test_a_full_disk_restarts_and_loses_nothing_acknowledged(cloud, gateways, sm
     assert status["backlog"]["messages"] >= len(acked)
     cloud.start()
     verifier.connect()
-    verifier.wait_for(lambda m: {x.i for x in m} >= set(acked), timeout=120,
-                      what="every PUBACKed message")
+    verifier.wait_for(lambda m: {x.i for x in m} >= set(acked), timeout=600,
+                      what=f"every PUBACKed message ({len(acked)})")
     print(f"disk full at {len(acked)} PUBACKed messages of 1 KB on 24 MiB; all delivered "
           f"after the restart")
 
