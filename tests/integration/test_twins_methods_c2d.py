@@ -85,6 +85,11 @@ def test_desired_patch_is_pushed_to_a_connected_child(cloud, gateways):
     assert t2.endswith("?$version=4")
     assert json.loads(p2) == {"$version": 4, "rate": 10, "mode": None}
     operator.put_retained("devices/dev-p/twin/desired", {"$version": 2, "rate": 1})
+    # the gateway handles cloud messages in order, one at a time: once a message sent after the
+    # stale document reaches the child, that document has been judged
+    operator.send("dev-p", b"after version 2")
+    child.wait(lambda: child.messages("devices/dev-p/messages/devicebound/"),
+               what="the message sent after version 2")
     assert child.twin_get()["desired"]["$version"] == 4, "older is ignored"
     child.close()
     operator.close()
