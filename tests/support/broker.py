@@ -11,6 +11,7 @@ forgot. Readiness is awaited by mosquitto's own log line, not by sleeping.
 from __future__ import annotations
 
 import getpass
+import random
 import shutil
 import socket
 import subprocess
@@ -21,10 +22,30 @@ from .wait import wait_until
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range.
+
+    A port the kernel handed out (bind to 0) is one it also hands to outgoing connections: while
+    a broker or a daemon is down for a restart, a client's connect could take its port (even
+    connect to itself on it), and the restart failed with 'Address already in use'.
+    """
+    low = _ephemeral_range()[0]
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Mosquitto:
@@ -37,6 +58,7 @@ class Mosquitto:
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
+        self._holder: socket.socket | None = None
         lines = [f"listener {self.port} 127.0.0.1"]
         if tls is not None:
             lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
@@ -66,6 +88,9 @@ class Mosquitto:
         return self.workdir / "mosquitto.db"
 
     def start(self, timeout: float = 10.0) -> None:
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         start_offset = self._log_offset = self.log.stat().st_size
         self.proc = subprocess.Popen(
@@ -96,7 +121,15 @@ class Mosquitto:
             self.proc.wait(10)
             self._log_file.close()
             self.assert_saved()
+            self._hold_port()
         self.proc = None
+
+    def _hold_port(self) -> None:
+        """Keep the port bound (not listening: clients are refused as by a dead broker) until
+        the restart, so that no other test's process can take it meanwhile."""
+        self._holder = socket.socket()
+        self._holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._holder.bind(("127.0.0.1", self.port))
 
     def assert_saved(self) -> None:
         """The last run saved its persistence file without error."""
