@@ -24,7 +24,6 @@ import ssl
 import sdnotify
 
 from gateway import log
-from gateway.child.handler import ChildHandler
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildServer
@@ -40,6 +39,7 @@ from gateway.daemon.reported_twin import ReportedTwin
 from gateway.daemon.status import Endpoints, Status
 from gateway.daemon.uplink_slot import UplinkSlot
 from gateway.errors import EX_TEMPFAIL, GatewayError
+from gateway.hub.child_handler import ChildHandler
 from gateway.hub.local_hub import LocalHub
 from gateway.hub.router import Router
 from gateway.hub.routes import check_routes
