@@ -23,8 +23,11 @@ apt_install() {
 }
 
 venv() {
-    # $1 venv dir, $2 marker input (file whose change means reinstall), rest: pip arguments
-    dir=$1; stamp=$dir/.installed; shift
+    # $1 venv dir, rest: pip arguments. One stamp per set of pip arguments, holding a hash of
+    # what was installed: `run` (-e .) then `test` (-e '.[test]') must still install the test
+    # extras, and a change of setup.cfg or of this script reinstalls.
+    dir=$1; shift
+    stamp=$dir/.installed-$(printf '%s\n' "$@" | sha256sum | cut -c1-16)
     if [ ! -x "$dir/bin/python" ]; then
         python3 -m venv "$dir" || { apt_install python3-venv; python3 -m venv "$dir"; }
     fi

@@ -43,6 +43,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                      help="slow-flash storms (default twin routed none)")
     run.add_argument("--slowflash-secs", type=float, help="seconds of each slow-flash phase (6)")
     run.add_argument("--out", type=Path, default=Path("bench-results"))
+    run.add_argument("--baseline", type=Path, metavar="DIR",
+                     help="another checkout of gatewayd (e.g. a git worktree of the parent "
+                          "commit), measured as system gatewayd-baseline in the same rounds")
     again = sub.add_parser("report", help="write report.md and the plots again from report.json")
     again.add_argument("dirs", type=Path, nargs="+", help="result directories to merge")
     again.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -97,11 +100,15 @@ def kinds(base: tuple[str, ...], args: argparse.Namespace) -> tuple[str, ...]:
     """The systems of a scenario: the ThingsBoard gateway when it is installed, and only
     those asked for with --systems."""
     found = base + (("thingsboard-gateway",) if thingsboard_gateway() else ())
+    if args.baseline is not None and "gatewayd" in base:
+        found += ("gatewayd-baseline",)
     return tuple(k for k in found if not args.systems or k in args.systems)
 
 
 def run(args: argparse.Namespace) -> dict:
     cfg = sizes(args)
+    if args.baseline is not None:
+        scenarios.BASELINE["tree"] = args.baseline.resolve()
     work = Path(tempfile.mkdtemp(prefix="gwbench"))
     rounds: dict = {"sizes": cfg, "machine": report.machine(), "relay": {}, "outage": {},
                     "wear": {}, "startup": {}, "slowflash": {}}
@@ -115,8 +122,8 @@ def run(args: argparse.Namespace) -> dict:
                     print(f"round {r} relay {n} children {kind}: {report.short(figures)}",
                           flush=True)
         if "outage" in args.scenarios:
-            outage_kinds = [k for k in ("gatewayd", "paho-floor")
-                            if not args.systems or k in args.systems]
+            outage_kinds = [k for k in kinds(("gatewayd", "paho-floor"), args)
+                            if k != "thingsboard-gateway"]
             for kind in rotate(tuple(outage_kinds), r):
                 figures = attempt(scenarios.outage, kind, work / f"outage{r}-{kind}", cfg["outage"])
                 rounds["outage"].setdefault(kind, []).append(figures)

@@ -34,12 +34,19 @@ WINDOW = 100  # the gateway's default cloud inflight window; the floor and the c
 # cadence; the outage children keep 100 each in flight (paho's default is 20) to fill faster.
 OUTAGE_WINDOW = 100
 BODIES = payloads()
+# `--baseline DIR`: another checkout of gatewayd, run as system "gatewayd-baseline" beside this
+# one in the same run, so that a change is measured against its parent under the same load
+BASELINE: dict[str, Path] = {}
 
 
 def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
                 store: Path | None = None):
     if kind == "gatewayd":
         return GatewaydSystem(workdir / "gw", cloud, keys, store)
+    if kind == "gatewayd-baseline":
+        system = GatewaydSystem(workdir / "gw", cloud, keys, store)
+        system.gw.env["PYTHONPATH"] = str(BASELINE["tree"])  # ahead of the installed package
+        return system
     if kind == "gatewayd-rocksdb-defaults":
         return GatewaydSystem(workdir / "gw", cloud, keys, store, module="bench.rocksdb_defaults")
     if kind == "thingsboard-gateway":

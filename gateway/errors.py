@@ -56,13 +56,6 @@ class StoreError(GatewayError):
     exit_code = EX_IOERR
 
 
-class SyncOnLoopError(StoreError):
-    """Our bug: a synced write (an fsync) was asked for on the event loop's thread, where it
-    would stall every child for the length of a flush; it must go through the writer."""
-
-    exit_code = EX_SOFTWARE
-
-
 class DataError(GatewayError):
     """A document (from the cloud, a child or the operator) or a stored record is refused."""
 

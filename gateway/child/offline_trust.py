@@ -11,17 +11,12 @@ cloud learns who used the site while nobody could ask it.
 from __future__ import annotations
 
 import json
-import struct
 import time
 from collections.abc import Callable
 
-from rocksdict import WriteBatch
+from gateway.storage import keyspace as ks
+from gateway.storage.store import Batch, Store
 
-from gateway.storage.store import Store
-
-_PREFIX = b"audit/"
-_FRESH_KEY = b"registry_fresh_at"
-_U64 = struct.Struct(">Q")
 MAX_ENTRIES = 10_000  # the oldest go first beyond this
 BATCH = 100  # entries per cloud message
 FRESH_PERSIST_SECS = 60.0
@@ -34,8 +29,8 @@ class OfflineTrust:
         self._store = store
         self.trust_secs = trust_secs
         self._clock = clock
-        raw = store.get_meta(_FRESH_KEY)
-        self.fresh_at = _U64.unpack(raw)[0] / 1000 if raw else None
+        raw = store.meta.get(ks.REGISTRY_FRESH_AT)
+        self.fresh_at = ks.read_u64(raw) / 1000 if raw else None
         self._persisted_at = 0.0
 
     def refresh(self, online: bool) -> None:
@@ -46,7 +41,8 @@ class OfflineTrust:
         self.fresh_at = now
         if now - self._persisted_at >= FRESH_PERSIST_SECS:  # one small write a minute
             self._persisted_at = now
-            self._store.put_meta(_FRESH_KEY, _U64.pack(int(now * 1000)), sync=False)
+            self._store.put(self._store.meta, ks.REGISTRY_FRESH_AT, ks.u64(int(now * 1000)),
+                            sync=False)
 
     def synced(self) -> None:
         self.fresh_at = None
@@ -70,43 +66,37 @@ class AuditLog:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
-        keys = list(self._keys())
-        self._next = (_U64.unpack(keys[-1][len(_PREFIX):])[0] + 1) if keys else 1
-        self.count = len(keys)
-
-    def _keys(self):
-        for key in self._store.meta.keys(from_key=_PREFIX):
-            if not key.startswith(_PREFIX):
-                break
-            yield key
+        last = store.meta.last(ks.AUDIT_PREFIX)
+        self._next = ks.audit_number(last[0]) + 1 if last else 1
+        self.count = sum(1 for _ in store.meta.keys(ks.AUDIT_PREFIX))
 
     def record(self, device_id: str, ok: bool, reason: str, method: str, peer: str) -> None:
         """One offline decision; unsynced (an audit entry is not a promise to a child)."""
         entry = {"at": round(self._clock(), 3), "deviceId": device_id, "accepted": ok,
                  "reason": reason, "method": method, "peer": peer}
-        batch = WriteBatch(raw_mode=True)
-        batch.put(_PREFIX + _U64.pack(self._next), json.dumps(entry).encode(),
-                  self._store.meta_handle)
+        meta = self._store.meta
+        batch = Batch()
+        batch.put(meta, ks.audit_key(self._next), json.dumps(entry).encode())
         self._next += 1
         self.count += 1
         if self.count > MAX_ENTRIES:
-            oldest = next(self._keys())
-            batch.delete(oldest, self._store.meta_handle)
+            oldest, _ = meta.first(ks.AUDIT_PREFIX)
+            batch.delete(meta, oldest)
             self.count -= 1
         self._store.write(batch, sync=False)
 
     def pending(self, limit: int = BATCH) -> tuple[list[bytes], list[dict]]:
         keys, entries = [], []
-        for key, value in self._store.meta.items(from_key=_PREFIX):
-            if not key.startswith(_PREFIX) or len(keys) >= limit:
+        for key, value in self._store.meta.scan(ks.AUDIT_PREFIX):
+            if len(keys) >= limit:
                 break
             keys.append(key)
             entries.append(json.loads(value))
         return keys, entries
 
     def published(self, keys: list[bytes]) -> None:
-        batch = WriteBatch(raw_mode=True)
+        batch = Batch()
         for key in keys:
-            batch.delete(key, self._store.meta_handle)
+            batch.delete(self._store.meta, key)
         self._store.write(batch, sync=False)
         self.count = max(self.count - len(keys), 0)

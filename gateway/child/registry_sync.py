@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from gateway.child.auth import Registry, parse_registry, registry_to_bytes
 from gateway.errors import RegistryError
 from gateway.log import Event, event
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
-
-_META_REGISTRY = b"registry"
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class RegistrySync:
         self.received_at: float | None = None  # wall time of the cloud's last document, if any
 
     def _load(self) -> Registry:
-        cached = self._store.get_meta(_META_REGISTRY)
+        cached = self._store.meta.get(ks.REGISTRY)
         if cached is None:
             return Registry.empty()
         try:
@@ -77,7 +76,7 @@ class RegistrySync:
         if new == old:
             then()
             return RegistryChange(False, "unchanged")
-        writes = Writes().put(self._store.meta_handle, _META_REGISTRY, registry_to_bytes(new))
+        writes = Writes().put(self._store.meta, ks.REGISTRY, registry_to_bytes(new))
         write_or_submit(self._store, self.submit, writes, then)
         self.registry = new
         revoked = tuple(

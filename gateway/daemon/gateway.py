@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import ssl
@@ -26,7 +25,6 @@ import threading
 import sdnotify
 
 from gateway import log
-from gateway.child.handler import ChildHandler
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildServer
@@ -35,7 +33,6 @@ from gateway.config import load_config
 from gateway.daemon import reload as reload_rules
 from gateway.daemon.cloud_inbox import CloudInbox, ttl_in_force
 from gateway.daemon.control import ControlServer
-from gateway.daemon.dead_letter_command import dead_letter_command
 from gateway.daemon.housekeeping import DiskPolicy, Housekeeping
 from gateway.daemon.metrics import MetricsServer
 from gateway.daemon.rates import Rates
@@ -43,6 +40,7 @@ from gateway.daemon.reported_twin import ReportedTwin
 from gateway.daemon.status import Endpoints, Status
 from gateway.daemon.uplink_slot import UplinkSlot
 from gateway.errors import EX_TEMPFAIL, GatewayError
+from gateway.hub.child_handler import ChildHandler
 from gateway.hub.local_hub import LocalHub
 from gateway.hub.router import Router
 from gateway.hub.routes import check_routes
@@ -53,6 +51,7 @@ from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import SalvageReport, open_or_salvage
 from gateway.storage.store import Store
 from gateway.storage.writer import Writer
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
 from gateway.upstream.resolver import CloudResolver
@@ -105,6 +104,7 @@ class Gateway:
             commit_max=st.commit_max_messages, cloud_online=self.uplink.online, clock=clock,
         )
         registry.submit = settings.submit = writer.submit  # both made before the outbox
+        self.dead_letters = dead_letters = DeadLetters(store, outbox, writer.submit)
         disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         disk_policy = DiskPolicy(disk, outbox, store, writer)
         writer.on_disk_full = self._disk_full
@@ -134,8 +134,8 @@ class Gateway:
         self.status = Status(
             gateway_id=cfg.gateway.id, storage_path=st.path, endpoints=self.endpoints,
             server=server, registry=registry, settings=settings, router=router, ingest=ingest,
-            outbox=outbox, salvage=salvage, disk=disk, trust=trust, audit=audit, hub=hub,
-            uplink=self.uplink, rates=rates, writer=writer, store=store,
+            outbox=outbox, dead_letters=dead_letters, salvage=salvage, disk=disk, trust=trust,
+            audit=audit, hub=hub, uplink=self.uplink, rates=rates, writer=writer, store=store,
         )
         self.housekeeping = Housekeeping(
             gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,
@@ -143,9 +143,10 @@ class Gateway:
             disk=disk_policy, rates=rates, trust=trust, audit=audit, reported=reported,
             uplink=self.uplink,
         )
-        dead_letters = functools.partial(dead_letter_command, outbox, ingest)
-        self.control = ControlServer(cfg.control.socket,
-                                     {"status": self.status.report, "dlq": dead_letters})
+        def dlq(action: str = "list", which: str = "all") -> dict:
+            return dead_letters.command(action, which, ingest.accept)
+
+        self.control = ControlServer(cfg.control.socket, {"status": self.status.report, "dlq": dlq})
         self.metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.status.report)
 
     # -- start and stop ----------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Gateway:
     async def serve(self) -> None:
         cfg = self.config
         # From here on the loop serves: nothing on its thread may wait for an fsync
-        self._store.forbid_sync_on(threading.current_thread())
+        self._store.forbid_sync_on(threading.get_ident())
         self.endpoints.listeners = await self.server.start(_server_tls(cfg.listen))
         await self.control.start()
         await self.metrics.start()
@@ -221,6 +222,7 @@ class Gateway:
             subscriptions=sorted(self.inbox.subscriptions(cloud.prefix)),
             clock=self._clock,
             resolver=CloudResolver(self._store, cloud.host, cloud.port, list(cloud.dns_servers)),
+            dead_letters=self.dead_letters,
         )
         uplink.on_online = self.inbox.on_online  # Uplink takes it only as an attribute
         self.uplink.attach(uplink, cloud.prefix)

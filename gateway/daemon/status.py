@@ -28,6 +28,7 @@ from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import SalvageReport
 from gateway.storage.store import Store
 from gateway.storage.writer import Writer
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.ingest import Ingest
 from gateway.upstream.outbox import Outbox
 
@@ -55,6 +56,7 @@ class Status:
         router: Router,
         ingest: Ingest,
         outbox: Outbox,
+        dead_letters: DeadLetters,
         salvage: SalvageReport | None,
         disk: DiskGuard,
         trust: OfflineTrust,
@@ -74,6 +76,7 @@ class Status:
         self._router = router
         self._ingest = ingest
         self._outbox = outbox
+        self._dead_letters = dead_letters
         self._salvage = salvage
         self._disk = disk
         self._trust = trust
@@ -128,7 +131,7 @@ class Status:
             "hub": self._hub.status(),
             "routes": self._router.describe(),
             "unrouted": self._router.unrouted,
-            "dead_letters": len(self._outbox.dead_letters(100_000)),
+            "dead_letters": self._dead_letters.count,
             "backlog": {
                 "messages": stats.count,
                 "bytes": stats.bytes,

@@ -14,12 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
-from rocksdict import WriteBatch
-
-from gateway.storage.store import Store
+from gateway.storage import keyspace as ks
+from gateway.storage.store import Batch, Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
 
-_SEQ_KEY = b"devicebound_seq"
 _HEAD = struct.Struct(">QI")  # expires_ms, length of the property bag
 
 
@@ -42,18 +40,13 @@ def child_topic(device_id: str, message: DeviceboundMessage) -> str:
     return f"devices/{device_id}/messages/devicebound/{bag + '&' if bag else ''}{to}"
 
 
-def _key(device_id: str, seq: int) -> bytes:
-    return device_id.encode() + b"\0" + seq.to_bytes(8, "big")
-
-
 class DeviceboundQueue:
     """All children's waiting messages, in the store's `devicebound` column family."""
 
     def __init__(self, store: Store, submit: Submit | None = None) -> None:
         self._store = store
         self._submit = submit
-        raw = store.get_meta(_SEQ_KEY)
-        self._next_seq = int.from_bytes(raw, "big") if raw else 1
+        self._next_seq = ks.read_u64(store.meta.get(ks.DEVICEBOUND_SEQ), 1)
         self.expired = 0
         self.delivered = 0
 
@@ -72,9 +65,9 @@ class DeviceboundQueue:
         self._next_seq = seq + 1
         bag = property_bag(properties).encode()
         writes = Writes()
-        writes.put(self._store.devicebound_handle, _key(device_id, seq),
+        writes.put(self._store.devicebound, ks.devicebound_key(device_id, seq),
                    _HEAD.pack(expires_ms, len(bag)) + bag + payload)
-        writes.put(self._store.meta_handle, _SEQ_KEY, (seq + 1).to_bytes(8, "big"))
+        writes.put(self._store.meta, ks.DEVICEBOUND_SEQ, ks.u64(seq + 1))
         write_or_submit(self._store, self._submit, writes, then)
         return seq
 
@@ -82,13 +75,13 @@ class DeviceboundQueue:
         self, device_id: str, now_ms: int, after: int = 0, limit: int = 16
     ) -> list[DeviceboundMessage]:
         """The next messages for a device in order, after `after`; expired ones are dropped."""
-        prefix = device_id.encode() + b"\0"
         out: list[DeviceboundMessage] = []
         expired: list[bytes] = []
-        for key, value in self._store.devicebound.items(from_key=_key(device_id, after + 1)):
-            if not key.startswith(prefix) or len(out) >= limit:
+        for key, value in self._store.devicebound.scan(ks.devicebound_prefix(device_id),
+                                                        ks.devicebound_key(device_id, after + 1)):
+            if len(out) >= limit:
                 break
-            msg = _decode(int.from_bytes(key[len(prefix) :], "big"), value)
+            msg = _decode(ks.devicebound_seq(key), value)
             if msg.expires_ms <= now_ms:
                 expired.append(key)
             else:
@@ -99,14 +92,14 @@ class DeviceboundQueue:
 
     def remove(self, device_id: str, seq: int) -> None:
         """The child acknowledged it. Unsynced: after a power cut it is delivered again."""
-        self._delete([_key(device_id, seq)], sync=False)
+        self._delete([ks.devicebound_key(device_id, seq)], sync=False)
         self.delivered += 1
 
     def expire(self, now_ms: int) -> int:
         """Sweep every device's queue for messages whose TTL ran out; returns how many."""
         expired = [
             key
-            for key, value in self._store.devicebound.items()
+            for key, value in self._store.devicebound.scan()
             if _HEAD.unpack_from(value)[0] <= now_ms
         ]
         self._delete(expired)
@@ -114,33 +107,21 @@ class DeviceboundQueue:
         return len(expired)
 
     def count(self, device_id: str | None = None) -> int:
-        if device_id is None:
-            return sum(1 for _ in self._store.devicebound.keys())  # noqa: SIM118 (no __iter__)
-        prefix = device_id.encode() + b"\0"
-        n = 0
-        for key in self._store.devicebound.keys(from_key=prefix):
-            if not key.startswith(prefix):
-                break
-            n += 1
-        return n
+        prefix = b"" if device_id is None else ks.devicebound_prefix(device_id)
+        return sum(1 for _ in self._store.devicebound.keys(prefix))
 
     def drop_device(self, device_id: str) -> int:
         """A child left the registry: its waiting messages go with it."""
-        prefix = device_id.encode() + b"\0"
-        keys = []
-        for key in self._store.devicebound.keys(from_key=prefix):
-            if not key.startswith(prefix):
-                break
-            keys.append(key)
+        keys = list(self._store.devicebound.keys(ks.devicebound_prefix(device_id)))
         self._delete(keys)
         return len(keys)
 
     def _delete(self, keys: list[bytes], sync: bool = False) -> None:
         if not keys:
             return
-        batch = WriteBatch(raw_mode=True)
+        batch = Batch()
         for key in keys:
-            batch.delete(key, self._store.devicebound_handle)
+            batch.delete(self._store.devicebound, key)
         self._store.write(batch, sync=sync)
 
 

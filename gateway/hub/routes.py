@@ -114,6 +114,17 @@ class _Tok:
     value: object = None
 
 
+def _string(raw: str, col: int) -> str:
+    """'single' quotes double '' inside; "double" quotes follow JSON, whose escapes a
+    condition may use, so a bad escape or a raw control character is the route's error."""
+    if raw[0] == "'":
+        return raw[1:-1].replace("''", "'")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise _At(col, f"bad string {raw[:24]!r}: {exc.msg}") from None
+
+
 def _tokens(text: str, offset: int) -> list[_Tok]:
     out, pos = [], 0
     while pos < len(text):
@@ -126,8 +137,7 @@ def _tokens(text: str, offset: int) -> list[_Tok]:
         raw = m.group(kind)
         col = offset + m.start(kind)
         if kind == "str":
-            value = raw[1:-1].replace("''", "'") if raw[0] == "'" else json.loads(raw)
-            out.append(_Tok("str", raw, col, value))
+            out.append(_Tok("str", raw, col, _string(raw, col)))
         elif kind == "num":
             out.append(_Tok("num", raw, col, float(raw)))
         elif kind == "name" and raw.upper() in _KEYWORDS:

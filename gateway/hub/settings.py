@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import DataError
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
 
-_META_KEY = b"gateway_twin_desired"
 MAX_TTL_SECS = 2_147_483_647
 SCHEMA_VERSIONS = ("1.0", "1.1")
 
@@ -91,7 +91,7 @@ class SettingsSync:
         self.submit = submit
         self._check_routes = check_routes
         self.last_refusal = ""
-        raw = store.get_meta(_META_KEY)
+        raw = store.meta.get(ks.SETTINGS)
         self.settings = HubSettings()
         if raw:
             try:
@@ -111,7 +111,7 @@ class SettingsSync:
             return _done(then, False, str(exc))
         if new.version <= self.settings.version:
             return _done(then, False, "unchanged")
-        writes = Writes().put(self._store.meta_handle, _META_KEY, json.dumps(new.raw).encode())
+        writes = Writes().put(self._store.meta, ks.SETTINGS, json.dumps(new.raw).encode())
         write_or_submit(self._store, self.submit, writes, then)
         self.settings = new
         self.last_refusal = ""

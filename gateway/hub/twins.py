@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import DataError
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
 
-_KEY_PREFIX = b"twin/"
 MAX_TWIN_BYTES = 32 * 1024  # IoT Hub's limit for each of desired and reported
 MAX_DEPTH = 10  # IoT Hub allows at most 10 levels of nesting in twin properties
 
@@ -130,7 +130,7 @@ class TwinStore:
     def get(self, device_id: str) -> Twin:
         twin = self._cache.get(device_id)
         if twin is None:
-            raw = self._store.get_meta(_KEY_PREFIX + device_id.encode())
+            raw = self._store.meta.get(ks.twin_key(device_id))
             twin = _decode(raw) if raw else Twin()
             self._cache[device_id] = twin
         return twin
@@ -152,7 +152,7 @@ class TwinStore:
 
         if self._submit is not None:
             self._unwritten.add(device_id)
-        writes = Writes().put(self._store.meta_handle, _KEY_PREFIX + device_id.encode(), value)
+        writes = Writes().put(self._store.meta, ks.twin_key(device_id), value)
         write_or_submit(self._store, self._submit, writes, then)
 
     def patch_reported(
@@ -228,10 +228,8 @@ class TwinStore:
     def dirty_devices(self) -> list[str]:
         """Children whose reported state the cloud has not seen yet (scans the store)."""
         out = []
-        for key, raw in self._store.meta.items(from_key=_KEY_PREFIX):
-            if not key.startswith(_KEY_PREFIX):
-                break
-            device_id = key[len(_KEY_PREFIX) :].decode()
+        for key, raw in self._store.meta.scan(ks.TWIN_PREFIX):
+            device_id = ks.twin_device(key)
             twin = self._cache.get(device_id) or _decode(raw)
             if twin.dirty:
                 out.append(device_id)

@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rocksdict import DBRecoveryMode, Options, Rdict, WriteBatch
+from rocksdict import DBRecoveryMode, Options, Rdict
 
 from gateway.errors import StoreError
 from gateway.log import Event, event
-from gateway.storage.store import COLUMN_FAMILIES, Store
-from gateway.upstream.message import RecordError, decode_record
+from gateway.storage import keyspace as ks
+from gateway.storage.store import COLUMN_FAMILIES, Batch, Store
+from gateway.upstream.message import PRIORITIES, RecordError, decode_record
 
 QUARANTINE_PREFIX = "quarantine-"
 KEEP = ("control.sock",)  # not part of the database
@@ -116,18 +117,17 @@ class _Counts:
         self.lanes[priority] = self.lanes.get(priority, 0) + 1
 
     def write(self, fresh: Store) -> None:
-        batch = WriteBatch(raw_mode=True)
-        batch.put(b"disk_count", self.count.to_bytes(8, "big"), fresh.meta_handle)
-        batch.put(b"disk_bytes", self.bytes.to_bytes(8, "big"), fresh.meta_handle)
-        for priority in range(10):
-            batch.put(b"disk_count/" + bytes((priority,)),
-                      self.lanes.get(priority, 0).to_bytes(8, "big"), fresh.meta_handle)
+        batch = Batch()
+        batch.put(fresh.meta, ks.DISK_COUNT, ks.u64(self.count))
+        batch.put(fresh.meta, ks.DISK_BYTES, ks.u64(self.bytes))
+        for priority in PRIORITIES:
+            batch.put(fresh.meta, ks.lane_count_key(priority), ks.u64(self.lanes.get(priority, 0)))
         fresh.write(batch, sync=True)
 
 
 def _copy_family(source, fresh: Store, name: str, report: SalvageReport, counts: _Counts) -> None:
-    handle = getattr(fresh, f"{name}_handle")
-    batch = WriteBatch(raw_mode=True)
+    family = fresh.family(name)
+    batch = Batch()
     pending = 0
     for key, value in source.items():
         if name == "outbox":
@@ -140,11 +140,11 @@ def _copy_family(source, fresh: Store, name: str, report: SalvageReport, counts:
             counts.add(msg.priority, msg.size())
         else:
             report.other_records += 1
-        batch.put(key, value, handle)
+        batch.put(family, key, value)
         pending += 1
         if pending >= 10_000:
             fresh.write(batch, sync=False)
-            batch, pending = WriteBatch(raw_mode=True), 0
+            batch, pending = Batch(), 0
     fresh.write(batch, sync=True)
 
 

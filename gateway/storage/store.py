@@ -2,7 +2,12 @@
 
 Column families keep the outbox (a sequential queue with heavy deletes) apart from the small
 key-value data (registry cache, sequence reservations) so that compaction of one does not rewrite
-the other, and so that one synced WriteBatch can still update both atomically.
+the other, and so that one synced batch can still update both atomically.
+
+This module is the only one that imports rocksdict (salvage aside, which reads a damaged copy):
+callers see `Family` (get, prefix scan, first, last), `Batch` (puts and deletes across
+families) and `Store.write(batch, sync=)`, the shape of the IoT Edge hub's key-value and
+sequential stores. The keys themselves are in gateway/storage/keyspace.py.
 
 Options are chosen for an SD card: WAL files are recycled instead of created and deleted,
 RocksDB's own LOG is size-capped, point-in-time WAL recovery keeps everything up to the first
@@ -19,6 +24,7 @@ import logging
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rocksdict import (
@@ -30,13 +36,12 @@ from rocksdict import (
     WriteOptions,
 )
 
-from gateway.errors import StoreError, SyncOnLoopError
+from gateway.errors import StoreError
 from gateway.log import Event, event
+from gateway.storage.keyspace import FAMILIES
 
-COLUMN_FAMILIES = ("outbox", "meta", "devicebound")
+COLUMN_FAMILIES = FAMILIES
 _MiB = 1024 * 1024
-
-
 
 def _family_options() -> Options:
     opts = Options(raw_mode=True)
@@ -104,8 +109,107 @@ def _with_wal_compression(db_opts: Options, families: dict[str, Options]):
     return loaded, {name: loaded_families[name] for name in ("default", *families)}
 
 
+
+
+def _successor(prefix: bytes) -> bytes | None:
+    """The smallest key above every key that starts with `prefix` (None: there is none)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes((trimmed[-1] + 1,))
+
+
+class Family:
+    """One column family, read directly; written only through a `Batch` and `Store.write`.
+
+    Keys are bytes in RocksDB's bytewise order; every scan is bounded by a prefix, so a caller
+    never writes the loop that stops where the prefix ends (gateway/storage/keyspace.py says
+    which prefixes exist)."""
+
+    def __init__(self, name: str, view: Rdict, handle) -> None:
+        self.name = name
+        self._view = view
+        self._handle = handle
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._view.get(key)
+
+    def scan(
+        self, prefix: bytes = b"", start: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of every key under `prefix`, ascending, from `start` (inclusive) on."""
+        for key, value in self._view.items(
+                from_key=prefix if start is None or start < prefix else start):
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def keys(self, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
+        """The keys of `scan`, without copying the values out."""
+        for key in self._view.keys(from_key=prefix if start is None or start < prefix else start):
+            if not key.startswith(prefix):
+                return
+            yield key
+
+    def first(self, prefix: bytes = b"") -> tuple[bytes, bytes] | None:
+        """The lowest (key, value) under `prefix`, or None when there is none."""
+        return next(self.scan(prefix), None)
+
+    def last(self, prefix: bytes = b"") -> tuple[bytes, bytes] | None:
+        """The highest (key, value) under `prefix`, or None when there is none."""
+        it = self._view.iter()
+        upper = _successor(prefix)
+        if upper is None:
+            it.seek_to_last()
+        else:
+            it.seek_for_prev(upper)
+            if it.valid() and it.key() == upper:
+                it.prev()
+        if it.valid() and it.key().startswith(prefix):
+            return it.key(), it.value()
+        return None
+
+    def _close(self) -> None:
+        self._view.close()
+        self._handle = None
+
+
+class Batch:
+    """Puts and deletes across families, applied all or nothing by `Store.write`: a commit
+    writes the records and the counters that count them together."""
+
+    __slots__ = ("_batch",)
+
+    def __init__(self) -> None:
+        self._batch = WriteBatch(raw_mode=True)
+
+    def put(self, family: Family, key: bytes, value: bytes) -> None:
+        self._batch.put(key, value, family._handle)
+
+    def delete(self, family: Family, key: bytes) -> None:
+        self._batch.delete(key, family._handle)
+
+    def put_many(self, family: Family, items: Iterable[tuple[bytes, bytes]]) -> None:
+        """Many puts into one family: a group commit's records, one Python call in all."""
+        put, handle = self._batch.put, family._handle
+        for key, value in items:
+            put(key, value, handle)
+
+    def delete_many(self, family: Family, keys: Iterable[bytes]) -> None:
+        delete, handle = self._batch.delete, family._handle
+        for key in keys:
+            delete(key, handle)
+
+    def __len__(self) -> int:
+        return self._batch.len()
+
+
+class SyncForbidden(StoreError):
+    """A synced write was attempted on a thread that must never wait on the disk (our bug)."""
+
+
 class Store:
-    """An open database: the column families and the two ways of writing to them."""
+    """An open database: its column families, and `write` as the one way of changing them."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -120,76 +224,83 @@ class Store:
                 f"cannot open the store at {self.path}: {exc}; check that the directory is "
                 f"writable by the service user and that the disk is not full"
             ) from exc
-        self.outbox = self._db.get_column_family("outbox")
-        self.meta = self._db.get_column_family("meta")
-        self.outbox_handle = self._db.get_column_family_handle("outbox")
-        self.meta_handle = self._db.get_column_family_handle("meta")
-        self.devicebound = self._db.get_column_family("devicebound")
-        self.devicebound_handle = self._db.get_column_family_handle("devicebound")
+        self._families = {
+            name: Family(name, self._db.get_column_family(name),
+                         self._db.get_column_family_handle(name))
+            for name in COLUMN_FAMILIES
+        }
+        self.outbox = self._families["outbox"]
+        self.meta = self._families["meta"]
+        self.devicebound = self._families["devicebound"]
         self._synced = WriteOptions()
         self._synced.sync = True
         self._unsynced = WriteOptions()
-        self.closed = False
+        self._no_sync_threads: frozenset[int] = frozenset()
         self.synced_writes = 0  # one per fsync'd write: what the group commit saves
-        self._no_sync_thread: int | None = None
-        self.sync_refused = 0  # synced writes refused on the loop's thread: bugs, must stay 0
+        self.sync_refused = 0  # synced writes refused on a forbidden thread: bugs, stays 0
+        self.closed = False
 
-    def forbid_sync_on(self, thread: threading.Thread | None) -> None:
-        """From now on a synced write (or a WAL sync) from `thread` raises SyncOnLoopError: the
-        daemon names its event loop's thread, which must never wait for the disk."""
-        self._no_sync_thread = thread.ident if thread is not None else None
+    def family(self, name: str) -> Family:
+        return self._families[name]
 
-    @property
-    def sync_guarded(self) -> bool:
-        return self._no_sync_thread is not None
-
-    def _check_sync_allowed(self, what: str) -> None:
-        if self._no_sync_thread is None or threading.get_ident() != self._no_sync_thread:
-            return
-        self.sync_refused += 1
-        error = SyncOnLoopError(
-            f"store: {what} asked for on the event loop's thread, where it would stall every "
-            f"child for a flush; refused (a bug: it must go through the writer)")
-        if self.sync_refused == 1:
-            event(Event.STORE_ERROR, error.message, level=logging.CRITICAL)
-        raise error
-
-    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+    def write(self, batch: Batch, *, sync: bool) -> None:
         """Apply a batch atomically; with sync it is on the medium when this returns."""
         if sync:
             self._check_sync_allowed("a synced write")
             self.synced_writes += 1
-        self._db.write(batch, write_opt=self._synced if sync else self._unsynced)
+        self._db.write(batch._batch, write_opt=self._synced if sync else self._unsynced)
 
-    def write_durable(self, batch: WriteBatch) -> None:
-        """Apply a batch atomically and sync the WAL: on the medium when this returns, like a
-        synced write, but without holding the GIL for the flush.
+    def write_durable(self, batch: Batch) -> None:
+        """Apply a batch atomically and sync the WAL: on the medium when this returns, like
+        `write(sync=True)`, but without holding the GIL for the flush.
 
-        rocksdict holds the GIL through a synced `write` (measured: every 20 ms flush stalled
-        the event loop for 20 ms although the write ran on the writer's thread), while its
-        `flush_wal(sync=True)` releases it. RocksDB's SyncWAL syncs every live log file not yet
-        synced (and the WAL directory when a log was created), so the batch written just before
-        on this thread is as durable as with sync=True."""
+        rocksdict holds the GIL through a synced `write` (measured with a 20 ms fsync shim:
+        every commit stalled the event loop for the whole flush although it ran on the writer's
+        thread), while its `flush_wal(sync=True)` releases it. RocksDB's SyncWAL syncs every
+        live log file not yet synced (and the WAL directory when a log was created), so the
+        batch written just before on this thread is as durable as with sync=True."""
         self._check_sync_allowed("a synced write")
         self.synced_writes += 1
-        self._db.write(batch, write_opt=self._unsynced)
+        self._db.write(batch._batch, write_opt=self._unsynced)
         self._db.flush_wal(True)
 
-    def put_meta(self, key: bytes, value: bytes, *, sync: bool = True) -> None:
-        batch = WriteBatch(raw_mode=True)
-        batch.put(key, value, self.meta_handle)
+    def _check_sync_allowed(self, what: str) -> None:
+        if not self._no_sync_threads or threading.get_ident() not in self._no_sync_threads:
+            return
+        self.sync_refused += 1
+        error = SyncForbidden(
+            f"store: {what} on thread {threading.current_thread().name}, which must never "
+            f"wait on the disk (it would stall every child for a flush); refused, a bug: hand "
+            f"the write to the writer thread")
+        if self.sync_refused == 1:
+            event(Event.STORE_ERROR, error.message, level=logging.CRITICAL)
+        raise error
+
+    @property
+    def sync_guarded(self) -> bool:
+        return bool(self._no_sync_threads)
+
+    def put(self, family: Family, key: bytes, value: bytes, *, sync: bool) -> None:
+        """One record, as a batch of one."""
+        batch = Batch()
+        batch.put(family, key, value)
         self.write(batch, sync=sync)
 
-    def get_meta(self, key: bytes) -> bytes | None:
-        return self.meta.get(key)
+    def forbid_sync_on(self, thread_id: int) -> None:
+        """From now on a synced `write` from this thread raises `SyncForbidden` (the event
+        loop's thread, once every durable write goes through the writer thread)."""
+        self._no_sync_threads = self._no_sync_threads | {thread_id}
+
+    def allow_sync_on(self, thread_id: int) -> None:
+        self._no_sync_threads = self._no_sync_threads - {thread_id}
 
     def reclaim_outbox(self) -> None:
         """Flush and compact the outbox so that dropped messages give their space back; the
-        disk guard calls it only past the free-space floor, at most every few seconds.
-        A memtable flush syncs the files it writes: run it on the writer's thread."""
+        disk guard calls it only past the free-space floor, at most every few seconds. A
+        memtable flush syncs the files it writes: the daemon runs it on the writer's thread."""
         self._check_sync_allowed("a memtable flush")
         self._db.flush()
-        self.outbox.compact_range(None, None)
+        self.outbox._view.compact_range(None, None)
 
     def close(self) -> None:
         """Flush the WAL and close, so that the next start needs no recovery."""
@@ -199,8 +310,6 @@ class Store:
         self.closed = True
         self._db.flush_wal(True)
         # Column-family views and iterators hold the database open: close every view.
-        self.outbox.close()
-        self.meta.close()
-        self.devicebound.close()
-        self.outbox_handle = self.meta_handle = self.devicebound_handle = None
+        for family in self._families.values():
+            family._close()
         self._db.close()

@@ -33,17 +33,32 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-from rocksdict import WriteBatch
+from typing import Protocol
 
 from gateway.log import Event, event
 from gateway.storage import ballast
-from gateway.storage.store import Store
+from gateway.storage.store import Batch, Store
 from gateway.storage.writes import Writes
-from gateway.upstream.outbox import CommitBatch, Outbox
 
 STORE_RETRY_SECS = 1.0
 _log = logging.getLogger(__name__)
+
+
+class Commit(Protocol):
+    batch: Batch
+
+
+class Queue(Protocol):
+    """What the writer asks of the outbox (upstream/outbox.py), which it may not import: its
+    group commit's batch, and when its messages are due."""
+
+    submit: object
+
+    def uncommitted(self) -> int: ...
+    def oldest_uncommitted_ms(self) -> int | None: ...
+    def commit_begin(self, enqueued_until_ms: int | None = None) -> Commit | None: ...
+    def commit_end(self, commit: Commit) -> object: ...
+    def commit_failed(self, commit: Commit) -> None: ...
 
 
 @dataclass
@@ -58,7 +73,7 @@ class Writer:
     def __init__(
         self,
         store: Store,
-        outbox: Outbox,
+        outbox: Queue,
         *,
         commit_interval_ms: int,
         commit_max: int,
@@ -169,7 +184,7 @@ class Writer:
         jobs, self._jobs = self._jobs, []
         if commit is None and not jobs:
             return
-        batch = commit.batch if commit is not None else WriteBatch(raw_mode=True)
+        batch = commit.batch if commit is not None else Batch()
         for job in jobs:
             job.writes.apply(batch)
         try:
@@ -189,10 +204,10 @@ class Writer:
             self.store_error = ""
             event(Event.STORE_ERROR, "store: writes succeed again")
 
-    def _write(self, batch: WriteBatch) -> None:
+    def _write(self, batch: Batch) -> None:
         self._store.write_durable(batch)
 
-    async def _failed(self, commit: CommitBatch | None, jobs: list[_Job], reason: str) -> None:
+    async def _failed(self, commit: Commit | None, jobs: list[_Job], reason: str) -> None:
         """Keep everything the failed write carried, in order, for the next attempt."""
         if commit is not None:
             self._outbox.commit_failed(commit)

@@ -31,6 +31,7 @@ from typing import Protocol
 from gateway.log import Event, event
 from gateway.mqtt import mqtt5
 from gateway.upstream.cloud_contract import TelemetryEncoder
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.message import PRIORITIES, Message
 from gateway.upstream.outbox import Cursor, Outbox
 from gateway.upstream.token_bucket import TokenBucket
@@ -69,6 +70,7 @@ class Drain:
         self,
         cloud,
         outbox: Outbox,
+        dead_letters: DeadLetters,
         encoder: TelemetryEncoder,
         counters: Counters,
         clock: Callable[[], float] = time.time,
@@ -76,6 +78,7 @@ class Drain:
     ) -> None:
         self._cfg = cloud
         self._outbox = outbox
+        self._dead_letters = dead_letters
         self._encoder = encoder
         self._counters = counters
         self._clock = clock  # wall time: expiry and the dead letters' timestamps
@@ -240,4 +243,4 @@ class Drain:
     def _dead_letter(self, sent: _Sent, code: int) -> bool:
         """The one place a refused message leaves the queue for the dead letters."""
         now_ms = int(self._clock() * 1000)
-        return self._outbox.dead_letter(sent.seq, sent.priority, code, now_ms)
+        return self._dead_letters.move(sent.seq, sent.priority, code, now_ms)

@@ -15,20 +15,18 @@ Why it is shaped like this (see docs/architecture.md):
 
 Nothing here knows about asyncio: the writer (storage/writer.py) decides when to commit and runs
 the synced write where it does not block the event loop (`commit_begin` / `commit_end`). Once
-the writer is attached (`submit`), the other synced writes here (the next block of sequence
-numbers, a dead letter) go through it too, as jobs of its next commit.
+the writer is attached (`submit`), the next block of sequence numbers goes through it too, as a
+job of its next commit.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rocksdict import WriteBatch
-
-from gateway.storage.store import Store
-from gateway.storage.writes import Writes, write_or_submit
+from gateway.storage import keyspace as ks
+from gateway.storage.store import Batch, Store
+from gateway.storage.writes import Submit, Writes
 from gateway.upstream.message import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -39,28 +37,14 @@ from gateway.upstream.message import (
 )
 
 SEQ_BLOCK = 65536
-_U64 = struct.Struct(">Q")
-_META_CEILING = b"seq_ceiling"
-_META_COUNT = b"disk_count"
-_META_BYTES = b"disk_bytes"
-_META_LANE_COUNT = b"disk_count/"  # + priority byte: messages on disk per priority
-_DLQ = b"dlq/"  # + seq: messages the cloud refused `cloud.max_refusals` times
-_DLQ_HEAD = struct.Struct(">BQ")  # reason code, refused at (ms)
+_key_seq = ks.key_seq
 
 
 def seq_key(seq: int, priority: int = DEFAULT_PRIORITY) -> bytes:
-    return bytes((priority,)) + _U64.pack(seq)
-
-
-def _key_seq(key: bytes) -> int:
-    return _U64.unpack_from(key, 1)[0]
+    return ks.seq_key(seq, priority)
 
 
 Cursor = dict[int, int]  # priority -> last sequence number read
-
-
-def _u64(data: bytes | None, default: int = 0) -> int:
-    return _U64.unpack(data)[0] if data else default
 
 
 @dataclass
@@ -83,7 +67,7 @@ class OutboxStats:
 class CommitBatch:
     """One group commit in flight: what it writes and which sequence numbers it covers."""
 
-    batch: WriteBatch
+    batch: Batch
     seqs: list[int]
     sizes: list[int]
     priorities: list[int] = field(default_factory=list)
@@ -105,53 +89,43 @@ class Outbox:
         self._deletes: dict[int, tuple[int, int]] = {}  # seq -> (priority, size) to delete
         self.stats = OutboxStats()
         # the writer's submit(writes, on_durable); until it is attached (start-up, tools,
-        # tests) the few synced writes here are made directly
-        self.submit: Callable[[Writes, Callable[[], None] | None], None] | None = None
+        # tests) the next block of sequence numbers is reserved with a synced write here
+        self.submit: Submit | None = None
         self._reserving = False
-        self._disk_count = _u64(store.get_meta(_META_COUNT))
-        self._disk_bytes = _u64(store.get_meta(_META_BYTES))
-        self._lane_disk = [_u64(store.get_meta(_META_LANE_COUNT + bytes((p,)))) for p in PRIORITIES]
-        self._floor = {p: self._first_disk_seq(p) for p in PRIORITIES}
+        meta = store.meta
+        self._disk_count = ks.read_u64(meta.get(ks.DISK_COUNT))
+        self._disk_bytes = ks.read_u64(meta.get(ks.DISK_BYTES))
+        self._lane_disk = [ks.read_u64(meta.get(ks.lane_count_key(p))) for p in PRIORITIES]
+        firsts = {p: self._store.outbox.first(ks.lane(p)) for p in PRIORITIES}
+        self._floor = {p: _key_seq(first[0]) if first else 0 for p, first in firsts.items()}
         # priorities that hold or held messages: reads skip the others (usually one is used)
-        self._lanes = sorted(p for p in PRIORITIES if self._has_disk_lane(p))
-        self._next = max(_u64(store.get_meta(_META_CEILING), 1), self._last_disk_seq() + 1)
+        self._lanes = sorted(p for p, first in firsts.items() if first is not None)
+        self._next = max(ks.read_u64(meta.get(ks.SEQ_CEILING), 1), self._last_disk_seq() + 1)
         self._ceiling = self._next
         self._reserve()
         self._refresh_totals()
 
     # -- sequence numbers -------------------------------------------------------------------
 
-    def _first_disk_seq(self, priority: int) -> int:
-        it = self._store.outbox.iter()
-        it.seek(seq_key(0, priority))
-        return _key_seq(it.key()) if it.valid() and it.key()[0] == priority else 0
-
-    def _has_disk_lane(self, priority: int) -> bool:
-        it = self._store.outbox.iter()
-        it.seek(seq_key(0, priority))
-        return it.valid() and it.key()[0] == priority
-
     def _last_disk_seq(self) -> int:
         last = 0
         for priority in PRIORITIES:
-            it = self._store.outbox.iter()
-            it.seek_for_prev(seq_key(2**64 - 1, priority))
-            if it.valid() and it.key()[0] == priority:
-                last = max(last, _key_seq(it.key()))
+            found = self._store.outbox.last(ks.lane(priority))
+            if found is not None:
+                last = max(last, _key_seq(found[0]))
         return last
 
     def _reserve(self) -> None:
         self._ceiling = self._next + SEQ_BLOCK
-        self._store.put_meta(_META_CEILING, _U64.pack(self._ceiling), sync=True)
+        self._store.put(self._store.meta, ks.SEQ_CEILING, ks.u64(self._ceiling), sync=True)
 
     def _reserve_ahead(self) -> None:
         """Half way through a block, reserve the next one through the writer: it is durable
         (one commit later) long before the numbers run out, so appends never wait for it.
         Only handing out the remaining half block (32,768 numbers) within one commit would
         outrun it; then the numbers are still handed out and the reservation follows in the
-        next commit, which also holds the first of those messages: at risk is only a message
-        the cloud acknowledged before that commit, at a rate far above what the gateway has
-        been measured to sustain (docs/architecture.md)."""
+        next commit: at risk is only a message the cloud acknowledged before that commit, at a
+        rate far above what the gateway has been measured to sustain (docs/architecture.md)."""
         ceiling = max(self._ceiling, self._next) + SEQ_BLOCK
         self._reserving = True
 
@@ -161,8 +135,8 @@ class Outbox:
             if self._next >= self._ceiling - SEQ_BLOCK // 2:
                 self._reserve_ahead()
 
-        writes = Writes().put(self._store.meta_handle, _META_CEILING, _U64.pack(ceiling))
-        self.submit(writes, reserved)
+        assert self.submit is not None
+        self.submit(Writes().put(self._store.meta, ks.SEQ_CEILING, ks.u64(ceiling)), reserved)
 
     @property
     def next_seq(self) -> int:
@@ -217,15 +191,15 @@ class Outbox:
             seqs.append(seq)
         if not seqs and not self._deletes:
             return None
-        batch = WriteBatch(raw_mode=True)
-        handle = self._store.outbox_handle
-        sizes, priorities = [], []
+        batch = Batch()
+        sizes, priorities, records = [], [], []
         for seq in seqs:
             msg = self._mem[seq]
-            batch.put(seq_key(seq, msg.priority), encode_record(msg), handle)
+            records.append((ks.seq_key(seq, msg.priority), encode_record(msg)))
             sizes.append(msg.size())
             priorities.append(msg.priority)
             self._lane_disk[msg.priority] += 1
+        batch.put_many(self._store.outbox, records)
         self._disk_count += len(seqs)
         self._disk_bytes += sum(sizes)
         self._add_deletes(batch)
@@ -279,29 +253,29 @@ class Outbox:
         """Write pending deletes without sync: losing them in a power cut only re-sends messages."""
         if self._committing is not None or not self._deletes:
             return
-        batch = WriteBatch(raw_mode=True)
+        batch = Batch()
         self._add_deletes(batch)
         self._add_counters(batch)
         self._store.write(batch, sync=False)
 
-    def _add_deletes(self, batch: WriteBatch) -> None:
-        handle = self._store.outbox_handle
+    def _add_deletes(self, batch: Batch) -> None:
+        keys = []
         for seq, (priority, size) in self._deletes.items():
-            batch.delete(seq_key(seq, priority), handle)
+            keys.append(ks.seq_key(seq, priority))
             self._disk_count -= 1
             self._disk_bytes -= size
             self._lane_disk[priority] = max(self._lane_disk[priority] - 1, 0)
+        batch.delete_many(self._store.outbox, keys)
         self._deletes.clear()
         self._disk_count = max(self._disk_count, 0)
         self._disk_bytes = max(self._disk_bytes, 0)
 
-    def _add_counters(self, batch: WriteBatch) -> None:
-        handle = self._store.meta_handle
-        batch.put(_META_COUNT, _U64.pack(self._disk_count), handle)
-        batch.put(_META_BYTES, _U64.pack(self._disk_bytes), handle)
+    def _add_counters(self, batch: Batch) -> None:
+        meta = self._store.meta
+        batch.put(meta, ks.DISK_COUNT, ks.u64(self._disk_count))
+        batch.put(meta, ks.DISK_BYTES, ks.u64(self._disk_bytes))
         for priority in self._lanes:
-            batch.put(_META_LANE_COUNT + bytes((priority,)),
-                      _U64.pack(self._lane_disk[priority]), handle)
+            batch.put(meta, ks.lane_count_key(priority), ks.u64(self._lane_disk[priority]))
 
     def backlog_by_priority(self) -> dict[int, int]:
         """Messages waiting per priority (the operator's table; counters, no scan)."""
@@ -367,20 +341,18 @@ class Outbox:
     def _read_disk(
         self, priority: int, start: int, stop: int | None, limit: int, now_ms: int, out: list
     ) -> None:
-        it = self._store.outbox.iter()
-        it.seek(seq_key(start, priority))
-        while it.valid() and len(out) < limit:
-            key = it.key()
-            if key[0] != priority:
-                break
+        if len(out) >= limit:
+            return
+        for key, value in self._store.outbox.scan(ks.lane(priority), ks.seq_key(start, priority)):
             seq = _key_seq(key)
             if stop is not None and seq >= stop:
                 break
             if seq not in self._deletes:
-                msg = self._decode(seq, priority, it.value())
+                msg = self._decode(seq, priority, value)
                 if msg is not None and not self._expire_disk(seq, msg, now_ms):
                     out.append((seq, msg))
-            it.next()
+                    if len(out) >= limit:
+                        break
 
     def _read_mem(
         self, priority: int, after: int, below: int | None, limit: int, out: list
@@ -398,7 +370,7 @@ class Outbox:
             return msg
         if seq in self._deletes:
             return None
-        data = self._store.outbox.get(seq_key(seq, priority))
+        data = self._store.outbox.get(ks.seq_key(seq, priority))
         return decode_record(data) if data is not None else None
 
     def _decode(self, seq: int, priority: int, data: bytes) -> Message | None:
@@ -431,17 +403,14 @@ class Outbox:
         """Drop expired messages from the head of each priority; returns how many went."""
         before = self.stats.expired
         for priority in self._lanes:
-            it = self._store.outbox.iter()
-            it.seek(seq_key(self._floor[priority], priority))
-            scanned = 0
-            while it.valid() and scanned < max_scan and it.key()[0] == priority:
-                seq = _key_seq(it.key())
-                scanned += 1
+            for scanned, (key, value) in enumerate(self._lane_from_floor(priority)):
+                if scanned >= max_scan:
+                    break
+                seq = _key_seq(key)
                 if seq not in self._deletes:
-                    msg = self._decode(seq, priority, it.value())
+                    msg = self._decode(seq, priority, value)
                     if msg is not None and not self._expire_disk(seq, msg, now_ms):
                         break
-                it.next()
         self._expire_mem(now_ms)
         return self.stats.expired - before
 
@@ -454,17 +423,18 @@ class Outbox:
                 oldest = first
         return oldest
 
+    def _lane_from_floor(self, priority: int):
+        """One lane's stored (key, value)s from its first live seq on."""
+        return self._store.outbox.scan(ks.lane(priority), ks.seq_key(self._floor[priority],
+                                                                      priority))
+
     def _first_live(self, priority: int) -> int | None:
-        it = self._store.outbox.iter()
-        it.seek(seq_key(self._floor[priority], priority))
-        while it.valid() and it.key()[0] == priority:
-            seq = _key_seq(it.key())
-            if seq not in self._deletes:
+        for key, value in self._lane_from_floor(priority):
+            if _key_seq(key) not in self._deletes:
                 try:
-                    return decode_record(it.value()).enqueued_ms
+                    return decode_record(value).enqueued_ms
                 except RecordError:
                     pass
-            it.next()
         for msg in self._mem.values():
             if msg.priority == priority:
                 return msg.enqueued_ms
@@ -476,64 +446,29 @@ class Outbox:
         has not had its PUBACK, and its child keeps it. Returns (messages, bytes)."""
         dropped = dropped_bytes = 0
         for priority in reversed(self._lanes):
-            it = self._store.outbox.iter()
-            it.seek(seq_key(self._floor[priority], priority))
-            while it.valid() and it.key()[0] == priority and dropped < budget:
-                seq = _key_seq(it.key())
+            for key, value in self._lane_from_floor(priority):
+                if dropped >= budget:
+                    break
+                seq = _key_seq(key)
                 if seq not in self._deletes and seq not in self._mem:
-                    size = len(it.value())
-                    msg = self._decode(seq, priority, it.value())
+                    msg = self._decode(seq, priority, value)
                     if msg is not None:
                         size = msg.size()
                         self.ack(seq, size, priority, delivered=False)
                         dropped += 1
                         dropped_bytes += size
-                it.next()
             if dropped >= budget:
                 break
         self.stats.dropped_full += dropped
         return dropped, dropped_bytes
 
-    # -- dead letters ------------------------------------------------------------------------
-
-    def dead_letter(self, seq: int, priority: int, reason: int, now_ms: int) -> bool:
-        """Move a message the cloud keeps refusing out of the queue, durably, in one step.
-
-        The dead-letter copy is durable before the message leaves the queue, so it is in one
-        place or the other (or, after a power cut between the two, both: at least once)."""
-        msg = self.get(seq, priority)
-        if msg is None:
-            return False
-        value = _DLQ_HEAD.pack(reason, now_ms) + encode_record(msg)
-        writes = Writes().put(self._store.meta_handle, _DLQ + _U64.pack(seq), value)
-        write_or_submit(self._store, self.submit, writes,
-                        lambda: self._dead_lettered(seq, msg, priority))
-        return True
-
-    def _dead_lettered(self, seq: int, msg: Message, priority: int) -> None:
+    def moved_out(self, seq: int, priority: int, msg: Message) -> None:
+        """The message is now kept elsewhere (the dead letters): forget it, undelivered."""
         in_memory = seq in self._mem
         self.ack(seq, msg.size(), priority, delivered=False)
         if in_memory:
             self.stats.acked_before_commit -= 1
         self.stats.dead_lettered += 1
-
-    def dead_letters(self, limit: int = 1000) -> list[tuple[int, int, int, Message]]:
-        """(seq, reason code, refused at ms, message), oldest first."""
-        out = []
-        for key, value in self._store.meta.items(from_key=_DLQ):
-            if not key.startswith(_DLQ) or len(out) >= limit:
-                break
-            reason, at = _DLQ_HEAD.unpack_from(value)
-            try:
-                msg = decode_record(value[_DLQ_HEAD.size :])
-            except RecordError:
-                continue
-            out.append((_U64.unpack(key[len(_DLQ) :])[0], reason, at, msg))
-        return out
-
-    def drop_dead_letter(self, seq: int) -> None:
-        writes = Writes().delete(self._store.meta_handle, _DLQ + _U64.pack(seq))
-        write_or_submit(self._store, self.submit, writes)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

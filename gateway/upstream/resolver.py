@@ -18,9 +18,9 @@ import dns.exception
 import dns.resolver
 
 from gateway.errors import UnavailableError
+from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 
-_META_PREFIX = b"dns/"
 TIMEOUT_SECS = 3.0
 
 
@@ -56,11 +56,11 @@ class CloudResolver:
         """Remember the answer that led to a connection, the one that worked first."""
         ordered = [address] + [a for a in addresses if a != address]
         if ordered != self.cached():
-            self._store.put_meta(_META_PREFIX + self.host.encode(), json.dumps(ordered).encode(),
-                                 sync=False)  # a hint for the next start, not a promise
+            self._store.put(self._store.meta, ks.dns_key(self.host), json.dumps(ordered).encode(),
+                            sync=False)  # a hint for the next start, not a promise
 
     def cached(self) -> list[str]:
-        raw = self._store.get_meta(_META_PREFIX + self.host.encode())
+        raw = self._store.meta.get(ks.dns_key(self.host))
         return json.loads(raw) if raw else []
 
     def _pinned(self) -> list[str]:

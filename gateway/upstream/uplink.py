@@ -30,6 +30,7 @@ from gateway.log import Event, event
 from gateway.mqtt import mqtt5
 from gateway.upstream import cloud_contract as contract
 from gateway.upstream.cloud_session import CloudSession, SessionCallbacks
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.drain import Drain
 from gateway.upstream.outbox import Outbox
 from gateway.upstream.resolver import CloudResolver, ResolveError
@@ -113,8 +114,11 @@ class Uplink:
         subscriptions: list[str],
         clock: Callable[[], float] = time.time,
         resolver: CloudResolver | None = None,
+        *,
+        dead_letters: DeadLetters,
     ) -> None:
         self._cfg = cloud
+        self._dead_letters = dead_letters
         self._resolver = resolver
         self._gateway_id = gateway_id
         self._on_cloud_message = on_cloud_message
@@ -132,8 +136,8 @@ class Uplink:
         self._connack: asyncio.Future | None = None
         self._stopping = False
         self.stats = UplinkStats(since=clock(), address=f"{cloud.host}:{cloud.port}")
-        self._drain = Drain(cloud, outbox, contract.TelemetryEncoder(cloud.prefix, gateway_id),
-                            self.stats, clock)
+        self._drain = Drain(cloud, outbox, dead_letters,
+                            contract.TelemetryEncoder(cloud.prefix, gateway_id), self.stats, clock)
         self._set_state("offline")
 
     # -- public ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ the table and the plot are written.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 from bench.__main__ import main
@@ -25,4 +26,5 @@ def test_one_short_phase_of_each_storm(tmp_path):
         assert figures["flushes_per_sec"] > 0, f"{name}: the shim counted the daemon's flushes"
     table = (out / "report.md").read_text()
     assert "| 0 | twin | offline |" in table and "### Slow flash" in table
-    assert (out / "slowflash.png").stat().st_size > 0
+    if importlib.util.find_spec("matplotlib") is not None:  # the bench extra; the report
+        assert (out / "slowflash.png").stat().st_size > 0  # is written without it

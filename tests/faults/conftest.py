@@ -3,6 +3,7 @@ TLS and a plain listener, and a sampler of the daemon's resident memory."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +11,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gateway.upstream.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto
-from tests.support.clients import new_key, publish_retained, registry_doc
+from tests.support.clients import new_key
 from tests.support.gatewayd import Gatewayd
 from tests.support.pki import server_tls
+from tests.support.synced import synced_gateway
 
 
 class RssSampler:
@@ -62,12 +63,9 @@ def site(tmp_path_factory):
     cloud.start()
     keys = {f"good-{n}": new_key() for n in range(4)}
     keys.update({f"victim-{n}": new_key() for n in range(4)})
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     ca, crt, kfile = make_tls(root)
-    gw = Gatewayd(root / "gw", cloud_url=cloud.url, tls=(crt, kfile),
-                  listen={"max_connections": 16, "connect_timeout_secs": 3})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(cloud, functools.partial(Gatewayd, root / "gw"), keys, tls=(crt, kfile),
+                        listen={"max_connections": 16, "connect_timeout_secs": 3})
     s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid))
     yield s
     s.rss.stop()

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.upstream.cloud_contract import registry_topic
 from tests.faults.hostile import connect_packet, dial, read_packets
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, CloudVerifier, new_key
 from tests.support.hub_child import HubChild, Operator
+from tests.support.synced import synced_gateway
+from tests.support.wait import wait_until
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 MESSAGES = 20
@@ -39,10 +40,7 @@ def faketime(tmp_path):
 
 
 def _offline_gateway(cloud, gateways, env, keys, ttl: int):
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
-    gw = gateways(cloud_url=cloud.url, storage={"time_to_live_secs": ttl})
-    gw.start(env=env)
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(cloud, gateways, keys, env=env, storage={"time_to_live_secs": ttl})
     cloud.stop()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
     return gw
@@ -95,31 +93,23 @@ def test_jump_back_does_not_revive_an_expired_sas_token(cloud, gateways, faketim
         sock.sendall(connect_packet("c1", key, expiry=expiry))
         assert read_packets(sock, 1)[0].return_code == 0
     set_offset("-1d")
-    deadline = time.monotonic() + 20
-    while True:
+
+    def connack_code() -> int:
         with dial(gw.plain_port) as sock:
             sock.sendall(connect_packet("c1", key, expiry=expiry))
-            code = read_packets(sock, 1)[0].return_code
-        if code != 0:
-            break
-        assert time.monotonic() < deadline, "an expired token accepted after a clock jump back"
-        time.sleep(0.2)  # poll the condition: the token's expiry is real time passing
+            return read_packets(sock, 1)[0].return_code
+
+    # poll the condition: the token's expiry is real time passing
+    code = wait_until(connack_code, lambda c: c != 0, timeout=20, interval=0.2,
+                      what="the expired token refused after a clock jump back")
     assert time.time() >= expiry
     assert code in (4, 5), code
-    deadline = time.monotonic() + 10  # the journal line follows the CONNACK: poll for it
-    while "SAS token expired" not in gw.log_text():
-        assert time.monotonic() < deadline, gw.log_text()[-1500:]
-        time.sleep(0.05)
+    gw.wait_log("SAS token expired", timeout=10)  # the journal line follows the CONNACK
 
 
 def _c2d_gateway(cloud, gateways, env, key: str):
     """Online (C2D comes from the cloud), the child not connected: the message waits stored."""
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"c1": key}))
-    gw = gateways(cloud_url=cloud.url)
-    gw.start(env=env)
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="registry synced and uplink online")
-    return gw
+    return synced_gateway(cloud, gateways, {"c1": key}, online=True, env=env)
 
 
 def test_jump_forward_does_not_expire_waiting_cloud_to_device_messages(cloud, gateways,

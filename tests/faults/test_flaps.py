@@ -9,33 +9,23 @@ import time
 
 import pytest
 
-from gateway.upstream.cloud_contract import registry_topic
 from tests.faults.delivery import check_delivery, sender
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, CloudVerifier, new_key
+from tests.support.synced import synced_gateway
 from tests.support.tcpproxy import TcpProxy
+from tests.support.wait import wait_until
 
 CHILDREN = 4
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def _flaps(cloud, gateways, cuts: int, per_child: int, seed: int) -> None:
     rnd = random.Random(seed)
     keys = {f"f-{n}": new_key() for n in range(CHILDREN)}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
     proxy = TcpProxy(cloud.port)
-    gw = gateways(cloud_url=proxy.url,
-                  cloud={"reconnect_min_secs": 0.02, "reconnect_max_secs": 0.1})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(cloud, gateways, keys, cloud_url=proxy.url,
+                        cloud={"reconnect_min_secs": 0.02, "reconnect_max_secs": 0.1})
     proxy.down()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
 
@@ -55,7 +45,8 @@ def _flaps(cloud, gateways, cuts: int, per_child: int, seed: int) -> None:
     cut_with_traffic = 0
     started = time.monotonic()
     for _ in range(cuts):
-        _wait(lambda: proxy.connections() > 0, 30, "the uplink to reconnect through the proxy")
+        wait_until(proxy.connections, lambda n: n > 0, timeout=30, interval=0.005,
+                   what="the uplink to reconnect through the proxy")
         time.sleep(rnd.uniform(0.0, 0.08))  # the random moment of the cut
         cut_with_traffic += proxy.cut() > 0
     cutting_secs = time.monotonic() - started

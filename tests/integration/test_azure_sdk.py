@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.upstream.cloud_contract import registry_topic
-from tests.support.clients import CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import CloudVerifier, new_key
 from tests.support.gatewayd import HUB
 from tests.support.pki import server_tls
+from tests.support.synced import synced_gateway
 
 SDK_PYTHON = os.environ.get("GATEWAYD_SDK_PYTHON", "")
 SDK_PORT = 8883  # the SDK always connects to 8883 for MQTT over TCP
@@ -40,14 +40,10 @@ def test_unmodified_azure_sdk_sends_telemetry_through_the_gateway(cloud, gateway
     ca_file, cert_file, key_file = server_tls(tmp_path, (address,), ())
 
     device_key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"),
-                     registry_doc(1, {"sdk-dev": device_key}))
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
-    gw = gateways(cloud_url=cloud.url, tls=(cert_file, key_file),
-                  listen={"host": address, "port": SDK_PORT})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(cloud, gateways, {"sdk-dev": device_key}, tls=(cert_file, key_file),
+                        listen={"host": address, "port": SDK_PORT})
 
     conn_str = (f"HostName={HUB};DeviceId=sdk-dev;SharedAccessKey={device_key};"
                 f"GatewayHostName={address}")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.upstream.cloud_contract import registry_topic
 from tests.integration.test_azure_sdk import SDK_PORT, SDK_PYTHON, free_loopback_address
-from tests.support.clients import new_key, publish_retained, registry_doc
+from tests.support.clients import new_key
 from tests.support.gatewayd import HUB
 from tests.support.hub_child import Operator
 from tests.support.pki import server_tls
+from tests.support.synced import synced_gateway
 
 
 class SdkChild:
@@ -58,13 +58,8 @@ def test_azure_sdk_twin_methods_and_c2d_through_the_gateway(cloud, gateways, tmp
     device_key = new_key()
     operator = Operator(cloud.port)
     operator.put_retained("devices/sdk-hub/twin/desired", {"$version": 1, "interval": 10})
-    publish_retained(cloud.port, registry_topic("", "edge-1"),
-                     registry_doc(1, {"sdk-hub": device_key}))
-    gw = gateways(cloud_url=cloud.url, tls=(cert_file, key_file),
-                  listen={"host": address, "port": SDK_PORT})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="registry synced")
+    synced_gateway(cloud, gateways, {"sdk-hub": device_key}, online=True,
+                   tls=(cert_file, key_file), listen={"host": address, "port": SDK_PORT})
     operator.subscribe("devices/sdk-hub/twin/reported")
 
     child = SdkChild(f"HostName={HUB};DeviceId=sdk-hub;SharedAccessKey={device_key};"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from gateway.upstream.cloud_contract import registry_topic
-from tests.support.clients import new_key, publish_retained
+from tests.support.clients import new_key
 from tests.support.hub_child import HubChild
+from tests.support.synced import synced_gateway
 
 
 def entry(device: str, key: str, callers: list[str] | None = None) -> dict:
@@ -25,10 +25,7 @@ def test_child_to_child_methods_work_offline(cloud, gateways):
         entry("mute", keys["mute"], ["*"]),
         entry("stranger", keys["stranger"]),
     ]}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), json.dumps(registry).encode())
-    gw = gateways(cloud_url=cloud.url)
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(cloud, gateways, registry=json.dumps(registry).encode())
     cloud.stop()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
 

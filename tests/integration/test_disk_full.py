@@ -14,6 +14,7 @@ import pytest
 from tests.support.blockdev import LoopFilesystem
 from tests.support.clients import Child, new_key
 from tests.support.offline import cut_off_gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a loop device needs root")
 
@@ -47,7 +48,12 @@ def test_a_full_disk_restarts_and_loses_nothing_acknowledged(cloud, gateways, sm
     child.client.reconnect_delay_set(60, 120)  # stay away once the daemon is gone
     assert child.connect() == 0
     mids = {send_random(child, i).mid: i for i in range(30000)}
-    assert gw.proc.wait(120) == 75, "EX_TEMPFAIL: systemd's Restart=on-failure restarts it"
+    # how long 24 MiB take to fill is the machine's speed, not the daemon's behaviour: the
+    # deadline is generous and a timeout shows the journal
+    code = wait_until(gw.proc.poll, lambda c: c is not None, timeout=600, interval=0.2,
+                      what="the daemon to exit on the full disk",
+                      show=lambda _: f"{len(child.acked)} PUBACKed; {gw.log_text()[-1500:]}")
+    assert code == 75, "EX_TEMPFAIL: systemd's Restart=on-failure restarts it"
     gw.proc = None
     acked = sorted(i for mid, i in mids.items() if mid in child.acked)
     assert "the disk is full" in gw.log_text() and "released the reserve" in gw.log_text()
@@ -59,8 +65,8 @@ def test_a_full_disk_restarts_and_loses_nothing_acknowledged(cloud, gateways, sm
     assert status["backlog"]["messages"] >= len(acked)
     cloud.start()
     verifier.connect()
-    verifier.wait_for(lambda m: {x.i for x in m} >= set(acked), timeout=120,
-                      what="every PUBACKed message")
+    verifier.wait_for(lambda m: {x.i for x in m} >= set(acked), timeout=600,
+                      what=f"every PUBACKed message ({len(acked)})")
     print(f"disk full at {len(acked)} PUBACKed messages of 1 KB on 24 MiB; all delivered "
           f"after the restart")
 
@@ -90,7 +96,7 @@ def test_drop_oldest_on_a_small_filesystem_keeps_running(cloud, gateways, small_
     child = Child("d", key, gw.plain_port)
     assert child.connect() == 0
     mids = [send_random(child, i).mid for i in range(30000)]
-    child.wait_acked(mids, timeout=180)
+    child.wait_acked(mids, timeout=600)  # 30,000 at the speed of a loaded machine
     status = gw.wait_status(lambda s: s["disk"]["dropped"] > 0, timeout=60, what="dropping")
     assert gw.proc.poll() is None, "still running: the floor held before the disk filled"
     kept = status["backlog"]["messages"]
@@ -99,8 +105,8 @@ def test_drop_oldest_on_a_small_filesystem_keeps_running(cloud, gateways, small_
     assert gw.status()["salvage"] is None
     cloud.start()
     verifier.connect()
-    verifier.wait_for(lambda m: any(x.i == 29999 for x in m), timeout=120, what="the newest")
-    gw.wait_status(lambda s: s["backlog"]["messages"] == 0, timeout=120, what="drained")
+    verifier.wait_for(lambda m: any(x.i == 29999 for x in m), timeout=600, what="the newest")
+    gw.wait_status(lambda s: s["backlog"]["messages"] == 0, timeout=600, what="drained")
     got = sorted({x.i for x in verifier.messages})
     assert got and got[-1] == 29999 and got == list(range(got[0], 30000)), \
         "the newest survive, contiguous: only the oldest were dropped"

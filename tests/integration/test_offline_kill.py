@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from gateway.upstream.cloud_contract import registry_topic
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, CloudVerifier, new_key
+from tests.support.synced import synced_gateway
 
 CHILDREN = 10
 PER_CHILD = 1000
@@ -17,15 +17,11 @@ UPLINK_WINDOW = 100
 
 def test_offline_ingest_survives_sigkill_and_drains_in_order(cloud, gateways):
     keys = {f"sensor-{n}": new_key() for n in range(CHILDREN)}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
     verifier.disconnect()  # its session (and subscription) stays on the broker
 
-    gw = gateways(cloud_url=cloud.url)
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="registry synced and uplink online")
+    gw = synced_gateway(cloud, gateways, keys, online=True)
     cloud.stop()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.upstream.cloud_contract import audit_topic, registry_topic
-from tests.support.clients import Child, new_key, publish_retained, registry_doc
+from gateway.upstream.cloud_contract import audit_topic
+from tests.support.clients import Child, new_key
+from tests.support.synced import synced_gateway
 from tests.support.tcpproxy import TcpProxy
+from tests.support.wait import wait_until
 
 
 def connack(gw, device: str, key: str) -> int:
@@ -44,19 +45,13 @@ def persistent_subscriber(port: int, topic: str, into: list):
 
 def test_cached_credentials_expire_offline_and_the_audit_reaches_the_cloud(cloud, gateways):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
-    gw = gateways(cloud_url=cloud.url, auth={"offline_trust_secs": 3})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="synced")
+    gw = synced_gateway(cloud, gateways, {"d": key}, online=True, auth={"offline_trust_secs": 3})
     assert connack(gw, "d", key) == 0 and gw.status()["audit_pending"] == 0, "online: no audit"
     cloud.stop()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
     assert connack(gw, "d", key) == 0, "within the trust window"
-    deadline = time.monotonic() + 30
-    while connack(gw, "d", key) == 0:  # the trust window runs out with real time
-        assert time.monotonic() < deadline, "cached credentials trusted past the window"
-        time.sleep(0.2)
+    wait_until(lambda: connack(gw, "d", key), lambda code: code != 0, timeout=30, interval=0.2,
+               what="cached credentials refused once the window runs out (real time)")
     status = gw.status()
     assert "auth.offline_trust_secs" in status["offline_trust"]["expired"]
     assert connack(gw, "d", "c2VjcmV0LXdyb25nLWtleS0xMjM0NTY3ODkw") == 5
@@ -72,14 +67,10 @@ def test_cached_credentials_expire_offline_and_the_audit_reaches_the_cloud(cloud
 
 def test_audit_entries_say_who_and_why(cloud, gateways):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
     received: list = []
     reader = persistent_subscriber(cloud.port, audit_topic("", "edge-1"), received)
     proxy = TcpProxy(cloud.port)  # the link is cut here; the broker and the reader stay up
-    gw = gateways(cloud_url=proxy.url)
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="synced")
+    gw = synced_gateway(cloud, gateways, {"d": key}, online=True, cloud_url=proxy.url)
     proxy.down()
     proxy.cut()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
@@ -88,9 +79,8 @@ def test_audit_entries_say_who_and_why(cloud, gateways):
     proxy.up()
     gw.wait_status(lambda s: s["audit_pending"] == 0 and s["uplink"]["state"] == "online",
                    what="published")
-    deadline = time.monotonic() + 20
-    while len(received) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(received), lambda n: n >= 2, timeout=20,
+               what="both audit entries at the cloud")
     by_device = {e["deviceId"]: e for e in received}
     assert by_device["d"]["accepted"] is True and by_device["d"]["method"] == "cache"
     assert by_device["intruder"]["accepted"] is False and by_device["intruder"]["reason"]

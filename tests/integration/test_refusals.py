@@ -13,6 +13,7 @@ from gateway.child.auth import make_sas_token
 from gateway.upstream.cloud_contract import registry_topic
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
 from tests.support.gatewayd import HUB
+from tests.support.synced import synced_gateway
 
 
 @pytest.fixture
@@ -50,18 +51,14 @@ def test_refusals_while_an_authorised_child_keeps_working(cloud, gateways, pki):
                       "auth": {"type": "sas", "primaryKey": disabled_key}}
     doc = registry_doc(1, {"good": good_key, "victim": new_key()},
                        x=x509_entry, y=stranger_entry, z=disabled_entry)
-    publish_retained(cloud.port, registry_topic("", "edge-1"), doc)
     # a device that belongs to another gateway of the same hub
     publish_retained(cloud.port, registry_topic("", "edge-2"),
                      registry_doc(1, {"elsewhere": other_key}))
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
 
-    gw = gateways(cloud_url=cloud.url, tls=(pki["srv"], pki["srvkey"]),
-                  listen={"client_ca_file": str(pki["ca"])})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="registry synced")
+    gw = synced_gateway(cloud, gateways, registry=doc, online=True,
+                        tls=(pki["srv"], pki["srvkey"]), listen={"client_ca_file": str(pki["ca"])})
 
     good = Child("good", good_key, gw.tls_port, tls_ca=str(pki["ca"]))
     assert good.connect() == 0
@@ -113,10 +110,7 @@ def closed_after(gw, device, key, action) -> str:
 
 def test_rule_breaches_close_only_the_offender(cloud, gateways):
     keys = {"good": new_key(), "bad": new_key()}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
-    gw = gateways(cloud_url=cloud.url, listen={"max_message_bytes": 1024})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(cloud, gateways, keys, listen={"max_message_bytes": 1024})
     good = Child("good", keys["good"], gw.plain_port)
     assert good.connect() == 0
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import time
 
-from gateway.upstream.cloud_contract import gateway_twin_topic, registry_topic
+from gateway.upstream.cloud_contract import gateway_twin_topic
 from tests.support.broker import Mosquitto
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, CloudVerifier, new_key, publish_retained
 from tests.support.hub_child import HubChild, Operator
+from tests.support.synced import synced_gateway
 
 BACKLOG = 8000
 TO_B = 'BrokeredEndpoint("/devices/dev-b/messages/devicebound")'
@@ -18,16 +19,13 @@ TO_B = 'BrokeredEndpoint("/devices/dev-b/messages/devicebound")'
 def start(cloud, gateways, devices: list[str], routes: dict | None,
           overrides: dict | None = None):
     keys = {d: new_key() for d in devices}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     if routes is not None:
         settings = {"$version": 1, "schemaVersion": "1.0", "routes": routes}
         publish_retained(cloud.port, gateway_twin_topic("", "edge-1", "desired"),
                          json.dumps(settings).encode())
-    gw = gateways(cloud_url=cloud.url, **(overrides or {}))
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online"
-                   and s["settings_version"] == (1 if routes is not None else 0),
-                   what="registry and settings synced")
+    gw = synced_gateway(cloud, gateways, keys, online=True,
+                        until=lambda s: s["settings_version"] == (1 if routes is not None else 0),
+                        **(overrides or {}))
     return gw, keys
 
 

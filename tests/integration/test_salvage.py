@@ -47,7 +47,7 @@ def damage_deleted_manifest(path):
 
 @pytest.mark.parametrize("damage", [damage_truncated_sst, damage_garbled_current,
                                     damage_deleted_manifest])
-def test_a_damaged_store_is_quarantined_and_salvaged(cloud, gateways, damage):
+def test_a_damaged_store_is_quarantined_and_salvaged(gateways, damage):
     gw = gateways(cloud_url="")
     make_store(gw.store)
     damage(gw.store)

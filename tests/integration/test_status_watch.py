@@ -9,10 +9,10 @@ import re
 import select
 import subprocess
 import sys
-import time
 
 from tests.support.clients import Child, new_key
 from tests.support.offline import cut_off_gateway
+from tests.support.wait import wait_until
 
 BAR = re.compile(r"draining  \[(#*)(\.*)\] +(\d+)%  (\d+) msg/s, (\d+) left, (\S+) to go")
 
@@ -38,16 +38,21 @@ def test_watch_shows_a_progress_bar_while_the_backlog_drains(cloud, gateways):
         stdout=secondary, stderr=secondary, close_fds=True)
     os.close(secondary)
     cloud.start()
-    screen, bars = b"", []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(bars) < 2:
+    screen = bytearray()
+
+    def bars_so_far() -> list:
         ready, _, _ = select.select([main], [], [], 1.0)
         if ready:
             try:
-                screen += os.read(main, 65536)
-            except OSError:
-                break
-            bars = BAR.findall(screen.decode(errors="replace"))
+                screen.extend(os.read(main, 65536))
+            except OSError:  # the watch ended: what it drew is all there is
+                raise AssertionError("no progress bar in:\n"
+                                     + screen.decode(errors="replace")[-2000:]) from None
+        return BAR.findall(screen.decode(errors="replace"))
+
+    bars = wait_until(bars_so_far, lambda found: len(found) >= 2, timeout=60, interval=0,
+                      what="two progress bars drawn",
+                      show=lambda _: screen.decode(errors="replace")[-2000:])
     watch.kill()
     watch.wait()
     os.close(main)
@@ -55,6 +60,6 @@ def test_watch_shows_a_progress_bar_while_the_backlog_drains(cloud, gateways):
     filled, empty, pct, rate, left, eta = bars[-1]
     assert len(filled) + len(empty) == 30 and int(rate) > 0
     assert 0 < int(left) < 30000 and 0 <= int(pct) <= 100
-    assert b"\x1b[2J" in screen, "the screen is redrawn in place"
+    assert b"\x1b[2J" in bytes(screen), "the screen is redrawn in place"
     print(f"progress bar: {bars[-1]}")
     child.close()

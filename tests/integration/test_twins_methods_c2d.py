@@ -5,20 +5,16 @@ direct methods, and the gateway's own settings twin — real mosquitto, real dae
 from __future__ import annotations
 
 import json
-import time
 
-from gateway.upstream.cloud_contract import gateway_twin_topic, registry_topic
-from tests.support.clients import CloudVerifier, new_key, publish_retained, registry_doc
+from gateway.upstream.cloud_contract import gateway_twin_topic
+from tests.support.clients import CloudVerifier, new_key
 from tests.support.hub_child import HubChild, Operator
+from tests.support.synced import synced_gateway
+from tests.support.wait import wait_until
 
 
 def start_gateway(cloud, gateways, children: dict[str, str]):
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, children))
-    gw = gateways(cloud_url=cloud.url)
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="registry synced and uplink online")
-    return gw
+    return synced_gateway(cloud, gateways, children, online=True)
 
 
 def connect_child(gw, device: str, key: str, **kwargs) -> HubChild:
@@ -29,18 +25,6 @@ def connect_child(gw, device: str, key: str, **kwargs) -> HubChild:
     return child
 
 
-def poll(fetch, predicate, timeout: float = 20.0, what: str = "condition"):
-    """Fetch until the predicate holds, with a deadline (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not predicate(value):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {value}")
-        time.sleep(0.05)
-        value = fetch()
-    return value
-
-
 def test_offline_twin_patches_survive_sigkill_and_reconcile(cloud, gateways):
     key = new_key()
     operator = Operator(cloud.port)
@@ -49,7 +33,8 @@ def test_offline_twin_patches_survive_sigkill_and_reconcile(cloud, gateways):
     child = connect_child(gw, "dev-a", key)
     # the child may ask before the gateway has fetched the cloud's document: version 1 is also
     # the empty twin's version, so wait for the content
-    twin = poll(child.twin_get, lambda t: t["desired"].get("mode") == "eco", what="desired v1")
+    twin = wait_until(child.twin_get, lambda t: t["desired"].get("mode") == "eco", timeout=20,
+                      what="desired v1")
     assert twin["desired"]["$version"] == 1
     assert twin["reported"] == {"$version": 1}
 
@@ -76,7 +61,8 @@ def test_offline_twin_patches_survive_sigkill_and_reconcile(cloud, gateways):
                   .get("$version") == 52, what="the latest reported state in the cloud")
     in_cloud = json.loads(operator.retained["devices/dev-a/twin/reported"])
     assert in_cloud == offline_view["reported"]
-    twin = poll(child.twin_get, lambda t: t["desired"]["$version"] == 2, what="desired v2")
+    twin = wait_until(child.twin_get, lambda t: t["desired"]["$version"] == 2, timeout=20,
+                      what="desired v2")
     assert twin["desired"] == {"$version": 2, "mode": "boost"}
     assert twin["reported"]["$version"] == 52, "versions only move forward"
     gw.wait_status(lambda s: s["uplink"]["state"] == "online", what="uplink back")
@@ -99,7 +85,12 @@ def test_desired_patch_is_pushed_to_a_connected_child(cloud, gateways):
     assert t2.endswith("?$version=4")
     assert json.loads(p2) == {"$version": 4, "rate": 10, "mode": None}
     operator.put_retained("devices/dev-p/twin/desired", {"$version": 2, "rate": 1})
-    assert poll(child.twin_get, lambda t: True)["desired"]["$version"] == 4, "older is ignored"
+    # the gateway handles cloud messages in order, one at a time: once a message sent after the
+    # stale document reaches the child, that document has been judged
+    operator.send("dev-p", b"after version 2")
+    child.wait(lambda: child.messages("devices/dev-p/messages/devicebound/"),
+               what="the message sent after version 2")
+    assert child.twin_get()["desired"]["$version"] == 4, "older is ignored"
     child.close()
     operator.close()
 

@@ -9,9 +9,9 @@ import subprocess
 import time
 
 from gateway.child import certs
-from gateway.upstream.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, CloudVerifier, new_key
+from tests.support.synced import synced_gateway
 
 
 def attempts_over(gw, seconds: float) -> int:
@@ -79,13 +79,9 @@ def test_tls_failures_say_which(tmp_path, cloud, gateways):
 
 def test_a_half_open_connection_is_detected_and_nothing_is_lost(cloud, gateways):
     key = new_key()
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, {"d": key}))
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
-    gw = gateways(cloud_url=cloud.url, cloud={"keepalive_secs": 5})
-    gw.start()
-    gw.wait_status(lambda s: s["uplink"]["state"] == "online" and s["registry_version"] == 1,
-                   what="online")
+    gw = synced_gateway(cloud, gateways, {"d": key}, online=True, cloud={"keepalive_secs": 5})
     child = Child("d", key, gw.plain_port)
     assert child.connect() == 0
     cloud.proc.send_signal(signal.SIGSTOP)  # the broker's host hangs: TCP stays up, no answers

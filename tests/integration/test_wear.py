@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from gateway.upstream.cloud_contract import registry_topic
 from tests.support.blockdev import LoopFilesystem
-from tests.support.clients import Child, CloudVerifier, new_key, publish_retained, registry_doc
+from tests.support.clients import Child, CloudVerifier, new_key
+from tests.support.synced import synced_gateway
 
 CHILDREN = 10
 PER_CHILD = 1000
@@ -43,13 +43,10 @@ def send_burst(children: list[Child], start: int) -> None:
 
 def test_store_device_writes_per_payload_byte(cloud, gateways, loopfs, record_property):
     keys = {f"w{n}": new_key() for n in range(CHILDREN)}
-    publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
-    gw = gateways(cloud_url=cloud.url, storage={"path": str(loopfs.mountpoint / "store")})
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1 and s["uplink"]["state"] == "online",
-                   what="online")
+    gw = synced_gateway(cloud, gateways, keys, online=True,
+                        storage={"path": str(loopfs.mountpoint / "store")})
     children = [Child(d, k, gw.plain_port) for d, k in keys.items()]
     for child in children:
         child.client.max_inflight_messages_set(10)  # 10 x 10 = the uplink's window

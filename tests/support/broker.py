@@ -2,25 +2,50 @@
 
 Persistence is on (with the file in the test's directory), so that stopping and restarting the
 broker is a real outage: sessions and queued messages survive it, exactly as a cloud would keep
-them. Readiness is awaited by mosquitto's own log line, not by sleeping.
+them. mosquitto runs as the test's own user: started as root it would otherwise drop to the
+`mosquitto` user, which cannot write the test's directory, and a restart would silently lose
+every session. Each stop checks that the broker did save, so no test can pass on a broker that
+forgot. Readiness is awaited by mosquitto's own log line, not by sleeping.
 """
 
 from __future__ import annotations
 
+import getpass
+import random
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
+
+from .wait import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range.
+
+    A port the kernel handed out (bind to 0) is one it also hands to outgoing connections: while
+    a broker or a daemon is down for a restart, a client's connect could take its port (even
+    connect to itself on it), and the restart failed with 'Address already in use'.
+    """
+    low = _ephemeral_range()[0]
+    while True:
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 class Mosquitto:
@@ -33,78 +58,95 @@ class Mosquitto:
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
-        self.conf.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    "persistence true",
-                    f"persistence_location {self.workdir}/",
-                    "autosave_interval 0",
-                    "max_queued_messages 0",
-                    "max_inflight_messages 0",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "log_type notice",
-                    "log_type information",
-                    "",
-                ]
-            )
-        )
-        extra = []
-        if tls is not None or password_file is not None:
-            # mosquitto started as root reads these after dropping to its own user
-            shared = Path(tempfile.mkdtemp(prefix="mosq-files", dir="/tmp"))
-            shared.chmod(0o755)
-            for source in [*(tls or ()), *([password_file] if password_file else [])]:
-                target = shared / Path(source).name
-                target.write_bytes(Path(source).read_bytes())
-                target.chmod(0o644)
-            if tls is not None:
-                extra += [f"certfile {shared / Path(tls[0]).name}",
-                          f"keyfile {shared / Path(tls[1]).name}"]
-            if password_file is not None:
-                extra += ["allow_anonymous false",
-                          f"password_file {shared / Path(password_file).name}"]
-            text = self.conf.read_text()
-            if password_file is not None:
-                text = text.replace("allow_anonymous true\n", "")
-            self.conf.write_text(text.replace(f"listener {self.port} 127.0.0.1\n",
-                                              f"listener {self.port} 127.0.0.1\n"
-                                              + "\n".join(extra) + "\n"))
+        self._holder: socket.socket | None = None
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if tls is not None:
+            lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
+        if password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines += ["allow_anonymous true"]
         if acl is not None:  # e.g. ["topic deny a/b", "topic readwrite #"] for anonymous
-            # mosquitto started as root reads the ACL after dropping to its own user
-            acl_dir = Path(tempfile.mkdtemp(prefix="mosq-acl", dir="/tmp"))
-            acl_dir.chmod(0o755)
-            acl_file = acl_dir / "acl"
+            acl_file = self.workdir / "acl"
             acl_file.write_text("\n".join(acl) + "\n")
-            acl_file.chmod(0o644)
-            with self.conf.open("a") as conf:
-                conf.write(f"acl_file {acl_file}\n")
+            lines += [f"acl_file {acl_file}"]
+        lines += [
+            f"user {getpass.getuser()}",  # no drop to a user that cannot save
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 0",
+            "max_queued_messages 0",
+            "max_inflight_messages 0",
+            "log_dest stderr",
+            *(f"log_type {kind}" for kind in ("error", "warning", "notice", "information")),
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def _setting(self, name: str) -> str | None:
+        for line in self.conf.read_text().splitlines():
+            if line.startswith(name + " "):
+                return line.split(None, 1)[1].strip()
+        return None
+
+    @property
+    def db(self) -> Path:
+        """The persistence file mosquitto writes when it stops, where its configuration puts it
+        (the bench's bridge writes a configuration of its own)."""
+        return Path(self._setting("persistence_location") or self.workdir) / "mosquitto.db"
 
     def start(self, timeout: float = 10.0) -> None:
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
-        start_offset = self.log.stat().st_size
+        start_offset = self._log_offset = self.log.stat().st_size
         self.proc = subprocess.Popen(
             [MOSQUITTO, "-c", str(self.conf)], stdout=self._log_file, stderr=self._log_file
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def running() -> bytes:
             text = self.log.read_bytes()[start_offset:]
-            if b"running" in text and b"Opening ipv4 listen socket" in text:
-                return
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {text.decode(errors='replace')}")
-            time.sleep(0.02)
-        raise RuntimeError("mosquitto did not report running")
+            return text
+
+        def ready(text: bytes) -> bool:
+            return b"running" in text and b"Opening ipv4 listen socket" in text
+
+        wait_until(running, ready, timeout=timeout, interval=0.02,
+                   what="mosquitto to report running",
+                   show=lambda text: text.decode(errors="replace"))
 
     def stop(self) -> None:
-        """SIGTERM: mosquitto saves its persistence file, like a cloud going down cleanly."""
+        """SIGTERM: mosquitto saves its persistence file, like a cloud going down cleanly.
+
+        Asserts that it did, so that a restart really brings back the sessions and queued
+        messages the tests rely on.
+        """
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+            self._log_file.close()
+            self.assert_saved()
+            self._hold_port()
         self.proc = None
+
+    def _hold_port(self) -> None:
+        """Keep the port bound (not listening: clients are refused as by a dead broker) until
+        the restart, so that no other test's process can take it meanwhile."""
+        self._holder = socket.socket()
+        self._holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._holder.bind(("127.0.0.1", self.port))
+
+    def assert_saved(self) -> None:
+        """The last run saved its persistence file without error (if it was asked to keep
+        one: a bench peer's local broker may run without)."""
+        if self._setting("persistence") != "true":
+            return
+        text = self.log.read_bytes()[self._log_offset:].decode(errors="replace")
+        assert "Error saving" not in text, f"mosquitto could not persist:\n{text}"
+        assert "Saving in-memory database" in text, f"mosquitto did not save:\n{text}"
+        assert self.db.exists(), f"no persistence file {self.db} after a stop:\n{text}"
 
     @property
     def url(self) -> str:

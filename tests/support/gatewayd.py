@@ -19,6 +19,7 @@ from pathlib import Path
 from gateway.daemon.control import request
 
 from .broker import free_port
+from .wait import wait_until
 
 HUB = "hub.example.net"
 
@@ -118,14 +119,13 @@ class Gatewayd:
 
     def wait_status(self, predicate, timeout: float = 30.0, what: str = "condition") -> dict:
         """Poll the daemon's status until `predicate(status)` holds (an event, not a sleep)."""
-        deadline = time.monotonic() + timeout
-        last = {}
-        while time.monotonic() < deadline:
-            last = self.status()
-            if predicate(last):
-                return last
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; last status: {last}")
+        return wait_until(self.status, predicate, timeout=timeout, what=what)
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> str:
+        """The journal once it holds `text`: lines the daemon writes after an event it reports
+        nowhere else (a reload, a refusal) are awaited here, not slept for."""
+        return wait_until(self.log_text, lambda log: text in log, timeout=timeout,
+                          what=f"{text!r} in the journal", show=lambda log: log[-2000:])
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         """Run the real `gatewayctl` against this daemon's configuration."""

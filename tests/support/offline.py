@@ -3,8 +3,8 @@ cut off from its cloud."""
 
 from __future__ import annotations
 
-from gateway.upstream.cloud_contract import registry_topic
-from tests.support.clients import CloudVerifier, publish_retained, registry_doc
+from tests.support.clients import CloudVerifier
+from tests.support.synced import synced_gateway
 
 
 def cut_off_gateway(broker, gateways, keys: dict[str, str], **overrides):
@@ -14,13 +14,10 @@ def cut_off_gateway(broker, gateways, keys: dict[str, str], **overrides):
     The verifier's session is opened and left before the gateway starts, so the broker keeps for
     it everything the gateway sends once the cloud is back; `verifier.connect()` reads it.
     """
-    publish_retained(broker.port, registry_topic("", "edge-1"), registry_doc(1, keys))
     verifier = CloudVerifier(broker.port)
     verifier.connect()
     verifier.disconnect()
-    gw = gateways(cloud_url=broker.url, **overrides)
-    gw.start()
-    gw.wait_status(lambda s: s["registry_version"] == 1, what="registry synced")
+    gw = synced_gateway(broker, gateways, keys, **overrides)
     broker.stop()
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink down")
     return gw, verifier

@@ -14,6 +14,7 @@ from gateway.mqtt import mqtt5
 from gateway.storage.store import Store
 from gateway.upstream import drain, token_bucket
 from gateway.upstream.cloud_contract import TelemetryEncoder
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.drain import Drain
 from gateway.upstream.message import Message
 from gateway.upstream.outbox import Outbox
@@ -48,7 +49,9 @@ class Site:
         self.counters = Counters()
         self.now_ms = NOW_MS  # the wall clock, in ms
         self.monotonic = 0.0
-        self.drain = Drain(cloud(**cloud_keys), self.outbox, TelemetryEncoder("", "edge-1"),
+        self.dead_letters = DeadLetters(self.store, self.outbox)
+        self.drain = Drain(cloud(**cloud_keys), self.outbox, self.dead_letters,
+                           TelemetryEncoder("", "edge-1"),
                            self.counters, clock=lambda: self.now_ms / 1000,
                            monotonic=lambda: self.monotonic)
         self._next_id = 0
@@ -160,7 +163,7 @@ def test_a_refused_message_is_retried_first_then_dead_lettered(site):
     assert seqs(third) == [stored[0]]
     s.ack(third, code=REFUSED)
     assert s.counters.refused == 3
-    assert [seq for seq, *_ in s.outbox.dead_letters()] == [stored[0]]
+    assert [letter.seq for letter in s.dead_letters.list()] == [stored[0]]
     assert seqs(s.fill()) == [stored[5]], "the dead letter is not sent again"
 
 
@@ -172,7 +175,7 @@ def test_an_ack_clears_the_refusals_of_that_message(site):
     retry = s.fill()
     assert seqs(retry) == stored[:1]
     s.ack(retry)
-    assert s.outbox.dead_letters() == []
+    assert s.dead_letters.list() == []
     assert seqs(s.fill()) == stored[1:]
 
 
@@ -183,7 +186,7 @@ def test_the_first_message_of_connections_the_broker_kills_is_poison(site):
         s.drain.connected()
         assert seqs(s.fill()) == stored[:4]
         s.drain.lost(stopping=False)  # closed before any PUBACK
-    assert [seq for seq, *_ in s.outbox.dead_letters()] == [stored[0]]
+    assert [letter.seq for letter in s.dead_letters.list()] == [stored[0]]
     s.drain.connected()
     assert seqs(s.fill()) == stored[1:5]
 
@@ -197,7 +200,7 @@ def test_a_connection_that_acked_something_or_is_stopped_strikes_nothing(site):
     s.drain.connected()
     s.fill()
     s.drain.lost(stopping=True)  # our own stop is not the broker's verdict
-    assert s.outbox.dead_letters() == []
+    assert s.dead_letters.list() == []
     s.drain.connected()
     assert seqs(s.fill()) == stored[:3] + stored[4:5]
 

@@ -185,7 +185,7 @@ def test_counts_survive_restart(h):
 def test_corrupt_record_is_skipped_and_counted(h):
     h.outbox.append(msg(0))
     h.outbox.commit_now()
-    h.store.outbox[seq_key(h.outbox.next_seq + 5)] = b"\x09garbage"
+    h.store.put(h.store.outbox, seq_key(h.outbox.next_seq + 5), b"\x09garbage", sync=False)
     h.reopen()
     got = h.drain()
     assert [m.properties for m in got] == ["i=0"]

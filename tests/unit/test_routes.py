@@ -117,6 +117,13 @@ def test_the_whole_table_is_refused_for_one_bad_route():
         parse_routes(["FROM /messages/* INTO $upstream"])
 
 
+@pytest.mark.parametrize("literal", ['"\x1f"', '"\\x"', '"\\u12"', '"\n"'])
+def test_a_double_quoted_string_json_cannot_read_is_a_route_error(literal):
+    """Found by the fuzz test below: json.loads' own error escaped the parser."""
+    with pytest.raises(RouteError, match="bad string"):
+        parse_route("r", f"FROM /messages/* WHERE $body.x = {literal} INTO $upstream")
+
+
 @given(st.text(max_size=60))
 def test_any_text_parses_or_is_refused_cleanly(text):
     """Only RouteError may come out: anything else would take the settings thread down."""

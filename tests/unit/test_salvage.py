@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from rocksdict import WriteBatch
 
 from gateway.child.registry_sync import RegistrySync
 from gateway.errors import StoreError
@@ -112,9 +111,7 @@ def test_records_this_release_cannot_read_are_counted_and_left_behind(tmp_path):
     path = tmp_path / "store"
     make_store(path, messages=5)
     store = Store(path)
-    batch = WriteBatch(raw_mode=True)
-    batch.put(seq_key(10**6), b"\xff not a record", store.outbox_handle)
-    store.write(batch, sync=True)
+    store.put(store.outbox, seq_key(10**6), b"\xff not a record", sync=True)
     store.close()
     garble_current(path)
 

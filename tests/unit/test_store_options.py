@@ -43,7 +43,7 @@ def test_a_store_from_before_opens_and_recovers_its_wal(tmp_path):
 
     store = Store(path)
     try:
-        assert store.get_meta(b"k") == b"written with a plain WAL"
+        assert store.meta.get(b"k") == b"written with a plain WAL"
     finally:
         store.close()
     assert "wal_compression=kZSTD" in options_text(path)

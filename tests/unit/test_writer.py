@@ -12,12 +12,13 @@ import threading
 
 import pytest
 
-from gateway.errors import SyncOnLoopError
+from gateway.storage import keyspace as ks
 from gateway.storage import writer as writer_module
-from gateway.storage.store import Store
+from gateway.storage.store import Store, SyncForbidden
 from gateway.storage.writer import Writer
 from gateway.storage.writes import Writes
 from gateway.upstream import outbox as outbox_module
+from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.message import Message
 from gateway.upstream.outbox import Outbox
 
@@ -50,7 +51,7 @@ def make(path, *, online: bool = False, interval_ms: int = 20, store_cls=Store):
 
 
 def put(store: Store, key: bytes, value: bytes = b"v") -> Writes:
-    return Writes().put(store.meta_handle, key, value)
+    return Writes().put(store.meta, key, value)
 
 
 def test_many_jobs_and_messages_are_one_synced_write_and_callbacks_keep_their_order(tmp_path):
@@ -70,7 +71,7 @@ def test_many_jobs_and_messages_are_one_synced_write_and_callbacks_keep_their_or
         assert store.synced_writes - before == 1
         assert writer.commits == 1 and writer.jobs_committed == 101
         assert outbox.uncommitted() == 0
-        assert store.get_meta(b"job/099") == b"v"
+        assert store.meta.get(b"job/099") == b"v"
         await writer.aclose()
         store.close()
 
@@ -88,7 +89,7 @@ def test_a_job_does_not_wait_for_the_messages_aging(tmp_path):
         writer.start()
         writer.submit(put(store, b"twin/s1"), durable.set)
         await durable.wait()
-        assert store.get_meta(b"twin/s1") == b"v"
+        assert store.meta.get(b"twin/s1") == b"v"
         assert outbox.uncommitted() == 1  # still racing the cloud
         await writer.aclose()  # shutdown writes what is left, aged or not
         assert outbox.uncommitted() == 0
@@ -139,7 +140,7 @@ def test_a_failed_commit_holds_everything_and_retries_it_in_order(tmp_path, monk
                                                             finished.set()))
         await finished.wait()
         assert done == ["first", "second"]
-        assert store.get_meta(b"k") == b"second"  # replayed in submission order
+        assert store.meta.get(b"k") == b"second"  # replayed in submission order
         assert outbox.uncommitted() == 0 and outbox.stats.committed_messages == 1
         assert writer.store_error == ""  # recovered, and said so
         await writer.aclose()
@@ -161,7 +162,7 @@ def test_a_full_disk_is_reported_once_and_nothing_is_answered(tmp_path):
         await reported.wait()
         assert "No space left" in reasons[0]
         assert answered == [] and writer.backlog == 1
-        assert store.get_meta(b"k") is None
+        assert store.meta.get(b"k") is None
         await writer.aclose()  # the last commit fails too: it gives up instead of spinning
         assert answered == []
 
@@ -171,19 +172,19 @@ def test_a_full_disk_is_reported_once_and_nothing_is_answered(tmp_path):
 def test_the_loop_thread_cannot_sync_but_the_writer_can(tmp_path):
     async def scenario():
         store, outbox, writer = make(tmp_path / "db")
-        store.forbid_sync_on(threading.current_thread())
-        with pytest.raises(SyncOnLoopError, match="event loop"):
-            store.put_meta(b"direct", b"v", sync=True)
-        store.put_meta(b"unsynced", b"v", sync=False)  # no fsync: allowed
+        store.forbid_sync_on(threading.get_ident())
+        with pytest.raises(SyncForbidden, match="never wait on the disk"):
+            store.put(store.meta, b"direct", b"v", sync=True)
+        store.put(store.meta, b"unsynced", b"v", sync=False)  # no fsync: allowed
         durable = asyncio.Event()
         writer.start()
         writer.submit(put(store, b"through-the-writer"), durable.set)
         await durable.wait()
-        assert store.get_meta(b"through-the-writer") == b"v"
-        with pytest.raises(SyncOnLoopError):
+        assert store.meta.get(b"through-the-writer") == b"v"
+        with pytest.raises(SyncForbidden):
             store.close()  # flush_wal(True) is an fsync too
         await writer.aclose()
-        store.forbid_sync_on(None)
+        store.allow_sync_on(threading.get_ident())
         store.close()
 
     asyncio.run(scenario())
@@ -194,18 +195,18 @@ def test_sequence_blocks_are_reserved_ahead_through_the_writer(tmp_path, monkeyp
 
     async def scenario():
         store, outbox, writer = make(tmp_path / "db")
-        store.forbid_sync_on(threading.current_thread())  # the reservation must not sync here
-        first_ceiling = outbox_module._u64(store.get_meta(outbox_module._META_CEILING))
+        store.forbid_sync_on(threading.get_ident())  # the reservation must not sync here
+        first_ceiling = ks.read_u64(store.meta.get(ks.SEQ_CEILING))
         writer.start()
         for i in range(40):  # through two and a half blocks
             outbox.append(message(i))
             writer.messages_added()
             await asyncio.sleep(0)
         await writer.aclose()
-        ceiling = outbox_module._u64(store.get_meta(outbox_module._META_CEILING))
+        ceiling = ks.read_u64(store.meta.get(ks.SEQ_CEILING))
         assert ceiling > first_ceiling
         assert ceiling > outbox.next_seq - 1  # every number handed out is below it
-        store.forbid_sync_on(None)
+        store.allow_sync_on(threading.get_ident())
         store.close()
         reopened = Store(tmp_path / "db")
         assert Outbox(reopened).next_seq >= ceiling  # never reused after a restart
@@ -217,14 +218,16 @@ def test_sequence_blocks_are_reserved_ahead_through_the_writer(tmp_path, monkeyp
 def test_a_dead_letter_leaves_the_queue_only_once_it_is_durable(tmp_path):
     async def scenario():
         store, outbox, writer = make(tmp_path / "db")
+        letters = DeadLetters(store, outbox, writer.submit)
         seq = outbox.append(message(1))
         writer.messages_added()
-        outbox.dead_letter(seq, message(1).priority, 0x87, NOW_MS)
+        assert letters.move(seq, message(1).priority, 0x87, NOW_MS)
         assert outbox.stats.dead_lettered == 0  # submitted, not yet durable
+        assert letters.list() == []
         writer.start()
         await writer.aclose()
         assert outbox.stats.dead_lettered == 1
-        assert [entry[0] for entry in outbox.dead_letters()] == [seq]
+        assert [letter.seq for letter in letters.list()] == [seq]
         store.close()
 
     asyncio.run(scenario())
