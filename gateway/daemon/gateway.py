@@ -89,21 +89,20 @@ class Gateway:
         self._store = store
         self._clock = clock = SteadyClock()  # TTL, SAS and trust expiry: immune to clock jumps
         self.uplink = UplinkSlot()  # filled by _start_uplink, emptied by its stop
-        self._registry = registry = RegistrySync(store)
+        self.outbox = outbox = Outbox(store)
+        self.writer = writer = Writer(
+            store, outbox, commit_interval_ms=st.commit_interval_ms,
+            commit_max=st.commit_max_messages, cloud_online=self.uplink.online, clock=clock,
+        )
+        self._registry = registry = RegistrySync(store, writer.submit)
 
         def children():
             return registry.registry.children
 
         trust = OfflineTrust(store, cfg.auth.offline_trust_secs, clock)
         audit = AuditLog(store)
-        settings = SettingsSync(store, check_routes)
+        settings = SettingsSync(store, check_routes, writer.submit)
         router = Router(settings.settings.routes, children)
-        self.outbox = outbox = Outbox(store)
-        self.writer = writer = Writer(
-            store, outbox, commit_interval_ms=st.commit_interval_ms,
-            commit_max=st.commit_max_messages, cloud_online=self.uplink.online, clock=clock,
-        )
-        registry.submit = settings.submit = writer.submit  # both made before the outbox
         self.dead_letters = dead_letters = DeadLetters(store, outbox, writer.submit)
         disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         disk_policy = DiskPolicy(disk, outbox, store, writer)
