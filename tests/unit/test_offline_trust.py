@@ -11,7 +11,6 @@ from gateway.child.offline_trust import (
     AuditLog,
     OfflineTrust,
 )
-from gateway.storage.store import Store
 
 T0 = 1_800_000_000.0
 
@@ -28,21 +27,6 @@ class Clock:
 def clock():
     return Clock()
 
-
-@pytest.fixture
-def reopen(tmp_path):
-    """Opens the same store again as a restarted daemon would; closes what is open at the end."""
-    opened: list[Store] = []
-
-    def open_store() -> Store:
-        if opened and not opened[-1].closed:
-            opened[-1].close()
-        opened.append(Store(tmp_path / "store"))
-        return opened[-1]
-
-    yield open_store
-    for store in opened:
-        store.close()
 
 
 def test_no_limit_trusts_the_cache_for_ever(reopen, clock):

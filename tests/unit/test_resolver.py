@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import UnavailableError
-from gateway.storage.store import Store
 from gateway.upstream.resolver import CloudResolver, ResolveError
 from tests.support.dns_server import DNSServer
 
@@ -19,21 +18,6 @@ def dns_server():
     yield server
     server.stop()
 
-
-@pytest.fixture
-def reopen(tmp_path):
-    """The same store again, as after a restart; whatever is open is closed at the end."""
-    opened: list[Store] = []
-
-    def open_store() -> Store:
-        if opened and not opened[-1].closed:
-            opened[-1].close()
-        opened.append(Store(tmp_path / "store"))
-        return opened[-1]
-
-    yield open_store
-    for store in opened:
-        store.close()
 
 
 def test_an_address_literal_needs_no_dns(reopen):
