@@ -4,51 +4,13 @@ builds its answers) on a loopback address, port 53."""
 
 from __future__ import annotations
 
-import random
-import socket
-import threading
-
-import dns.message
-import dns.rrset
+from tests.support.dns_server import DNSServer
 
 HOST = "cloud.example.test"
 
 
-class TinyDNS:
-    """Answers A queries for HOST with 127.0.0.1, nothing else; runs until stop()."""
-
-    def __init__(self) -> None:
-        self.address = f"127.53.{random.randint(1, 254)}.{random.randint(1, 254)}"
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.address, 53))
-        self.queries = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            query = dns.message.from_wire(data)
-            answer = dns.message.make_response(query)
-            question = query.question[0]
-            if question.name.to_text().rstrip(".") == HOST and question.rdtype == 1:
-                answer.answer.append(dns.rrset.from_text(HOST + ".", 60, "IN", "A",
-                                                         "127.0.0.1"))
-            self.queries += 1
-            try:
-                self.sock.sendto(answer.to_wire(), peer)
-            except OSError:  # stopped while answering
-                return
-
-    def stop(self) -> None:
-        self.sock.close()
-
-
 def test_pinned_resolvers_then_the_cached_address_when_dns_is_gone(cloud, gateways):
-    dns_server = TinyDNS()
+    dns_server = DNSServer({HOST: ["127.0.0.1"]})
     gw = gateways(cloud_url=f"mqtt://{HOST}:{cloud.port}",
                   cloud={"dns_servers": [dns_server.address]})
     gw.start()
