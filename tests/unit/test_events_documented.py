@@ -1,0 +1,19 @@
+"""docs/operations.md lists every numbered event with its MESSAGE_ID, and nothing else.
+
+Fleet queries are written from that table (`journalctl MESSAGE_ID=...`): an event missing from
+it cannot be searched for, and one listed but never defined would be searched for in vain.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gateway.log import Event
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+
+
+def test_the_table_is_the_enum():
+    table = dict(re.findall(r"^\| `([a-z_]+)` \| `([0-9a-f]{32})` \|", DOC.read_text(), re.M))
+    assert table == {e.name.lower(): e.value for e in Event}
