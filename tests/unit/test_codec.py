@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +37,7 @@ from gateway.mqtt.codec import (
     encode,
     remaining_length_bytes,
 )
+from tests.support.imports import IO_MODULES, top_level_imports
 
 SAMPLES = [
     Connect("dev1"),
@@ -774,11 +773,4 @@ def test_error_classes() -> None:
 
 def test_codec_does_no_io() -> None:
     """Sans-I/O: the codec must stay importable and testable without sockets or a loop."""
-    tree = ast.parse(Path(codec.__file__).read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "socket", "ssl", "selectors"}
+    assert not top_level_imports(codec.__file__) & IO_MODULES

@@ -3,9 +3,7 @@ it answers are parsed back with the gateway's MQTT 5 reader, and acks are fed in
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +16,7 @@ from gateway.upstream.dead_letters import DeadLetters
 from gateway.upstream.drain import Drain
 from gateway.upstream.message import Message
 from gateway.upstream.outbox import Outbox
+from tests.support.imports import IO_MODULES, top_level_imports
 
 NOW_MS = 1_700_000_000_000
 REFUSED = 0x87  # Not authorized
@@ -279,11 +278,4 @@ def test_an_expired_refused_message_is_not_retried(site):
 @pytest.mark.parametrize("module", [drain, token_bucket])
 def test_the_scheduler_does_no_io(module):
     """Sans-I/O: the drain and its bucket import neither a loop nor a socket."""
-    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"asyncio", "socket", "ssl", "selectors"}
+    assert not top_level_imports(module.__file__) & IO_MODULES
