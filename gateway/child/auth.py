@@ -21,11 +21,12 @@ import hmac
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, unquote
 
+from gateway import identity
 from gateway.errors import PeerError, RegistryError
 
 ACCEPTED = 0
@@ -221,29 +222,46 @@ class _Refused(PeerError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class Audience:
+    """Whom a CONNECT may address: the hub (children and modules) or, for modules, also the
+    gateway itself by host name, and which modules exist (identity -> credentials)."""
+
+    hub_hostname: str
+    gateway_id: str = ""
+    gateway_hostnames: tuple[str, ...] = ()
+    modules: Mapping[str, Child] = field(default_factory=lambda: MappingProxyType({}))
+
+    def hosts_for(self, module: bool) -> tuple[str, ...]:
+        return (self.hub_hostname, *self.gateway_hostnames) if module else (self.hub_hostname,)
+
+
 def authenticate(
     registry: Registry,
-    hub_hostname: str,
+    audience: Audience | str,
     client_id: str,
     username: str | None,
     password: bytes | None,
     cert_der: bytes | None,
     now: float,
 ) -> AuthResult:
-    """Decide a CONNECT as IoT Hub would, from the registry alone (no network)."""
+    """Decide a CONNECT as IoT Hub (or, for a module, the IoT Edge hub) would, from the
+    registry and the deployment alone (no network). `audience` may be the hub host name."""
+    if isinstance(audience, str):
+        audience = Audience(audience)
     method = "none"
     try:
-        device_id = _device_from_username(username, hub_hostname)
-        if client_id != device_id:
+        identity = _identity_from_username(username, audience)
+        if client_id != identity:
             raise _Refused(
                 NOT_AUTHORIZED,
-                f"client id {client_id!r} does not match device id {device_id!r} in username; "
-                f"the MQTT client id must be the device id",
+                f"client id {client_id!r} does not match {identity!r} in username; "
+                f"the MQTT client id must be the device id (a module's: gateway/module)",
             )
-        child = _known_child(registry, device_id)
+        child = _known(registry, audience, identity)
         method = child.auth_type
         if child.auth_type == SAS:
-            _check_sas(child, hub_hostname, password, now)
+            _check_sas(child, audience, password, now)
         else:
             _check_x509(child, cert_der)
     except _Refused as refusal:
@@ -251,23 +269,48 @@ def authenticate(
     return AuthResult(True, ACCEPTED, f"authenticated by {method}", method)
 
 
-def _device_from_username(username: str | None, hub_hostname: str) -> str:
-    """`{hub}/{device}/?api-version=...`; the query string's content is not checked."""
-    expected = f"expected '{hub_hostname}/<device id>/?api-version=...'"
+def _identity_from_username(username: str | None, audience: Audience) -> str:
+    """`{hub}/{device}/?api-version=...`, or `{host}/{gateway}/{module}/?...` for a module;
+    the query string's content is not checked."""
+    hub = audience.hub_hostname
+    expected = f"expected '{hub}/<device id>/?api-version=...'"
     if not username:
         raise _Refused(BAD_CREDENTIALS, f"no username; {expected}")
     path = username.partition("?")[0]
     parts = path[:-1].split("/") if path.endswith("/") else path.split("/")
-    if len(parts) != 2 or not parts[1]:
-        hint = " (module identities are not supported)" if len(parts) == 3 else ""
-        raise _Refused(BAD_CREDENTIALS, f"username {username!r} is malformed{hint}; {expected}")
-    host, device_id = parts
-    if host.lower() != hub_hostname.lower():
+    module = len(parts) == 3
+    if len(parts) not in (2, 3) or not all(parts[1:]):
+        raise _Refused(BAD_CREDENTIALS, f"username {username!r} is malformed; {expected}")
+    host = parts[0]
+    if host.lower() not in (h.lower() for h in audience.hosts_for(module)):
         raise _Refused(
             BAD_CREDENTIALS,
-            f"username names hub {host!r} but this gateway serves {hub_hostname!r}; {expected}",
+            f"username names hub {host!r} but this gateway serves {hub!r}; {expected}",
         )
-    return device_id
+    if not module:
+        return parts[1]
+    if parts[1] != audience.gateway_id:
+        raise _Refused(
+            NOT_AUTHORIZED,
+            f"username names module {parts[2]!r} of device {parts[1]!r}, but this gateway is "
+            f"{audience.gateway_id!r}; a module connects to its own gateway",
+        )
+    return f"{parts[1]}/{parts[2]}"
+
+
+def _known(registry: Registry, audience: Audience, identity: str) -> Child:
+    if "/" not in identity:
+        return _known_child(registry, identity)
+    module = audience.modules.get(identity)
+    if module is None:
+        raise _Refused(
+            NOT_AUTHORIZED,
+            f"unknown module {identity!r}: not in the deployment in force; deploy it "
+            f"(gatewayctl deploy) before it connects",
+        )
+    if not module.enabled:
+        raise _Refused(NOT_AUTHORIZED, f"module {identity!r} is stopped in the deployment")
+    return module
 
 
 def _known_child(registry: Registry, device_id: str) -> Child:
@@ -285,7 +328,7 @@ def _known_child(registry: Registry, device_id: str) -> Child:
     return child
 
 
-def _check_sas(child: Child, hub_hostname: str, password: bytes | None, now: float) -> None:
+def _check_sas(child: Child, audience: Audience, password: bytes | None, now: float) -> None:
     if password is None:
         raise _Refused(BAD_CREDENTIALS, "no password; a SAS device must send a SAS token")
     try:
@@ -293,7 +336,7 @@ def _check_sas(child: Child, hub_hostname: str, password: bytes | None, now: flo
     except UnicodeDecodeError:
         raise _Refused(BAD_CREDENTIALS, "password is not UTF-8, so not a SAS token") from None
     fields = _parse_sas(token)
-    _check_resource(unquote(fields["sr"]), hub_hostname, child.device_id)
+    _check_resource(unquote(fields["sr"]), audience, child.device_id)
     expiry = _parse_expiry(fields["se"])
     _check_signature(child, fields)
     if expiry < now:
@@ -323,23 +366,24 @@ def _parse_sas(token: str) -> dict[str, str]:
     return fields
 
 
-def _check_resource(resource: str, hub_hostname: str, device_id: str) -> None:
-    expected = f"{hub_hostname}/devices/{device_id}"
+def _check_resource(resource: str, audience: Audience, identity: str) -> None:
+    """`{hub}/devices/{device}`, or `{host}/devices/{gw}/modules/{m}` for a module (whose
+    host may be the hub's or the gateway's own name)."""
+    module = "/" in identity
+    device, _, module_id = identity.partition("/")
+    want = ["devices", device, "modules", module_id] if module else ["devices", device]
     parts = resource.split("/")
-    if len(parts) > 3 and parts[1:2] == ["devices"] and parts[3:4] == ["modules"]:
+    if not module and len(parts) > 3 and parts[1:2] == ["devices"] and parts[3:4] == ["modules"]:
         raise _Refused(
             BAD_CREDENTIALS, f"SAS token is for a module ({resource}); use the device's own token"
         )
-    if (
-        len(parts) != 3
-        or parts[0].lower() != hub_hostname.lower()
-        or parts[1] != "devices"
-        or parts[2] != device_id
-    ):
+    hosts = [h.lower() for h in audience.hosts_for(module)]
+    if parts[1:] != want or parts[0].lower() not in hosts:
+        expected = f"{audience.hub_hostname}/{'/'.join(want)}"
         raise _Refused(
             BAD_CREDENTIALS,
             f"SAS token is for resource {resource!r}, expected {expected!r}; "
-            f"generate the token for this hub host name and device",
+            f"generate the token for this hub host name and {'module' if module else 'device'}",
         )
 
 
@@ -392,8 +436,9 @@ def _utc(t: float) -> str:
 
 
 def make_sas_token(hub_hostname: str, device_id: str, key_b64: str, expiry: int) -> str:
-    """A device SAS token, byte for byte what azure-iot-device builds for the same inputs."""
-    resource = quote(f"{hub_hostname}/devices/{device_id}", safe="")
+    """A device's (or module's, `edge-1/filter`) SAS token, byte for byte what azure-iot-device
+    builds for the same inputs."""
+    resource = quote(f"{hub_hostname}/devices/{identity.path(device_id)}", safe="")
     message = f"{resource}\n{expiry}".encode()
     digest = hmac.new(base64.b64decode(key_b64), message, hashlib.sha256).digest()
     signature = quote(base64.b64encode(digest).decode(), safe="")

@@ -1,6 +1,8 @@
 """The Azure IoT Hub device MQTT dialect: which topics a child may use, and what they mean.
 
-A child only ever speaks under its own device id and its own `$iothub` topics. Anything else is
+A child only ever speaks under its own device id and its own `$iothub` topics; a module of the
+gateway (identity `edge-1/filter`, gateway/identity.py) under `devices/edge-1/modules/filter/`,
+with inputs where a child has its cloud-to-device queue. Anything else is
 refused with a reason, because in IoT Hub it would be refused too, and a device that writes
 elsewhere is misconfigured or hostile. Pure functions: no I/O, easy to test by strings.
 Reference: "Communicate with an IoT hub using the MQTT protocol" (Azure IoT Hub documentation).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import identity
 from gateway.errors import PeerError
 
 
@@ -72,8 +75,9 @@ def _rid(rest: str, topic: str) -> str:
 
 
 def classify_publish(device_id: str, topic: str) -> Operation:
-    """What a PUBLISH from `device_id` on `topic` asks for, or TopicRefused."""
-    events = f"devices/{device_id}/messages/events"
+    """What a PUBLISH from `device_id` (a child or a module) on `topic` asks for, or
+    TopicRefused. A module's output name travels in its property bag as `$.on`."""
+    events = f"devices/{identity.path(device_id)}/messages/events"
     if topic == events or topic == events + "/":
         return Telemetry("")
     if topic.startswith(events + "/"):
@@ -92,7 +96,7 @@ def classify_publish(device_id: str, topic: str) -> Operation:
         return MethodResponse(int(status), _rid(rest, topic))
     if topic.startswith("devices/"):
         raise TopicRefused(
-            f"device {device_id!r} may only publish under devices/{device_id}/messages/events/"
+            f"{_who(device_id)} may only publish under {events}/"
         )
     raise TopicRefused(f"topic {topic!r} is not part of the IoT Hub device API")
 
@@ -113,10 +117,21 @@ def _invoke(topic: str) -> MethodInvoke:
     return MethodInvoke(parts[0], parts[1], rid, timeout_secs)
 
 
+def _who(device_id: str) -> str:
+    return f"module {device_id!r}" if identity.is_module(device_id) else f"device {device_id!r}"
+
+
+def inbox_filter(device_id: str) -> str:
+    """Where a child's cloud-to-device messages, or a module's inputs, are delivered."""
+    if identity.is_module(device_id):
+        return f"devices/{identity.path(device_id)}/inputs/#"
+    return f"devices/{device_id}/messages/devicebound/#"
+
+
 def allowed_filters(device_id: str) -> tuple[str, ...]:
-    """The subscriptions IoT Hub grants a device (each may also be subscribed more narrowly)."""
+    """The subscriptions IoT Hub grants a device or module (each may be subscribed narrower)."""
     return (
-        f"devices/{device_id}/messages/devicebound/#",
+        inbox_filter(device_id),
         "$iothub/twin/res/#",
         "$iothub/twin/PATCH/properties/desired/#",
         "$iothub/methods/POST/#",
@@ -131,6 +146,6 @@ def check_subscription(device_id: str, topic_filter: str) -> None:
         if topic_filter == allowed or topic_filter.startswith(root) or topic_filter == root[:-1]:
             return
     raise TopicRefused(
-        f"device {device_id!r} may not subscribe to {topic_filter!r}; allowed: "
+        f"{_who(device_id)} may not subscribe to {topic_filter!r}; allowed: "
         + ", ".join(allowed_filters(device_id))
     )

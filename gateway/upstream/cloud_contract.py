@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+from gateway import identity
 from gateway.mqtt import mqtt5
 from gateway.upstream.message import Message
 
 
 def telemetry_topic(prefix: str, device_id: str) -> str:
-    return f"{prefix}devices/{device_id}/messages/events"
+    """A child's or a module's (`edge-1/filter`: `devices/edge-1/modules/filter/...`)."""
+    return f"{prefix}devices/{identity.path(device_id)}/messages/events"
 
 
 def registry_topic(prefix: str, gateway_id: str) -> str:
@@ -99,39 +101,49 @@ def gateway_twin_topic(prefix: str, gateway_id: str, part: str) -> str:
 
 
 def device_twin_topic(prefix: str, device_id: str, part: str) -> str:
-    return f"{prefix}devices/{device_id}/twin/{part}"
+    return f"{prefix}devices/{identity.path(device_id)}/twin/{part}"
 
 
 def devicebound_topic(prefix: str, device_id: str) -> str:
-    return f"{prefix}devices/{device_id}/messages/devicebound"
+    return f"{prefix}devices/{identity.path(device_id)}/messages/devicebound"
 
 
 def method_topic(prefix: str, device_id: str, method: str) -> str:
-    return f"{prefix}devices/{device_id}/methods/{method}"
+    return f"{prefix}devices/{identity.path(device_id)}/methods/{method}"
+
+
+def agent_topic(prefix: str, gateway_id: str, part: str) -> str:
+    """The deployment: `desired` (written by the operator) or `reported` (by the gateway)."""
+    return f"{prefix}gateways/{gateway_id}/agent/{part}"
 
 
 def child_subscriptions(prefix: str, device_id: str) -> set[str]:
-    """What the gateway subscribes to on behalf of one child of its registry."""
-    return {
+    """What the gateway subscribes to on behalf of one child of its registry, or one module
+    of its deployment (a module has no cloud-to-device queue, as in IoT Hub)."""
+    topics = {
         device_twin_topic(prefix, device_id, "desired"),
         device_twin_topic(prefix, device_id, "reported"),
-        devicebound_topic(prefix, device_id),
         method_topic(prefix, device_id, "+"),
     }
+    if not identity.is_module(device_id):
+        topics.add(devicebound_topic(prefix, device_id))
+    return topics
 
 
 def parse_device_topic(prefix: str, topic: str) -> tuple[str, str, str] | None:
-    """(device id, kind, detail) for a per-device cloud topic, else None.
+    """(identity, kind, detail) for a per-device or per-module cloud topic, else None.
 
     kind is `desired`, `reported`, `devicebound` or `method` (detail: the method name).
     """
     if not topic.startswith(prefix + "devices/"):
         return None
-    parts = topic[len(prefix) + len("devices/") :].split("/")
-    if len(parts) == 3 and parts[1] == "twin" and parts[2] in ("desired", "reported"):
-        return parts[0], parts[2], ""
-    if len(parts) == 3 and parts[1:] == ["messages", "devicebound"]:
-        return parts[0], "devicebound", ""
-    if len(parts) == 3 and parts[1] == "methods" and parts[2]:
-        return parts[0], "method", parts[2]
+    who, parts = identity.from_path(topic[len(prefix) + len("devices/") :].split("/"))
+    if not who or len(parts) != 2:
+        return None
+    if parts[0] == "twin" and parts[1] in ("desired", "reported"):
+        return who, parts[1], ""
+    if parts == ["messages", "devicebound"] and not identity.is_module(who):
+        return who, "devicebound", ""
+    if parts[0] == "methods" and parts[1]:
+        return who, "method", parts[1]
     return None

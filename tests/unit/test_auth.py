@@ -13,6 +13,8 @@ import pytest
 
 from gateway.child import certs
 from gateway.child.auth import (
+    Audience,
+    Child,
     Registry,
     authenticate,
     make_sas_token,
@@ -156,7 +158,7 @@ def test_client_id_must_match_username():
     refused(
         sas(client_id="s2"),
         5,
-        "client id 's2' does not match device id 's1' in username",
+        "client id 's2' does not match 's1' in username",
     )
 
 
@@ -165,7 +167,8 @@ def test_wrong_hub_in_username():
 
 
 @pytest.mark.parametrize(
-    "username", ["", "s1", f"{HUB}/s1/module1/?api-version=1", f"{HUB}//?api-version=1"]
+    "username", ["", "s1", f"{HUB}/s1//?api-version=1", f"{HUB}//?api-version=1",
+                 f"{HUB}/a/b/c/?api-version=1"]
 )
 def test_malformed_usernames(username):
     result = authenticate(REGISTRY, HUB, "s1", username or None, b"x", None, NOW)
@@ -175,7 +178,7 @@ def test_malformed_usernames(username):
 def test_token_for_another_device_or_hub():
     refused(sas(password=make_sas_token(HUB, "s.2-x", PRIMARY, LATER)), 4, "resource", "s.2-x")
     refused(sas(password=make_sas_token("other.net", "s1", PRIMARY, LATER)), 4, "other.net")
-    module = make_sas_token(HUB, "s1/modules/m1", PRIMARY, LATER)
+    module = make_sas_token(HUB, "s1/m1", PRIMARY, LATER)
     refused(sas(password=module), 4, "module")
 
 
@@ -385,3 +388,70 @@ def test_method_callers_round_trip_and_are_checked():
     child["methodCallers"] = "a"
     with pytest.raises(RegistryError, match="methodCallers"):
         parse_registry(json.dumps({"version": 1, "children": [child]}).encode())
+
+
+# -- modules of the gateway -------------------------------------------------------------------
+
+GW = "edge-1"
+FILTER_KEY = base64.b64encode(b"the filter module's own key.....").decode()
+MODULES = {
+    "edge-1/filter": Child("edge-1/filter", True, "sas", (base64.b64decode(FILTER_KEY),), ()),
+    "edge-1/parked": Child("edge-1/parked", False, "sas", (base64.b64decode(FILTER_KEY),), ()),
+}
+AUDIENCE = Audience(HUB, GW, ("edge-1.local",), MODULES)
+
+
+def module_sas(module: str = "filter", *, host: str = HUB, token_host: str | None = None,
+               gateway: str = GW, client_id: str | None = None, key: str = FILTER_KEY):
+    identity = f"{gateway}/{module}"
+    token = make_sas_token(token_host or host, identity, key, LATER)
+    return authenticate(REGISTRY, AUDIENCE, client_id or identity,
+                        f"{host}/{gateway}/{module}/?api-version=2021-04-12&DeviceClientType=x",
+                        token.encode(), None, NOW)
+
+
+def test_a_module_of_the_deployment_authenticates_with_its_key():
+    assert module_sas().ok
+    # the audience may be the hub or the gateway's own host name, in the username and the token
+    assert module_sas(host="edge-1.local").ok
+    assert module_sas(token_host="EDGE-1.local").ok
+
+
+def test_module_refusals_say_why():
+    refused(module_sas("nosuch"), 5, "not in the deployment")
+    refused(module_sas("parked"), 5, "stopped")
+    refused(module_sas(gateway="edge-2"), 5, "edge-2", "its own gateway")
+    refused(module_sas(client_id="filter"), 5, "client id 'filter'")
+    refused(module_sas(key=OTHER), 4, "signature")
+    refused(module_sas(host="elsewhere.net"), 4, "elsewhere.net")
+
+
+def test_a_module_token_is_not_a_device_token_and_back():
+    # the filter's key signing a token for the gateway device itself is refused as a module
+    device_token = make_sas_token(HUB, GW, FILTER_KEY, LATER).encode()
+    result = authenticate(REGISTRY, AUDIENCE, "edge-1/filter",
+                          f"{HUB}/edge-1/filter/?api-version=1", device_token, None, NOW)
+    refused(result, 4, "resource", "edge-1/modules/filter")
+    # a child's host-name rule stays: only the hub's name, not the gateway's
+    child = authenticate(REGISTRY, AUDIENCE, "s1", user("s1", "edge-1.local"),
+                         make_sas_token(HUB, "s1", PRIMARY, LATER).encode(), None, NOW)
+    refused(child, 4, "edge-1.local")
+
+
+def test_the_sdk_module_token_matches_ours():
+    """azure-iot-device's own SAS for a module, as create_from_edge_environment would sign it."""
+    sdk = os.environ.get("GATEWAYD_SDK_PYTHON")
+    if not sdk:
+        pytest.skip("GATEWAYD_SDK_PYTHON is not set (./dev.sh test sets it)")
+    code = textwrap.dedent(f"""
+        from azure.iot.device.common.auth.sastoken import RenewableSasToken
+        from azure.iot.device.common.auth.signing_mechanism import SymmetricKeySigningMechanism
+        uri = "{HUB}/devices/edge-1/modules/filter"
+        token = RenewableSasToken(uri, SymmetricKeySigningMechanism("{FILTER_KEY}"), ttl=3600)
+        print(str(token))
+    """)
+    token = subprocess.run([sdk, "-c", code], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    result = authenticate(REGISTRY, AUDIENCE, "edge-1/filter",
+                          f"{HUB}/edge-1/filter/?api-version=1", token.encode(), None, time.time())
+    assert result.ok, result.reason
