@@ -12,7 +12,7 @@ twin patches and routed copies are charged to the child's rate (`[limits]`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from gateway.child import auth, dialect, limits
 from gateway.child.offline_trust import AuditLog, OfflineTrust
@@ -41,9 +41,16 @@ class ChildHandler(Handler):
         disk: DiskGuard,
         ingest: Ingest,
         router: Router,
+        gateway_id: str = "",
+        gateway_hostnames: tuple[str, ...] = (),
+        modules: Callable[[], Mapping[str, auth.Child]] = dict,
     ) -> None:
+        # `modules` answers the deployment's module identities in force at each CONNECT
         self._registry = registry
         self._hub_hostname = hub_hostname
+        self._gateway_id = gateway_id
+        self._gateway_hostnames = gateway_hostnames
+        self._modules = modules
         self._clock = clock
         self._trust = trust
         self._audit = audit
@@ -73,9 +80,11 @@ class ChildHandler(Handler):
         if stale:
             self._audit.record(connect.client_id, False, stale, "cache", "")
             return Verdict(False, 5, stale)
+        audience = auth.Audience(self._hub_hostname, self._gateway_id, self._gateway_hostnames,
+                                 self._modules())
         result = auth.authenticate(
             self._registry.registry,
-            self._hub_hostname,
+            audience,
             connect.client_id,
             connect.username,
             connect.password,
@@ -128,7 +137,7 @@ class ChildHandler(Handler):
         for copy in plan.children:
             conn.slow_down(limits.ROUTED)
             self.hub.enqueue_devicebound(copy.device_id, payload, copy.properties,
-                                         copy.ttl_secs, one_safe)
+                                         copy.ttl_secs, one_safe, copy.input)
         if plan.upstream is not None:
             self._ingest.accept(device_id, properties, payload, one_safe,
                                 plan.upstream.priority, plan.upstream.ttl_secs)

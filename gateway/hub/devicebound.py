@@ -1,4 +1,5 @@
-"""Cloud-to-device messages waiting for their child: a durable queue per device, with a TTL.
+"""Cloud-to-device messages waiting for their child, and routed messages waiting for a module's
+input: a durable queue per identity, with a TTL.
 
 A message enters through the one writer, and the cloud broker gets its PUBACK (or a routing
 child its PUBACK) only after that commit, so a message handed over survives a power cut; it is
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from gateway import identity
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Batch, Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
@@ -25,7 +27,7 @@ _HEAD = struct.Struct(">QI")  # expires_ms, length of the property bag
 class DeviceboundMessage:
     seq: int
     expires_ms: int
-    properties: str  # url-encoded property bag, as it goes into the child's topic
+    properties: str  # url-encoded property bag as it goes into the topic (a module's: input/bag)
     payload: bytes
 
 
@@ -34,7 +36,11 @@ def property_bag(properties: list[tuple[str, str]]) -> str:
     return urlencode(properties, quote_via=quote, safe="$.")
 
 
-def child_topic(device_id: str, message: DeviceboundMessage) -> str:
+def inbox_topic(device_id: str, message: DeviceboundMessage) -> str:
+    """A child's `devices/{d}/messages/devicebound/{bag}`, a module's
+    `devices/{gw}/modules/{m}/inputs/{input}/{bag}` (the IoT Edge hub's input topic)."""
+    if identity.is_module(device_id):
+        return f"devices/{identity.path(device_id)}/inputs/{message.properties}"
     bag = message.properties
     to = f"$.to=%2Fdevices%2F{quote(device_id, safe='')}%2Fmessages%2Fdevicebound"
     return f"devices/{device_id}/messages/devicebound/{bag + '&' if bag else ''}{to}"
@@ -57,6 +63,7 @@ class DeviceboundQueue:
         properties: list[tuple[str, str]],
         expires_ms: int,
         then: Callable[[], None] | None = None,
+        input: str = "",
     ) -> int:
         """Store one message durably; returns its sequence number, `then` runs once it is on
         disk (and visible to `pending`). The next number is kept here, so messages submitted
@@ -64,6 +71,8 @@ class DeviceboundQueue:
         seq = self._next_seq
         self._next_seq = seq + 1
         bag = property_bag(properties).encode()
+        if input:
+            bag = quote(input, safe="").encode() + b"/" + bag
         writes = Writes()
         writes.put(self._store.devicebound, ks.devicebound_key(device_id, seq),
                    _HEAD.pack(expires_ms, len(bag)) + bag + payload)

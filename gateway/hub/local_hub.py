@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from gateway.child import dialect
 from gateway.child.auth import Child
 from gateway.child.server import ChildConnection, ChildServer
-from gateway.hub.devicebound import DeviceboundQueue, child_topic
+from gateway.hub.devicebound import DeviceboundQueue, inbox_topic
 from gateway.hub.methods import DEFAULT_TIMEOUT_SECS, MethodRouter, error_payload
 from gateway.hub.twins import TwinError, TwinStore, parse_document, parse_patch
 from gateway.log import Event, event
@@ -174,9 +174,11 @@ class LocalHub:
         properties: list[tuple[str, str]],
         ttl_secs: int,
         then: Callable[[], None] | None = None,
+        input: str = "",
     ) -> None:
-        """Store a message for a child (from the cloud or a route); once it is durable, `then`
-        (the sender's PUBACK) and delivery to the child if it is there."""
+        """Store a message for a child (from the cloud or a route) or a module's `input` (from
+        a route); once it is durable, `then` (the sender's PUBACK) and delivery to the child
+        or module if it is there."""
         expires_ms = int((self._clock() + ttl_secs) * 1000)
 
         def durable() -> None:
@@ -184,12 +186,12 @@ class LocalHub:
                 then()
             self.deliver_devicebound(device_id)
 
-        self.devicebound.enqueue(device_id, payload, properties, expires_ms, durable)
+        self.devicebound.enqueue(device_id, payload, properties, expires_ms, durable, input)
 
     def deliver_devicebound(self, device_id: str) -> None:
-        """Send the child's next waiting messages, in order, up to the window."""
+        """Send the child's (or module's) next waiting messages, in order, up to the window."""
         conn = self._server.sessions.get(device_id)
-        probe = f"devices/{device_id}/messages/devicebound/x"
+        probe = dialect.inbox_filter(device_id)[: -len("#")] + "x"
         if conn is None or not conn.is_open or not conn.subscribed(probe):
             return
         delivery = self._deliveries.get(device_id)
@@ -203,7 +205,7 @@ class LocalHub:
             delivery.inflight.add(msg.seq)
             delivery.cursor = msg.seq
             conn.deliver(
-                child_topic(device_id, msg),
+                inbox_topic(device_id, msg),
                 msg.payload,
                 qos=1,
                 on_acked=lambda seq=msg.seq: self._devicebound_acked(device_id, delivery, seq),

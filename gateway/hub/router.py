@@ -18,16 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from gateway import identity
 from gateway.hub.routes import Delivery, MessageView, RouteTable, parse_routes
 
 
 @dataclass(frozen=True)
 class ChildCopy:
-    """One copy of the message for a child's devicebound queue."""
+    """One copy of the message for a child's devicebound queue, or a module's input."""
 
-    device_id: str
-    properties: list[tuple[str, str]]  # the sender's property bag and `$.cdid` = the sender
+    device_id: str  # the receiver's identity
+    properties: list[tuple[str, str]]  # the sender's bag, `$.cdid` (and `$.cmid`) = the sender
     ttl_secs: int
+    input: str = ""  # for a module: the input it arrives on
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,11 @@ class Plan:
 class Router:
     """Holds the route table in force; plans each telemetry message and counts the unrouted."""
 
-    def __init__(self, routes: object, children: Callable[[], Mapping[str, object]]) -> None:
+    def __init__(self, routes: object, children: Callable[[], Mapping[str, object]],
+                 gateway_id: str = "") -> None:
         self._table: RouteTable = parse_routes(routes)
         self._children = children
+        self._gateway_id = gateway_id
         self.unrouted = 0  # copies for a sink no child of the registry answers to
 
     def use(self, routes: object) -> None:
@@ -59,16 +63,25 @@ class Router:
         return len(self._table.routes)
 
     def plan(self, device_id: str, properties: str, payload: bytes, default_ttl: int) -> Plan:
-        """Each sink once; a copy for a device that is not a child is dropped and counted."""
+        """Each sink once; a copy for a device that is not a child is dropped and counted. A
+        copy for a module's input waits for it, deployed yet or not: a deployment that brings
+        the module later finds its messages (their time to live still runs)."""
         view = MessageView(device_id, properties, payload)
         upstream = None
         copies = []
+        sender = [("$.cdid", identity.device_of(device_id))]
+        if identity.is_module(device_id):
+            sender.append(("$.cmid", identity.module_of(device_id)))
         for delivery in self._table.deliveries(view, default_ttl):
-            if delivery.sink.upstream:
+            sink = delivery.sink
+            bag = [*view.props().items(), *sender]
+            if sink.upstream:
                 upstream = delivery
-            elif delivery.sink.device in self._children():
-                bag = [*view.props().items(), ("$.cdid", device_id)]
-                copies.append(ChildCopy(delivery.sink.device, bag, delivery.ttl_secs))
+            elif sink.module:
+                receiver = identity.module_identity(self._gateway_id, sink.module)
+                copies.append(ChildCopy(receiver, bag, delivery.ttl_secs, sink.input))
+            elif sink.device in self._children():
+                copies.append(ChildCopy(sink.device, bag, delivery.ttl_secs))
             else:
                 self.unrouted += 1
         return Plan(upstream, tuple(copies))

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+from gateway import identity
 from gateway.errors import DataError
 from gateway.upstream.message import DEFAULT_PRIORITY
 
@@ -43,15 +44,20 @@ class RouteError(DataError):
 
 @dataclass(frozen=True)
 class Sink:
-    """`$upstream`, or a child's devicebound queue (`device` set)."""
+    """`$upstream`, a child's devicebound queue (`device` set), or a module's input (`module`
+    and `input` set; the router knows the gateway id that makes it an identity)."""
 
     device: str = ""
+    module: str = ""
+    input: str = ""
 
     @property
     def upstream(self) -> bool:
-        return not self.device
+        return not self.device and not self.module
 
     def __str__(self) -> str:
+        if self.module:
+            return f'BrokeredEndpoint("/modules/{self.module}/inputs/{self.input}")'
         if self.upstream:
             return UPSTREAM
         return f'BrokeredEndpoint("/devices/{self.device}/messages/devicebound")'
@@ -68,7 +74,7 @@ class Delivery:
 class MessageView:
     """What a condition can see of one message; the body is parsed at most once, lazily."""
 
-    device_id: str
+    device_id: str  # the sender's identity: a child, or a module (`edge-1/filter`)
     properties: str
     payload: bytes
     _props: dict[str, str] | None = field(default=None, repr=False)
@@ -79,6 +85,18 @@ class MessageView:
         if self._props is None:
             self._props = dict(parse_qsl(self.properties, keep_blank_values=True))
         return self._props
+
+    def source(self) -> tuple[str, ...]:
+        """The message's source path as the IoT Edge hub names it: `/messages/modules/{m}/
+        outputs/{o}` (a module's output, `$.on`), `/messages/modules/{m}`, and gatewayd's
+        `/messages/devices/{d}` for a child's telemetry."""
+        module = identity.module_of(self.device_id)
+        if not module:
+            return ("messages", "devices", self.device_id)
+        output = self.props().get("$.on")
+        if output:
+            return ("messages", "modules", module, "outputs", output)
+        return ("messages", "modules", module)
 
     def body(self) -> object:
         if not self._body_parsed:
@@ -177,7 +195,9 @@ class _Ref:
     def eval(self, msg: MessageView) -> object:
         name = self.name
         if name == "$connectionDeviceId":
-            return msg.device_id
+            return identity.device_of(msg.device_id)
+        if name == "$connectionModuleId":
+            return identity.module_of(msg.device_id) or None
         if name.startswith("$body"):
             value = msg.body()
             for part in name.split(".")[1:]:
@@ -346,17 +366,22 @@ _ROUTE = re.compile(
     r"^\s*FROM\s+(?P<source>\S+)(?:\s+WHERE\s+(?P<where>.+?))?\s+INTO\s+(?P<sink>.+?)\s*$",
     re.IGNORECASE | re.DOTALL,
 )
-_SOURCE = re.compile(r"^/(?:\*|messages/\*|messages/devices/(?P<device>[^/*]+)/\*)$")
+_NAME = r"[A-Za-z0-9\-.%_*?!(),:=@$\']{1,128}"
 _CHILD_SINK = re.compile(
-    r'^BrokeredEndpoint\(\s*"/devices/(?P<device>[A-Za-z0-9\-.%_*?!(),:=@$\']{1,128})'
-    r'/messages/devicebound"\s*\)$'
+    rf'^BrokeredEndpoint\(\s*"/devices/(?P<device>{_NAME})/messages/devicebound"\s*\)$'
 )
+_MODULE_SINK = re.compile(
+    rf'^BrokeredEndpoint\(\s*"/modules/(?P<module>{_NAME})/inputs/(?P<input>[^"/#+]{{1,128}})"'
+    r"\s*\)$"
+)
+SOURCES = ("/messages/*", "/messages/modules/*", "/messages/modules/<m>/outputs/<o>",
+           "/messages/modules/<m>/outputs/*", "/messages/devices/<id>/*")
 
 
 @dataclass(frozen=True)
 class Route:
     name: str
-    source_device: str  # "" for every child
+    source: tuple[str, ...]  # a prefix of MessageView.source(), level by level; () = all
     condition: object | None
     sink: Sink
     priority: int
@@ -364,11 +389,34 @@ class Route:
     text: str
 
     def matches(self, msg: MessageView) -> bool:
-        if self.source_device and msg.device_id != self.source_device:
+        if self.source and msg.source()[: len(self.source)] != self.source:
             return False
-        if self.sink.device == msg.device_id:
+        if self.sink.device and self.sink.device == msg.device_id:
             return False  # a child's own messages never loop back to it
         return self.condition is None or self.condition.eval(msg) is True
+
+    def takes_from_child(self, device_id: str) -> bool:
+        """Whether this route may carry a child's telemetry (whatever its condition)."""
+        return self.source == ("messages", "devices", device_id)[: len(self.source)]
+
+
+def _parse_source(name: str, text: str, col: int) -> tuple[str, ...]:
+    """As the IoT Edge hub reads FROM: a prefix, once a trailing `*` and `/` are trimmed,
+    matched level by level (so `/messages/modules/a` never takes module `ab`)."""
+    trimmed = text.removesuffix("*").rstrip("/")
+    levels = tuple(trimmed.split("/")[1:]) if trimmed else ()
+    shapes = (
+        levels == (),
+        levels == ("messages",),
+        levels[:2] == ("messages", "devices") and len(levels) == 3,
+        levels[:2] == ("messages", "modules") and len(levels) in (2, 3),
+        levels[:2] == ("messages", "modules") and len(levels) in (4, 5)
+        and levels[3] == "outputs",
+    )
+    if not text.startswith("/") or not any(shapes) or any(not v or "*" in v for v in levels):
+        raise RouteError(f"route {name!r}: unknown source {text!r} (column {col + 1}); use "
+                         + ", ".join(SOURCES))
+    return levels
 
 
 def parse_route(name: str, spec: object) -> Route:
@@ -393,11 +441,7 @@ def parse_route(name: str, spec: object) -> Route:
     if m is None:
         raise RouteError(f"route {name!r}: expected FROM <source> [WHERE <condition>] INTO "
                          f"<sink>, got {spec!r}")
-    source = _SOURCE.match(m.group("source"))
-    if source is None:
-        raise RouteError(f"route {name!r}: unknown source {m.group('source')!r} (column "
-                         f"{m.start('source') + 1}); use /messages/* or "
-                         f"/messages/devices/<id>/*")
+    source = _parse_source(name, m.group("source"), m.start("source"))
     condition = None
     if m.group("where"):
         try:
@@ -406,7 +450,7 @@ def parse_route(name: str, spec: object) -> Route:
             parser.expect("end")
         except _At as exc:
             raise RouteError(f"route {name!r}: column {exc.col + 1}: {exc.reason}") from None
-    return Route(name, source.group("device") or "", condition,
+    return Route(name, source, condition,
                  _sink(name, m.group("sink").strip(), m.start("sink")), priority, ttl, spec)
 
 
@@ -414,10 +458,14 @@ def _sink(name: str, text: str, col: int) -> Sink:
     if text == UPSTREAM:
         return Sink()
     m = _CHILD_SINK.match(text)
-    if m is None:
-        raise RouteError(f"route {name!r}: column {col + 1}: unknown sink {text!r}; use $upstream "
-                         f'or BrokeredEndpoint("/devices/<id>/messages/devicebound")')
-    return Sink(m.group("device"))
+    if m is not None:
+        return Sink(m.group("device"))
+    m = _MODULE_SINK.match(text)
+    if m is not None:
+        return Sink(module=m.group("module"), input=m.group("input"))
+    raise RouteError(f"route {name!r}: column {col + 1}: unknown sink {text!r}; use $upstream, "
+                     f'BrokeredEndpoint("/devices/<id>/messages/devicebound") or '
+                     f'BrokeredEndpoint("/modules/<module>/inputs/<input>")')
 
 
 @dataclass(frozen=True)
@@ -444,8 +492,7 @@ class RouteTable:
     def allows_call(self, caller: str, target: str) -> bool:
         """A route from `caller` (or every child) into `target`'s queue also lets it call
         `target`'s methods: whoever may send it messages may talk to it."""
-        return any(r.sink.device == target and r.source_device in ("", caller)
-                   for r in self.routes)
+        return any(r.sink.device == target and r.takes_from_child(caller) for r in self.routes)
 
     def describe(self) -> dict[str, str]:
         return {r.name: r.text for r in self.routes}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.hub.devicebound import DeviceboundQueue, child_topic, property_bag
+from gateway.hub.devicebound import DeviceboundQueue, inbox_topic, property_bag
 from gateway.storage.store import Store
 
 NOW = 1_700_000_000_000
@@ -41,5 +41,20 @@ def test_expired_messages_are_never_delivered(tmp_path):
 def test_property_bag_and_topic_follow_the_device_dialect():
     assert property_bag([("a b", "c/d"), ("$.mid", "7")]) == "a%20b=c%2Fd&$.mid=7"
     store_msg = type("M", (), {"properties": "k=v"})()
-    assert child_topic("dev", store_msg) == (
+    assert inbox_topic("dev", store_msg) == (
         "devices/dev/messages/devicebound/k=v&$.to=%2Fdevices%2Fdev%2Fmessages%2Fdevicebound")
+
+
+def test_a_module_input_is_queued_under_the_module_and_topic_names_the_input(tmp_path):
+    store = Store(tmp_path)
+    q = DeviceboundQueue(store)
+    q.enqueue("edge-1/consumer", b"m1", [("$.cdid", "edge-1"), ("$.cmid", "producer")],
+              NOW + 60_000, input="in1")
+    q.enqueue("edge-1/consumer", b"m2", [], NOW + 60_000, input="in 2")
+    first, second = q.pending("edge-1/consumer", NOW)
+    assert inbox_topic("edge-1/consumer", first) == (
+        "devices/edge-1/modules/consumer/inputs/in1/$.cdid=edge-1&$.cmid=producer")
+    assert inbox_topic("edge-1/consumer", second) == (
+        "devices/edge-1/modules/consumer/inputs/in%202/")
+    assert q.count("edge-1/consumer") == 2 and q.count("edge-1") == 0
+    store.close()

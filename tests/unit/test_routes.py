@@ -63,7 +63,7 @@ def test_body_needs_a_json_content_type():
     ("FROM /messages/* WHERE (a = 1 INTO $upstream", "expected )"),
     ("FROM /messages/* WHERE a = 'x' INTO $downstream", "unknown sink"),
     ("FROM /messages/* WHERE a ~ 1 INTO $upstream", "unexpected"),
-    ('FROM /messages/* INTO BrokeredEndpoint("/modules/x/inputs/y")', "unknown sink"),
+    ('FROM /messages/* INTO BrokeredEndpoint("/modules/x/outputs/y")', "unknown sink"),
 ])
 def test_refusals_name_the_route_and_column(route, fragment):
     with pytest.raises(RouteError, match="route 'bad'") as info:
@@ -129,3 +129,55 @@ def test_any_text_parses_or_is_refused_cleanly(text):
     """Only RouteError may come out: anything else would take the settings thread down."""
     with contextlib.suppress(RouteError):
         parse_route("fuzz", f"FROM /messages/* WHERE {text} INTO $upstream")
+
+
+# -- modules: sources as the IoT Edge hub names them, and module inputs as sinks ---------------
+
+SENDERS = {
+    "producer": view("edge-1/producer", "%24.on=out1&kind=temp"),
+    "producer-plain": view("edge-1/producer", "kind=temp"),
+    "producer2": view("edge-1/producer2", "%24.on=out1"),
+    "child": view("s1", "kind=temp"),
+}
+PRODUCER = SENDERS["producer"]
+CHILD = SENDERS["child"]
+ALL = set(SENDERS)
+MODULES = ALL - {"child"}
+
+
+@pytest.mark.parametrize("source, takes", [
+    ("/*", ALL),
+    ("/messages/*", ALL),
+    ("/messages/modules/*", MODULES),
+    ("/messages/modules/producer", {"producer", "producer-plain"}),
+    ("/messages/modules/producer/*", {"producer", "producer-plain"}),
+    ("/messages/modules/producer/outputs/*", {"producer"}),
+    ("/messages/modules/producer/outputs/out1", {"producer"}),
+    ("/messages/modules/producer/outputs/out2", set()),
+    ("/messages/devices/s1/*", {"child"}),
+])
+def test_module_sources_match_by_level_prefix(source, takes):
+    route = parse_route("r", f"FROM {source} INTO $upstream")
+    assert {name for name, msg in SENDERS.items() if route.matches(msg)} == takes
+
+
+def test_connection_module_id_in_conditions():
+    assert matches("$connectionModuleId = 'producer'", PRODUCER)
+    assert matches("$connectionDeviceId = 'edge-1'", PRODUCER)
+    assert not matches("IS_DEFINED($connectionModuleId)", CHILD)
+    assert matches("NOT IS_DEFINED($connectionModuleId)", CHILD)
+
+
+def test_a_module_input_is_a_sink():
+    route = parse_route("r", 'FROM /messages/modules/producer/outputs/out1 INTO '
+                             'BrokeredEndpoint("/modules/consumer/inputs/in1")')
+    assert route.sink == Sink(module="consumer", input="in1")
+    assert str(route.sink) == 'BrokeredEndpoint("/modules/consumer/inputs/in1")'
+    assert not route.sink.upstream
+
+
+@pytest.mark.parametrize("source", ["/messages/modules/a/b", "/messages/modules/*/outputs/o",
+                                    "/messages/devices/*", "messages/*", "/telemetry/*"])
+def test_unknown_module_sources_are_refused_with_the_shapes(source):
+    with pytest.raises(RouteError, match="/messages/modules/<m>/outputs/<o>"):
+        parse_route("r", f"FROM {source} INTO $upstream")
