@@ -36,6 +36,16 @@ _LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 class GatewaySettings:
     id: str
     hub_hostname: str
+    hostname: str = ""  # the name modules dial (IOTEDGE_GATEWAYHOSTNAME); "": this machine's
+
+
+@dataclass(frozen=True)
+class ModulesSettings:
+    """The site's modules, run from the deployment (docs/modules.md)."""
+
+    workload_socket: Path | None = None  # the IoT Edge workload API; None: off, no modules
+    runner: str = "auto"  # process, systemd, or auto: systemd when gatewayd runs under it
+    restart_backoff_secs: float = 10.0  # the first restart's delay; doubles up to 300 s
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,7 @@ class Config:
     metrics: MetricsSettings = MetricsSettings("127.0.0.1", 0)
     auth: AuthSettings = AuthSettings(0)
     limits: LimitsSettings = LimitsSettings()
+    modules: ModulesSettings = ModulesSettings()
 
 
 # -- schema -----------------------------------------------------------------------------------
@@ -253,6 +264,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
     "gateway": {
         "id": Key(text(_ID_RE.fullmatch, "1..128 characters of A-Z a-z 0-9 - . _ :")),
         "hub_hostname": Key(text(is_hostname, "a host name")),
+        "hostname": Key(text(lambda h: h == "" or is_host(h), "a host name or IP address"), ""),
     },
     "listen": {
         "host": Key(text(is_host, "a host name or IP address"), "0.0.0.0"),
@@ -311,6 +323,11 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "routed_messages_per_sec": Key(number(0), LimitsSettings.routed_messages_per_sec),
         "max_outstanding_per_child": Key(integer(2, 65535),
                                          LimitsSettings.max_outstanding_per_child),
+    },
+    "modules": {
+        "workload_socket": Key(path(optional=True), ""),
+        "runner": Key(choice("auto", "process", "systemd"), "auto"),
+        "restart_backoff_secs": Key(number(0, 300, low_open=True), 10.0),
     },
 }
 
@@ -418,6 +435,7 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         metrics=MetricsSettings(**values["metrics"]),
         auth=AuthSettings(**values["auth"]),
         limits=LimitsSettings(**values["limits"]),
+        modules=ModulesSettings(**values["modules"]),
     )
 
 

@@ -2,9 +2,9 @@
 
     gatewayctl children add GATEWAY DEVICE... [--x509-thumbprint T] [--gateway-host H]
     gatewayctl children list GATEWAY | remove|disable|enable GATEWAY DEVICE...
-    gatewayctl twin show DEVICE | twin set DEVICE --desired JSON
+    gatewayctl twin show DEVICE | twin set DEVICE --desired JSON   (a module: GATEWAY/MODULE)
     gatewayctl settings show GATEWAY | settings set GATEWAY --ttl SECS
-    gatewayctl invoke DEVICE METHOD [--payload JSON] [--timeout SECS]
+    gatewayctl invoke DEVICE METHOD [--payload JSON] [--timeout SECS]  (or GATEWAY/MODULE)
     gatewayctl send DEVICE --payload TEXT [--property k=v ...] [--ttl SECS]
 
 Where the broker is: --cloud URL (with --username, --password, --ca-file, --prefix), or
@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from gateway import identity
 from gateway.cli.operator import (
     CloudSession,
     CloudTarget,
@@ -208,6 +209,9 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    if identity.is_module(args.device):
+        raise OperatorUsageError(f"{args.device} is a module: modules get no cloud-to-device "
+                                 f"messages (as in IoT Hub); route messages to its inputs")
     props = []
     for item in args.property or []:
         key, sep, value = item.partition("=")
@@ -256,7 +260,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         _connection(cmd)
         cmd.set_defaults(func=_children_change, action=action)
 
-    twin = sub.add_parser("twin", help="a child's twin (in the cloud)")
+    twin = sub.add_parser("twin", help="a child's twin, or a module's (GATEWAY/MODULE)")
     tsub = twin.add_subparsers(dest="twin_command", required=True)
     show = tsub.add_parser("show")
     show.add_argument("device")
@@ -280,7 +284,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _connection(sset)
     sset.set_defaults(func=_settings_set)
 
-    invoke = sub.add_parser("invoke", help="call a direct method on a child")
+    invoke = sub.add_parser("invoke", help="call a direct method on a child or a module")
     invoke.add_argument("device")
     invoke.add_argument("method")
     invoke.add_argument("--payload", default="null", help="JSON")

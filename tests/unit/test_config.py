@@ -202,7 +202,7 @@ def test_cloud_url_parsing(tmp_path, url, scheme, host, port, tls):
 
 def test_schema_sections_match_the_settings():
     assert list(SCHEMA) == ["gateway", "listen", "storage", "cloud", "control", "log", "auth",
-                            "metrics", "limits"]
+                            "metrics", "limits", "modules"]
 
 
 # -- refusals ---------------------------------------------------------------------------------
