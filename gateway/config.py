@@ -46,6 +46,7 @@ class ModulesSettings:
     workload_socket: Path | None = None  # the IoT Edge workload API; None: off, no modules
     runner: str = "auto"  # process, systemd, or auto: systemd when gatewayd runs under it
     restart_backoff_secs: float = 10.0  # the first restart's delay; doubles up to 300 s
+    trust_bundle: Path | None = None  # the CA modules trust; None: ca.pem beside listen.tls_cert
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "workload_socket": Key(path(optional=True), ""),
         "runner": Key(choice("auto", "process", "systemd"), "auto"),
         "restart_backoff_secs": Key(number(0, 300, low_open=True), 10.0),
+        "trust_bundle": Key(path(optional=True), ""),
     },
 }
 
@@ -435,8 +437,18 @@ def _build(values: dict[str, dict[str, Any]], source: Path) -> Config:
         metrics=MetricsSettings(**values["metrics"]),
         auth=AuthSettings(**values["auth"]),
         limits=LimitsSettings(**values["limits"]),
-        modules=ModulesSettings(**values["modules"]),
+        modules=_modules(values["modules"], values["listen"]),
     )
+
+
+def _modules(v: dict[str, Any], listen: dict[str, Any]) -> ModulesSettings:
+    """Modules trust the CA that signed the gateway's certificate: by default the ca.pem that
+    provisioning writes beside it."""
+    if v["trust_bundle"] is None and listen["tls_cert"] is not None:
+        beside = listen["tls_cert"].parent / "ca.pem"
+        v = {**v, "trust_bundle": beside if beside.is_file() else None}
+    _require_file("modules.trust_bundle", v["trust_bundle"])
+    return ModulesSettings(**v)
 
 
 def _listen(v: dict[str, Any]) -> ListenSettings:

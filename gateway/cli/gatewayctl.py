@@ -131,8 +131,24 @@ def _table(s: dict) -> str:
         ("settings", f"twin version {s.get('settings_version', 0)}, time to live "
          f"{s.get('time_to_live_secs', '?')} s, {len(s.get('routes', {}))} routes"),
         ("written", f"{s['process_write_bytes'] // 1024} KiB since start"),
+        *_module_rows(s.get("modules") or {}),
     ]
     return "\n".join(f"{k:<10} {v.strip()}" for k, v in rows)
+
+
+def _module_rows(agent: dict) -> list[tuple[str, str]]:
+    """One line for the deployment, one per module: its state, exit code and restarts."""
+    modules = agent.get("modules") or {}
+    if not modules and agent.get("deployment_version", -1) < 0:
+        return []
+    rows = [("modules", f"deployment version {agent.get('deployment_version')}, "
+                        f"{len(modules)} modules")]
+    for name, m in sorted(modules.items()):
+        exit_code = m.get("exitCode")
+        rows.append((f"  {name}", f"{m.get('runtimeStatus', '?')}, restarts "
+                                  f"{m.get('restartCount', 0)}"
+                                  + (f", last exit {exit_code}" if exit_code is not None else "")))
+    return rows
 
 
 def _config_check(args: argparse.Namespace) -> int:

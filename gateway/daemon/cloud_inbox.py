@@ -1,8 +1,9 @@
 """What arrives from the cloud, and what the gateway does when the link comes back.
 
-Three kinds of cloud messages reach the gateway: its registry of children (which also proves
+Four kinds of cloud messages reach the gateway: its registry of children (which also proves
 the cached credentials fresh, see child/offline_trust.py), its own desired twin (time to live and
-routes), and per-device documents and calls, which are the local hub's. A change of the
+routes), its deployment of modules (the agent's), and per-device and per-module documents and
+calls, which are the local hub's. A change of the
 registry or of the settings is answered with a new reported twin, so the operator sees at once
 whether a document was applied or refused and why.
 
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from gateway.child.offline_trust import OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildServer
+from gateway.daemon.agent import Agent
 from gateway.daemon.reported_twin import ReportedTwin
 from gateway.daemon.uplink_slot import UplinkSlot
 from gateway.hub.local_hub import LocalHub
@@ -46,6 +48,7 @@ class CloudInbox:
         server: ChildServer,
         uplink: UplinkSlot,
         reported: ReportedTwin,
+        agent: Agent,
     ) -> None:
         self._gateway_id = gateway_id
         self._file_ttl = file_ttl_secs
@@ -58,6 +61,7 @@ class CloudInbox:
         self._server = server
         self._uplink = uplink
         self._reported = reported
+        self._agent = agent
 
     def set_file_ttl(self, ttl_secs: int) -> None:
         """A reload changed storage.time_to_live_secs: it applies unless the twin sets one."""
@@ -68,13 +72,15 @@ class CloudInbox:
         self._ingest.ttl_secs = ttl_in_force(self._settings, self._file_ttl)
 
     def subscriptions(self, prefix: str) -> set[str]:
-        """The gateway's own two documents and every child's topics, under `prefix`."""
+        """The gateway's own three documents and every child's and module's topics."""
         gw = self._gateway_id
         own = {
             contract.registry_topic(prefix, gw),
             contract.gateway_twin_topic(prefix, gw, "desired"),
+            contract.agent_topic(prefix, gw, "desired"),
         }
-        return own | self._hub.subscriptions(list(self._registry.registry.children))
+        every = [*self._registry.registry.children, *self._agent.identities()]
+        return own | self._hub.subscriptions(every)
 
     def on_cloud_message(self, msg: CloudMessage) -> None:
         prefix, gw = self._uplink.prefix, self._gateway_id
@@ -82,6 +88,8 @@ class CloudInbox:
             self._registry_document(msg.payload, msg.hold_ack())
         elif msg.topic == contract.gateway_twin_topic(prefix, gw, "desired"):
             self._settings_document(msg.payload, msg.hold_ack())
+        elif msg.topic == contract.agent_topic(prefix, gw, "desired"):
+            self._deployment_document(msg.payload, msg.hold_ack())
         else:
             self._hub.cloud_message(msg)
 
@@ -89,6 +97,15 @@ class CloudInbox:
         """The link is back: reconcile the children's twins, then report the gateway's own."""
         self._hub.on_online()
         self._reported.publish()
+        self._agent.on_online()
+
+    def _deployment_document(self, payload: bytes, ack: Callable[[], None]) -> None:
+        """Like the registry: in force at once, the broker's PUBACK once cached durably."""
+        before = set(self._agent.identities())
+        for module in self._agent.apply(payload, ack):
+            self._server.disconnect(module, "removed or stopped in the deployment")
+        if set(self._agent.identities()) != before:
+            self._uplink.set_subscriptions(self.subscriptions(self._uplink.prefix))
 
     def _registry_document(self, payload: bytes, ack: Callable[[], None]) -> None:
         """In force at once; the broker's PUBACK once it is cached durably."""

@@ -31,6 +31,7 @@ from gateway.child.server import ChildServer
 from gateway.clock import SteadyClock
 from gateway.config import load_config
 from gateway.daemon import reload as reload_rules
+from gateway.daemon.agent import Agent, Identities
 from gateway.daemon.cloud_inbox import CloudInbox, ttl_in_force
 from gateway.daemon.control import ControlServer
 from gateway.daemon.housekeeping import DiskPolicy, Housekeeping
@@ -46,6 +47,8 @@ from gateway.hub.router import Router
 from gateway.hub.routes import check_routes
 from gateway.hub.settings import SettingsSync
 from gateway.log import Event, event
+from gateway.modules.runner import ModuleRunner
+from gateway.modules.workload import WorkloadApi
 from gateway.storage import ballast
 from gateway.storage.disk_guard import DiskGuard
 from gateway.storage.salvage import SalvageReport, open_or_salvage
@@ -96,13 +99,16 @@ class Gateway:
         )
         self._registry = registry = RegistrySync(store, writer.submit)
 
+        self.agent = agent = Agent(cfg, store, writer.submit, self.uplink, ModuleRunner)
+
         def children():
             return registry.registry.children
 
+        everyone = Identities(children, agent.identities)  # children and modules
         trust = OfflineTrust(store, cfg.auth.offline_trust_secs, clock)
         audit = AuditLog(store)
         settings = SettingsSync(store, check_routes, writer.submit)
-        router = Router(settings.settings.routes, children)
+        router = Router(settings.settings.routes, children, cfg.gateway.id)
         self.dead_letters = dead_letters = DeadLetters(store, outbox, writer.submit)
         disk = DiskGuard(st.path, st.max_bytes, st.min_free_percent, st.full_policy)
         disk_policy = DiskPolicy(disk, outbox, store, writer)
@@ -115,9 +121,11 @@ class Gateway:
         handler = ChildHandler(
             registry=registry, hub_hostname=cfg.gateway.hub_hostname, clock=clock, trust=trust,
             audit=audit, cloud_online=self.uplink.online, disk=disk, ingest=ingest, router=router,
+            gateway_id=cfg.gateway.id, gateway_hostnames=(agent.hostname,),
+            modules=agent.identities,
         )
         self.server = server = ChildServer(cfg.listen, handler, cfg.limits)
-        hub = LocalHub(store, server, cfg.cloud.prefix, children, clock=clock,
+        hub = LocalHub(store, server, cfg.cloud.prefix, everyone, clock=clock,
                        uplink=self.uplink.get, route_allows_call=router.allows_call,
                        submit=writer.submit)
         handler.bind_hub(hub)
@@ -126,8 +134,14 @@ class Gateway:
         self.inbox = CloudInbox(
             gateway_id=cfg.gateway.id, file_ttl_secs=st.time_to_live_secs, registry=registry,
             trust=trust, settings=settings, router=router, ingest=ingest, hub=hub, server=server,
-            uplink=self.uplink, reported=reported,
+            uplink=self.uplink, reported=reported, agent=agent,
         )
+        self._bundle: str | None = None
+        self._trust_bundle()
+        self.workload = WorkloadApi(
+            cfg.modules.workload_socket, trust_bundle=self._trust_bundle, sign=agent.sign,
+            owner_of=agent.runner.owner_of,
+        ) if agent.enabled else None
         rates = Rates()
         self.endpoints = Endpoints()
         self.status = Status(
@@ -135,6 +149,7 @@ class Gateway:
             server=server, registry=registry, settings=settings, router=router, ingest=ingest,
             outbox=outbox, dead_letters=dead_letters, salvage=salvage, disk=disk, trust=trust,
             audit=audit, hub=hub, uplink=self.uplink, rates=rates, writer=writer, store=store,
+            modules=agent.status,
         )
         self.housekeeping = Housekeeping(
             gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,
@@ -161,12 +176,18 @@ class Gateway:
         self.writer.start()
         tasks = [asyncio.create_task(self.housekeeping.run(), name="housekeeping")]
         self._start_uplink(cfg.cloud)
+        if self.workload is not None:
+            await self.workload.start()
+        self.agent.start()
         self._install_signals()
         self._started_event()
         self._notifier.notify("READY=1\nSTATUS=" + self.status.line())
         await self._stop.wait()
         self._notifier.notify("STOPPING=1")
         await self.server.close()
+        if self.workload is not None:
+            await self.workload.close()
+        await self.agent.runner.stop_all()
         await self.control.close()
         await self.metrics.close()
         await self.uplink.detach()
@@ -178,6 +199,14 @@ class Gateway:
         await self.writer.aclose()
         if not ballast.is_disk_full(self.writer.store_error):  # else RocksDB refuses writes
             self.outbox.flush_deletes()
+
+    def _trust_bundle(self) -> str:
+        """The CA modules check the gateway's certificate with, read once at start (a small
+        file, before the loop serves)."""
+        if self._bundle is None:
+            bundle = self.config.modules.trust_bundle
+            self._bundle = bundle.read_text() if bundle is not None else ""
+        return self._bundle
 
     def _disk_full(self, reason: str) -> None:
         if self.exit_code == EX_TEMPFAIL:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class Status:
         rates: Rates,
         writer: Writer,
         store: Store,
+        modules: Callable[[], dict] = dict,
     ) -> None:
         self._gateway_id = gateway_id
         self._path = storage_path
@@ -86,6 +88,7 @@ class Status:
         self._rates = rates
         self._writer = writer
         self._store = store
+        self._modules = modules  # the agent's account of the deployment and its modules
         self._started = time.time()
         self._process = psutil.Process()
         self._io_at_start = _write_bytes(self._process)
@@ -129,6 +132,7 @@ class Status:
                 "expired": self._trust.expired(),
             },
             "hub": self._hub.status(),
+            "modules": self._modules(),
             "routes": self._router.describe(),
             "unrouted": self._router.unrouted,
             "dead_letters": self._dead_letters.count,

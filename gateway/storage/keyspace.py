@@ -126,6 +126,8 @@ def audit_number(key: bytes) -> int:
 
 REGISTRY = b"registry"  # the registry of children (child/auth.py's encoding)
 SETTINGS = b"gateway_twin_desired"  # the gateway's accepted desired twin (JSON)
+DEPLOYMENT = b"agent_desired"  # the deployment in force (modules/deployment.py's encoding)
+MODULE_SECRET = b"module_secret"  # 32 random bytes: every module key is derived from it
 DNS_PREFIX = b"dns/"  # + host name: the addresses that worked last (JSON list)
 
 
@@ -135,6 +137,6 @@ def dns_key(host: str) -> bytes:
 
 # what the tests check for collisions: names read alone, and prefixes that are scanned
 FIXED_META_KEYS = (SEQ_CEILING, DISK_COUNT, DISK_BYTES, DEVICEBOUND_SEQ, REGISTRY_FRESH_AT,
-                   REGISTRY, SETTINGS)
+                   REGISTRY, SETTINGS, DEPLOYMENT, MODULE_SECRET)
 SCANNED_META_PREFIXES = (DLQ_PREFIX, TWIN_PREFIX, AUDIT_PREFIX)
 OTHER_META_PREFIXES = (_LANE_COUNT, DNS_PREFIX)  # read key by key, never scanned

@@ -28,6 +28,7 @@ def test_the_bytes_of_every_key_are_those_stored_before():
     assert ks.audit_key(5) == b"audit/\x00\x00\x00\x00\x00\x00\x00\x05"
     assert ks.audit_number(ks.audit_key(5)) == 5
     assert ks.REGISTRY == b"registry" and ks.SETTINGS == b"gateway_twin_desired"
+    assert ks.DEPLOYMENT == b"agent_desired" and ks.MODULE_SECRET == b"module_secret"
     assert ks.dns_key("hub.example.net") == b"dns/hub.example.net"
     assert ks.u64(1) == b"\x00" * 7 + b"\x01" and ks.read_u64(None, 5) == 5
 

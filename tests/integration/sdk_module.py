@@ -1,0 +1,87 @@
+"""An IoT Edge module written as IoT Edge modules are: azure-iot-device's
+`IoTHubModuleClient.create_from_edge_environment()`, nothing that knows gatewayd.
+
+    sdk_module.py producer STATE_DIR COUNT   sends {"device": "producer", "i": n} to output out1
+    sdk_module.py consumer STATE_DIR         receives on input in1, reports, answers methods
+
+What it did is written to files in STATE_DIR, each line synced, so that the test can tell what
+the SDK had acknowledged before a kill: `acked` (producer: i after send returned),
+`received` (consumer: i per input message), `reported` (consumer: the count after each reported
+patch), `desired` (consumer: each desired patch as JSON). The consumer connects only once
+STATE_DIR/go exists, so that its messages wait in the gateway meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from azure.iot.device import IoTHubModuleClient, Message, MethodResponse
+
+
+def append(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def producer(state: Path, count: int) -> None:
+    acked = state / "acked"
+    done = [int(x) for x in lines(acked)]
+    client = IoTHubModuleClient.create_from_edge_environment()
+    client.connect()
+    for i in range(done[-1] + 1 if done else 0, count):
+        msg = Message(json.dumps({"device": "producer", "i": i}))
+        msg.custom_properties["kind"] = "temp"
+        client.send_message_to_output(msg, "out1")  # returns once the gateway's PUBACK came
+        append(acked, str(i))
+        time.sleep(0.02)  # a sensor's pace, so that a kill finds it in the middle
+    threading.Event().wait()  # a module runs until it is stopped
+
+
+def consumer(state: Path) -> None:
+    while not (state / "go").exists():
+        time.sleep(0.05)
+    client = IoTHubModuleClient.create_from_edge_environment()
+    received = []
+
+    def on_message(message) -> None:
+        if message.input_name != "in1":
+            return
+        body = json.loads(message.data)
+        append(state / "received", f"{body['i']}")
+        received.append(body["i"])
+        client.patch_twin_reported_properties({"received": len(received), "last": body["i"]})
+        append(state / "reported", str(len(received)))
+
+    def on_patch(patch) -> None:
+        append(state / "desired", json.dumps(patch, sort_keys=True))
+
+    def on_method(request) -> None:
+        body = {"method": request.name, "echo": request.payload, "received": len(received)}
+        client.send_method_response(MethodResponse.create_from_method_request(request, 200, body))
+
+    client.on_message_received = on_message
+    client.on_twin_desired_properties_patch_received = on_patch
+    client.on_method_request_received = on_method
+    client.connect()
+    append(state / "connected", "1")
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    role, state_dir = sys.argv[1], Path(sys.argv[2])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if role == "producer":
+        producer(state_dir, int(sys.argv[3]))
+    else:
+        consumer(state_dir)
