@@ -107,7 +107,8 @@ def test_sdk_modules_route_through_an_outage_and_a_kill(cloud, gateways, tmp_pat
         return [json.loads(m.payload) for m in raw if not m.retain]
 
     wait_until(lambda: live_reports(reported.raw),
-               lambda r: r and r[-1].get("received") == len(got), what="the consumer's latest reported state in the cloud")
+               lambda r: r and r[-1].get("received") == len(got),
+               what="the consumer's latest reported state in the cloud")
     assert len(live_reports(reported.raw)) == 1, "reported once, the latest state"
 
     gw.ctl("twin", "set", "edge-1/consumer", "--desired", '{"threshold": 5}')
