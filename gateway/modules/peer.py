@@ -11,6 +11,12 @@ what remains is to tie that pid to a module. Two ways, one per way of running mo
   to another cgroup, which the module's user does not have. Ancestry would not do here: systemd,
   not gatewayd, is every module's parent.
 
+What the kernel records is the pid at connect(): a caller that hands its connected socket to
+another process (SCM_RIGHTS) lends its identity, which only a module's own code can do. A caller
+that exits while a child of its keeps the socket open leaves a pid that a module started later
+could be given; the kernel hands pids out in sequence up to pid_max, so that takes a wrap-around
+while the socket stays open (pidfds, SO_PEERPIDFD from Linux 6.5, would close even that).
+
 The parsers are pure (text in, answer out) so that the odd cases of /proc are tested on strings;
 `read_parent` and `read_cgroup` are the only functions that touch /proc. procfs is memory, not the
 disk, but a caller on the event loop still runs the walk in a worker thread.

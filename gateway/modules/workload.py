@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import datetime
 import http
 import json
 import logging
@@ -118,8 +119,11 @@ def check_api_version(values: list[str]) -> None:
 
 
 def _valid_date(text: str) -> bool:
-    year, month, day = (int(p) for p in text.split("-"))
-    return 1 <= month <= 12 and 1 <= day <= 31 and year >= 1
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_sign_body(body: bytes) -> bytes:

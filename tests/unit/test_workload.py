@@ -184,7 +184,7 @@ def test_a_bad_sign_body_gets_400_with_the_reason(conn, api, body, says):
 
 
 @pytest.mark.parametrize("query", ["", "?api-version=2017-11-01", "?api-version=latest",
-                                   "?api-version=2019-13-01",
+                                   "?api-version=2019-13-01", "?api-version=2019-02-30",
                                    "?api-version=2019-01-30&api-version=2020-07-07"])
 def test_a_missing_or_unknown_api_version_gets_400(conn, query):
     status, answer = ask(conn, "GET", f"/trust-bundle{query}")
