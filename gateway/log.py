@@ -47,6 +47,7 @@ class Event(Enum):
     DISK_FULL = "5b0a0e1c2f4c4d6a9a7e2f3c1d000042"
     STORE_SALVAGED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000043"
     SUMMARY = "5b0a0e1c2f4c4d6a9a7e2f3c1d000050"
+    WORKLOAD_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000066"
 
 
 def event(kind: Event, message: str, *, level: int = logging.INFO, **fields: object) -> None:
