@@ -23,9 +23,10 @@ ALLOWED = {
     "storage": set(),
     "upstream": {"mqtt", "storage"},
     "child": {"mqtt", "storage"},
-    "hub": {"mqtt", "storage", "upstream", "child"},
-    "daemon": {"mqtt", "storage", "upstream", "child", "hub"},
-    "cli": {"mqtt", "storage", "upstream", "child", "hub", "daemon"},
+    "modules": {"mqtt", "storage"},
+    "hub": {"mqtt", "storage", "upstream", "child", "modules"},
+    "daemon": {"mqtt", "storage", "upstream", "child", "hub", "modules"},
+    "cli": {"mqtt", "storage", "upstream", "child", "hub", "daemon", "modules"},
 }
 # the one edge against the flow, and why it is there
 EXCEPTIONS = {
