@@ -47,6 +47,12 @@ class Event(Enum):
     DISK_FULL = "5b0a0e1c2f4c4d6a9a7e2f3c1d000042"
     STORE_SALVAGED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000043"
     SUMMARY = "5b0a0e1c2f4c4d6a9a7e2f3c1d000050"
+    MODULE_STARTED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000060"
+    MODULE_EXITED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000061"
+    MODULE_STOPPED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000062"
+    MODULE_USER_IGNORED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000063"
+    DEPLOYMENT_APPLIED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000064"
+    DEPLOYMENT_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000065"
 
 
 def event(kind: Event, message: str, *, level: int = logging.INFO, **fields: object) -> None:
