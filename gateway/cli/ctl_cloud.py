@@ -6,6 +6,7 @@
     gatewayctl settings show GATEWAY | settings set GATEWAY --ttl SECS
     gatewayctl invoke DEVICE METHOD [--payload JSON] [--timeout SECS]  (or GATEWAY/MODULE)
     gatewayctl send DEVICE --payload TEXT [--property k=v ...] [--ttl SECS]
+    gatewayctl deploy GATEWAY FILE
 
 Where the broker is: --cloud URL (with --username, --password, --ca-file, --prefix), or
 --config FILE to take the cloud section of a gateway's configuration; flags win.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from gateway import identity
 from gateway.cli.operator import (
@@ -27,6 +29,7 @@ from gateway.cli.operator import (
     change_children,
     check_new_children,
     connection_string,
+    deployment_document,
     empty_registry,
     merge_desired,
     set_ttl,
@@ -192,6 +195,23 @@ def _settings_set(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- modules -------------------------------------------------------------------------------------
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    try:
+        text = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise OperatorUsageError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
+    with _Session(args) as cloud:
+        topic = contract.agent_topic(cloud.prefix, args.gateway, "desired")
+        doc = deployment_document(text, args.file, cloud.read_json(topic))
+        cloud.put_retained(topic, doc)
+    _print(args, doc, [(f"{args.gateway}: deployment version {doc['version']} published, "
+                        f"{len(doc.get('modules', {}))} modules",)])
+    return 0
+
+
 # -- methods and messages ------------------------------------------------------------------------
 
 
@@ -291,6 +311,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     invoke.add_argument("--timeout", type=float, default=30.0)
     _connection(invoke)
     invoke.set_defaults(func=_invoke)
+
+    deploy = sub.add_parser("deploy", help="publish a gateway's module deployment, checked first")
+    deploy.add_argument("gateway")
+    deploy.add_argument("file", help="the deployment document (JSON)")
+    _connection(deploy)
+    deploy.set_defaults(func=_deploy)
 
     send = sub.add_parser("send", help="send a cloud-to-device message")
     send.add_argument("device")

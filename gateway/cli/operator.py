@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from gateway.child.auth import normalize_thumbprint, parse_registry
 from gateway.errors import EX_UNAVAILABLE, EX_USAGE, GatewayError, RegistryError
 from gateway.hub.settings import MAX_TTL_SECS
+from gateway.modules.deployment import DeploymentError, parse_deployment
 from gateway.upstream import cloud_contract as contract
 
 
@@ -168,6 +169,31 @@ def set_ttl(doc: dict | None, ttl: int) -> dict:
     new["storeAndForwardConfiguration"] = section
     new["$version"] = int(new.get("$version", 0)) + 1
     return new
+
+
+def deployment_document(text: bytes, source: str, current: dict | None) -> dict:
+    """The document to publish: FILE's, with the next version if it has none, checked by the
+    gateway's own parser. A version not newer than the one in the cloud is refused, since the
+    gateway would ignore it."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DeploymentError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DeploymentError(f"{source}: expected a JSON object")
+    in_cloud = (current or {}).get("version")
+    in_cloud = in_cloud if type(in_cloud) is int else -1
+    if "version" not in doc:
+        doc = {**doc, "version": in_cloud + 1}
+    try:
+        parse_deployment(json.dumps(doc).encode())
+    except DeploymentError as exc:
+        raise DeploymentError(f"{source}: refused, nothing published: {exc.message}") from None
+    if doc["version"] <= in_cloud:
+        raise OperatorError(f"{source}: version {doc['version']} is not newer than version "
+                            f"{in_cloud} in the cloud, so the gateway would ignore it; raise it "
+                            f"or leave version out (the next one is then used)")
+    return doc
 
 
 # -- the broker ----------------------------------------------------------------------------------

@@ -95,6 +95,12 @@ def expiry_left_secs(msg: Message, now_ms: int) -> int:
     return max(1, -(-(msg.expires_ms - now_ms) // 1000))
 
 
+def agent_topic(prefix: str, gateway_id: str, part: str) -> str:
+    """The module deployment: `desired` (written by the operator, `gatewayctl deploy`) or
+    `reported` (the modules' runtime state, written by the gateway)."""
+    return f"{prefix}gateways/{gateway_id}/agent/{part}"
+
+
 def gateway_twin_topic(prefix: str, gateway_id: str, part: str) -> str:
     """`part` is `desired` (written by the operator) or `reported` (written by the gateway)."""
     return f"{prefix}gateways/{gateway_id}/twin/{part}"

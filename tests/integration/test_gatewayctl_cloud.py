@@ -120,3 +120,20 @@ def test_unreachable_broker_and_bad_input_give_one_line(cloud):
     no_cloud = subprocess.run([sys.executable, "-m", "gateway.cli.gatewayctl", "twin", "show",
                                "dev-a"], capture_output=True, text=True, timeout=60)
     assert no_cloud.returncode == 64 and "--cloud URL or --config FILE" in no_cloud.stderr
+
+
+def test_deploy_publishes_a_checked_document_retained(cloud, tmp_path):
+    good = tmp_path / "deployment.json"
+    good.write_text(json.dumps({"modules": {"filter": {
+        "type": "process", "settings": {"command": ["/opt/filter"]}}}}))
+    first = ok_json(ctl(cloud, "deploy", "edge-1", str(good), "--json"))
+    second = ok_json(ctl(cloud, "deploy", "edge-1", str(good), "--json"))
+    assert (first["version"], second["version"]) == (0, 1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"modules": {"filter": {"type": "docker"}}}))
+    refused = ctl(cloud, "deploy", "edge-1", str(bad))
+    assert refused.returncode == 65
+    assert "modules.filter.type" in refused.stderr and "nothing published" in refused.stderr
+    # the retained document is still the second good one
+    again = ok_json(ctl(cloud, "deploy", "edge-1", str(good), "--json"))
+    assert again["version"] == 2

@@ -61,3 +61,29 @@ def test_desired_merge_and_ttl():
 def test_connection_string_names_the_gateway():
     assert connection_string("hub", "d", "k", "10.0.0.2") == (
         "HostName=hub;DeviceId=d;SharedAccessKey=k;GatewayHostName=10.0.0.2")
+
+
+def _deployment(**over) -> bytes:
+    doc = {"modules": {"filter": {"type": "process", "settings": {"command": ["/bin/f"]}}}}
+    doc.update(over)
+    return json.dumps(doc).encode()
+
+
+def test_deploy_takes_the_next_version_when_the_file_has_none():
+    from gateway.cli.operator import deployment_document
+    assert deployment_document(_deployment(), "d.json", None)["version"] == 0
+    assert deployment_document(_deployment(), "d.json", {"version": 7})["version"] == 8
+    assert deployment_document(_deployment(version=9), "d.json", {"version": 7})["version"] == 9
+
+
+def test_deploy_refuses_a_bad_file_or_an_old_version_naming_the_file():
+    from gateway.cli.operator import deployment_document
+    from gateway.modules.deployment import DeploymentError
+    bad = json.dumps({"modules": {"filter": {"type": "process", "settings": {"command": []}}}})
+    with pytest.raises(DeploymentError, match=r"^d.json: refused, nothing published: "
+                                              r"modules.filter.settings.command"):
+        deployment_document(bad.encode(), "d.json", None)
+    with pytest.raises(DeploymentError, match="d.json: not valid JSON"):
+        deployment_document(b"{", "d.json", None)
+    with pytest.raises(OperatorError, match="not newer than version 7"):
+        deployment_document(_deployment(version=7), "d.json", {"version": 7})
