@@ -31,6 +31,8 @@ from gateway.modules.deployment import (
     parse_deployment,
 )
 from gateway.modules.keys import ModuleKeys
+from gateway.modules.runner import ModuleRunner
+from gateway.modules.units import UnitRunner
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
 from gateway.storage.writes import Submit, Writes, write_or_submit
@@ -44,7 +46,7 @@ class Agent:
     """Holds the deployment in force and the module identities made from it; feeds the runner."""
 
     def __init__(self, config: Config, store: Store, submit: Submit | None,
-                 uplink: UplinkSlot, runner_factory: Callable[..., object]) -> None:
+                 uplink: UplinkSlot) -> None:
         cfg = config
         self._store = store
         self.submit = submit
@@ -56,8 +58,9 @@ class Agent:
         self.keys = ModuleKeys(store, cfg.gateway.id)
         self.deployment = self._load()
         self._identities: Mapping[str, Child] = self._make_identities(self.deployment)
-        self.runner = runner_factory(env_for=self.env_for, on_change=self.publish_reported,
-                                     backoff_base_secs=cfg.modules.restart_backoff_secs)
+        runner = UnitRunner if use_systemd(cfg.modules.runner) else ModuleRunner
+        self.runner = runner(env_for=self.env_for, on_change=self.publish_reported,
+                             backoff_base_secs=cfg.modules.restart_backoff_secs)
         self._reporting = False  # a reported publish in flight
         self._report_again = False
 
@@ -108,19 +111,16 @@ class Agent:
         self.deployment = new
         old_identities, self._identities = self._identities, self._make_identities(new)
         if self.enabled:
-            self.runner.apply(new)
-        event(Event.DEPLOYMENT_APPLIED,
-              f"deployment: version {new.version} applied: {len(new.modules)} modules"
-              + ("" if self.enabled else " (not run: modules.workload_socket is not set)"))
+            self.runner.apply(new)  # which says so in the journal
+        else:
+            event(Event.DEPLOYMENT_APPLIED,
+                  f"deployment: version {new.version} cached, {len(new.modules)} modules not "
+                  f"run: modules.workload_socket is not set, so modules could not get tokens")
         return tuple(who for who, child in old_identities.items()
                      if child.enabled and not getattr(self._identities.get(who), "enabled", 0))
 
     def _refuse(self, version: int | None, reason: str) -> None:
-        self.runner.refused(version, reason)
-        event(Event.DEPLOYMENT_REFUSED,
-              f"deployment: document refused, version {self.deployment.version} stays in "
-              f"force: {reason}; fix it and publish it again (gatewayctl deploy)",
-              level=logging.WARNING)
+        self.runner.refused(version, reason)  # the journal line and the reported document
         self.publish_reported()
 
     # -- identities and the workload API -----------------------------------------------------
@@ -186,8 +186,11 @@ class Agent:
                 "modules": self.runner.reported().get("modules", {})}
 
 
-def under_systemd() -> bool:
-    """systemd sets INVOCATION_ID for every service it starts."""
+def use_systemd(runner: str) -> bool:
+    """`auto`: units when gatewayd is itself a systemd service (systemd sets INVOCATION_ID
+    for every unit it starts, and /run/systemd/system exists only under systemd)."""
+    if runner != "auto":
+        return runner == "systemd"
     return bool(os.environ.get("INVOCATION_ID")) and Path("/run/systemd/system").is_dir()
 
 

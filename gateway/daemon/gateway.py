@@ -47,7 +47,6 @@ from gateway.hub.router import Router
 from gateway.hub.routes import check_routes
 from gateway.hub.settings import SettingsSync
 from gateway.log import Event, event
-from gateway.modules.runner import ModuleRunner
 from gateway.modules.workload import WorkloadApi
 from gateway.storage import ballast
 from gateway.storage.disk_guard import DiskGuard
@@ -99,7 +98,7 @@ class Gateway:
         )
         self._registry = registry = RegistrySync(store, writer.submit)
 
-        self.agent = agent = Agent(cfg, store, writer.submit, self.uplink, ModuleRunner)
+        self.agent = agent = Agent(cfg, store, writer.submit, self.uplink)
 
         def children():
             return registry.registry.children

@@ -118,11 +118,6 @@ def method_topic(prefix: str, device_id: str, method: str) -> str:
     return f"{prefix}devices/{identity.path(device_id)}/methods/{method}"
 
 
-def agent_topic(prefix: str, gateway_id: str, part: str) -> str:
-    """The deployment: `desired` (written by the operator) or `reported` (by the gateway)."""
-    return f"{prefix}gateways/{gateway_id}/agent/{part}"
-
-
 def child_subscriptions(prefix: str, device_id: str) -> set[str]:
     """What the gateway subscribes to on behalf of one child of its registry, or one module
     of its deployment (a module has no cloud-to-device queue, as in IoT Hub)."""
