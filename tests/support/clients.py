@@ -172,16 +172,22 @@ class CloudVerifier:
         self.subscribed.clear()
 
     def _on_message(self, client, userdata, message) -> None:
+        """Every delivery goes to `raw`; those that are test telemetry (a JSON body with
+        `device` and `i`) also to `messages`, so one verifier can watch documents too."""
         props = dict(getattr(message.properties, "UserProperty", []) or [])
-        body = json.loads(message.payload)
-        rec = Received(
-            body["device"], body["i"], int(props.get("seq", -1)), props.get("gw", ""),
-            int(props.get("enq", -1)), props,
-            getattr(message.properties, "MessageExpiryInterval", None),
-        )
+        try:
+            body = json.loads(message.payload)
+            rec = Received(
+                body["device"], body["i"], int(props.get("seq", -1)), props.get("gw", ""),
+                int(props.get("enq", -1)), props,
+                getattr(message.properties, "MessageExpiryInterval", None),
+            )
+        except (ValueError, KeyError, TypeError):
+            rec = None
         with self._changed:
             self.raw.append(message)
-            self.messages.append(rec)
+            if rec is not None:
+                self.messages.append(rec)
             self._changed.notify_all()
 
     def wait_for(self, predicate, timeout: float = 60.0, what: str = "messages") -> None:
