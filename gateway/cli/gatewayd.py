@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from gateway import log
@@ -34,6 +35,9 @@ def _serve(config_path: str) -> int:
         log.setup("info")  # before the configuration is known, the line still needs a logger
         raise
     log.setup(config.log.level, config.gateway.id)
+    # the store holds the module secret: nothing gatewayd writes is for other users to read,
+    # whatever umask it was started with (the unit sets 0027 too)
+    os.umask(os.umask(0) | 0o027)
     from gateway.daemon.gateway import run  # heavy imports only once the config is known good
 
     try:
