@@ -1,8 +1,9 @@
 """What the child server asks of the gateway: who may connect, and where each PUBLISH goes.
 
-Authentication is the registry's (child/auth.py), with two rules on top while the cloud is
-away: past `auth.offline_trust_secs` without a fresh registry every child is refused, and every
-decision taken offline goes to the audit log, so that the cloud learns later who used the site.
+Authentication is the registry's and the deployment's (child/auth.py), with two rules on top
+while the cloud is away: past `auth.offline_trust_secs` without a fresh registry every child
+(not a module: its key is the gateway's own) is refused, and every decision taken offline goes
+to the audit log, so that the cloud learns later who used the site.
 A telemetry PUBLISH is refused without a PUBACK while the disk is full and the policy is
 refuse-new (the child keeps the message); otherwise it goes upstream through the ingest, or
 through the routes when there are any. Twin and method traffic is the local hub's. Every
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from gateway import identity
 from gateway.child import auth, dialect, limits
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
@@ -76,7 +78,10 @@ class ChildHandler(Handler):
 
     def authenticate(self, connect: Connect, cert_der: bytes | None) -> Verdict:
         online = self._cloud_online()
-        stale = "" if online else self._trust.expired()
+        # a module's credentials are the gateway's own (modules/keys.py), not a cloud copy that
+        # can go stale: the site's programs keep working however long the cloud is away
+        module = identity.is_module(connect.client_id)
+        stale = "" if online or module else self._trust.expired()
         if stale:
             self._audit.record(connect.client_id, False, stale, "cache", "")
             return Verdict(False, 5, stale)
