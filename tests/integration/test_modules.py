@@ -77,18 +77,22 @@ def test_sdk_modules_route_through_an_outage_and_a_kill(cloud, gateways, tmp_pat
     cloud.stop()  # the uplink is cut for the rest of the module traffic
     gw.wait_status(lambda s: s["uplink"]["state"] != "online", what="uplink cut")
     acked = state / "producer" / "acked"
+
+    def journal(_last: object) -> str:
+        return gw.log_text()[-4000:]
+
     wait_until(lambda: numbers(acked), lambda n: len(n) >= 20, timeout=90,
-               what="the producer's first 20 acknowledged sends", show=lambda _: gw.log_text()[-4000:])
+               what="the producer's first 20 acknowledged sends", show=journal)
     gw.kill()  # SIGKILL, in the middle of the producer's sends
     gw.start()
     gw.wait_status(running("consumer", "producer"), timeout=60, what="modules restarted")
     wait_until(lambda: numbers(acked), lambda n: n and n[-1] == COUNT - 1, timeout=90,
-               what="the producer's last send acknowledged", show=lambda _: gw.log_text()[-4000:])
+               what="the producer's last send acknowledged", show=journal)
 
     (state / "consumer" / "go").touch()  # the consumer connects; its input waited for it
     received = state / "consumer" / "received"
     wait_until(lambda: numbers(received), lambda n: len(n) >= COUNT, timeout=90,
-               what="every message at the consumer", show=lambda _: gw.log_text()[-4000:])
+               what="every message at the consumer", show=journal)
     got = numbers(received)
     assert got == sorted(set(got)), "in order, once each"
     assert set(numbers(acked)) <= set(got)
