@@ -141,8 +141,11 @@ def _module_rows(agent: dict) -> list[tuple[str, str]]:
     modules = agent.get("modules") or {}
     if not modules and agent.get("deployment_version", -1) < 0:
         return []
+    workload = agent.get("workload") or {}
     rows = [("modules", f"deployment version {agent.get('deployment_version')}, "
-                        f"{len(modules)} modules")]
+                        f"{len(modules)} modules"
+                        + (f"; workload API: {workload.get('signed', 0)} signed, "
+                           f"{workload.get('refused', 0)} refused" if workload else ""))]
     for name, m in sorted(modules.items()):
         exit_code = m.get("exitCode")
         rows.append((f"  {name}", f"{m.get('runtimeStatus', '?')}, restarts "

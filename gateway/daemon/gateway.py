@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import ssl
@@ -148,7 +149,7 @@ class Gateway:
             server=server, registry=registry, settings=settings, router=router, ingest=ingest,
             outbox=outbox, dead_letters=dead_letters, salvage=salvage, disk=disk, trust=trust,
             audit=audit, hub=hub, uplink=self.uplink, rates=rates, writer=writer, store=store,
-            modules=agent.status,
+            modules=self._modules_status,
         )
         self.housekeeping = Housekeeping(
             gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,
@@ -198,6 +199,13 @@ class Gateway:
         await self.writer.aclose()
         if not ballast.is_disk_full(self.writer.store_error):  # else RocksDB refuses writes
             self.outbox.flush_deletes()
+
+    def _modules_status(self) -> dict:
+        """The agent's account, and the workload API's counters when it serves."""
+        report = self.agent.status()
+        if self.workload is not None:
+            report["workload"] = dataclasses.asdict(self.workload.stats)
+        return report
 
     def _trust_bundle(self) -> str:
         """The CA modules check the gateway's certificate with, read once at start (a small

@@ -39,6 +39,8 @@ def test_only_the_module_signs_and_its_key_stays_in_gatewayd(cloud, gateways, tm
         assert status == 403, body
     line = gw.wait_log(f"pid {os.getpid()} (uid {os.getuid()}) asked to sign for module 'm1'")
     assert "refused (403)" in line
+    assert gw.status()["modules"]["workload"]["refused"] == 1
+    assert "1 refused" in gw.ctl("status").stdout
 
     log = gw.log_text()
     pid = int(log.split("module m1: started (pid ")[1].split(",")[0].split(")")[0])
