@@ -88,7 +88,7 @@ def check_upgrade(request: h11.Request) -> str:
     if not _is_key(key):
         raise UpgradeRefused(400, "Sec-WebSocket-Key is missing or not 16 bytes in base64")
     _check_subprotocol(headers.get("sec-websocket-protocol", ""))
-    return generate_accept_token(key.encode("ascii"))
+    return generate_accept_token(key.encode("ascii")).decode("ascii")
 
 
 def _check_subprotocol(offered: str) -> None:
@@ -129,8 +129,12 @@ async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     Raises UpgradeRefused once the refusal is written. The caller bounds the time."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_MAX)
     try:
-        request = await _request(conn, reader)
+        request = await _head(conn, reader)
+        if not isinstance(request, h11.Request):
+            raise ConnectionResetError("closed before a request")
         accept = check_upgrade(request)
+        if not isinstance(await _next_event(conn, reader), h11.EndOfMessage):
+            raise UpgradeRefused(400, "a WebSocket upgrade request has no body")
     except h11.RemoteProtocolError as exc:
         refused = UpgradeRefused(exc.error_status_hint, f"bad HTTP request: {exc}")
         _refuse(conn, writer, refused)
@@ -138,7 +142,8 @@ async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     except UpgradeRefused as refused:
         _refuse(conn, writer, refused)
         raise
-    writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=[
+    writer.write(conn.send(h11.InformationalResponse(
+        status_code=101, reason=b"Switching Protocols", headers=[
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept),
@@ -147,15 +152,20 @@ async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     return conn.trailing_data[0]
 
 
-async def _request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request:
-    """The request and its end: an upgrade has no body."""
-    request = await _next_event(conn, reader)
-    if not isinstance(request, h11.Request):
-        raise ConnectionResetError("closed before a request")
-    ev = await _next_event(conn, reader)
-    if not isinstance(ev, h11.EndOfMessage):
-        raise UpgradeRefused(400, "a WebSocket upgrade request has no body")
-    return request
+async def _head(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    """The request, its head capped at HEAD_MAX however it arrives (h11's own cap only counts
+    what is still incomplete after a read, and one read can hold far more than the cap)."""
+    received = 0
+    while (ev := conn.next_event()) is h11.NEED_DATA:
+        if received > HEAD_MAX:
+            break
+        data = await reader.read(READ_CHUNK)
+        received += len(data)
+        conn.receive_data(data)
+    head = received - len(conn.trailing_data[0])  # what follows the head: frames
+    if ev is h11.NEED_DATA or head > HEAD_MAX:
+        raise UpgradeRefused(431, f"bad HTTP request: the head is over {HEAD_MAX} bytes")
+    return ev
 
 
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
