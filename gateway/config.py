@@ -60,6 +60,7 @@ class ListenSettings:
     max_message_bytes: int
     max_connections: int
     connect_timeout_secs: float = 10.0  # TLS handshake + CONNECT, slowloris guard
+    https_port: int = 0  # the 443 head (MQTT over WebSocket), TLS with tls_cert; 0: off
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "max_message_bytes": Key(integer(128, 268435455), 262144),
         "max_connections": Key(integer(1, 1_000_000), 1000),
         "connect_timeout_secs": Key(number(0.1, 300), 10.0),
+        "https_port": Key(integer(0, 65535), 0),
     },
     "storage": {
         "path": Key(path(optional=False), "/var/lib/gatewayd"),
@@ -452,13 +454,18 @@ def _modules(v: dict[str, Any], listen: dict[str, Any]) -> ModulesSettings:
 
 
 def _listen(v: dict[str, Any]) -> ListenSettings:
-    if v["port"] > 0:
+    for port in ("port", "https_port"):
+        if v[port] == 0:
+            continue
         for key in ("tls_cert", "tls_key"):
             if v[key] is None:
                 raise _Problem(
-                    f"listen.{key} is required when listen.port > 0 "
-                    f"(set listen.port = 0 to run without the TLS listener)"
+                    f"listen.{key} is required when listen.{port} > 0 "
+                    f"(set listen.{port} = 0 to run without that TLS listener)"
                 )
+    if v["https_port"] and v["https_port"] in (v["port"], v["plain_port"]):
+        raise _Problem(f"listen.https_port {v['https_port']} is already listen.port or "
+                       "listen.plain_port: each listener needs its own port")
     for key in ("tls_cert", "tls_key", "client_ca_file"):
         _require_file(f"listen.{key}", v[key])
     return ListenSettings(**v)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.child import websocket
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
 from gateway.errors import PeerError
@@ -45,6 +46,7 @@ WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
 PREAUTH_SLACK = 64
 YIELD_EVERY = 16  # requests of one read handled before other connections get a turn
 LOG_KEYS_MAX = 4096  # rate-limit memory: peers choose client ids, so the table is bounded
+WS_LISTENER = "mqtt-ws"  # the 443 head's name in the status and the journal
 
 
 class Refusal(PeerError):
@@ -87,8 +89,8 @@ class ChildConnection:
     def __init__(
         self,
         server: ChildServer,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader | websocket.WsReader,
+        writer: asyncio.StreamWriter | websocket.WsWriter,
         listener: str,
     ) -> None:
         self._server = server
@@ -120,7 +122,7 @@ class ChildConnection:
     async def serve(self) -> None:
         try:
             await self._loop()
-        except Refusal as exc:
+        except (Refusal, websocket.WebSocketRefusal) as exc:
             self._session.close()
             self._log_refusal(str(exc))
         except (ConnectionError, ssl.SSLError, TimeoutError):
@@ -388,8 +390,10 @@ class ChildServer:
         self.sessions: dict[str, ChildConnection] = {}
         self._all: set[ChildConnection] = set()
         self._servers: list[asyncio.Server] = []
+        self.listener_names: list[str] = []  # "tls", "plain", "mqtt-ws", as bound
         self._tasks: set[asyncio.Task] = set()
         self._log_times: dict[str, float] = {}
+        self._upgrading = 0  # WebSocket connections still in their HTTP upgrade
         self.refused = 0
         self.last_refusal: dict | None = None
 
@@ -400,19 +404,40 @@ class ChildServer:
             bound.append(await self._listen(self._cfg.port, tls, "tls"))
         if self._cfg.plain_port:
             bound.append(await self._listen(self._cfg.plain_port, None, "plain"))
+        if self._cfg.https_port and tls is not None:
+            bound.append(await self._listen(self._cfg.https_port, tls, WS_LISTENER))
         return bound
+
+    @property
+    def open_connections(self) -> int:
+        """Every connection that holds memory: sessions, those before CONNECT, upgrades."""
+        return len(self._all) + self._upgrading
+
+    def connections_by_listener(self) -> dict[str, int]:
+        """Open connections per head (before and after CONNECT), for the status."""
+        out = dict.fromkeys(self.listener_names, 0)
+        for conn in self._all:
+            out[conn.listener] = out.get(conn.listener, 0) + 1
+        if self._upgrading:
+            out[WS_LISTENER] = out.get(WS_LISTENER, 0) + self._upgrading
+        return out
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
         async def on_client(reader, writer) -> None:
-            if len(self._all) >= self._cfg.max_connections + PREAUTH_SLACK:
+            if self.open_connections >= self._cfg.max_connections + PREAUTH_SLACK:
                 self.log_limited(
                     Event.CHILD_REFUSED,
-                    f"peer {_peer(writer)}: closed: {len(self._all)} connections open "
+                    f"peer {_peer(writer)}: closed: {self.open_connections} connections open "
                     "(listen.max_connections and those still handshaking)",
                     cause="connections",
                 )
                 writer.transport.abort()
                 return
+            if name == WS_LISTENER:
+                streams = await self._upgrade(reader, writer)
+                if streams is None:
+                    return
+                reader, writer = streams
             conn = ChildConnection(self, reader, writer, name)
             self._all.add(conn)
             await conn.serve()
@@ -422,7 +447,31 @@ class ChildServer:
             ssl_handshake_timeout=self.connect_timeout if tls is not None else None,
         )
         self._servers.append(server)
+        self.listener_names.append(name)
         return server.sockets[0].getsockname()[:2]
+
+    async def _upgrade(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                       ) -> tuple[websocket.WsReader, websocket.WsWriter] | None:
+        """The HTTP upgrade of the 443 head, within listen.connect_timeout_secs and counted
+        against the connection cap; None once a refusal is answered and logged."""
+        self._upgrading += 1
+        try:
+            trailing = await asyncio.wait_for(websocket.upgrade(reader, writer),
+                                              self.connect_timeout)
+        except websocket.UpgradeRefused as exc:
+            self.log_limited(
+                Event.WEBSOCKET_REFUSED,
+                f"peer {_peer(writer)}: WebSocket upgrade refused ({exc.status}): {exc.message}",
+                cause=str(exc.status),
+            )
+            await _close_after_flush(writer)
+            return None
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            writer.transport.abort()
+            return None
+        finally:
+            self._upgrading -= 1
+        return websocket.streams(reader, writer, self.max_message_bytes, trailing)
 
     def admit(self, conn: ChildConnection, connect: Connect) -> Verdict:
         if len(self.sessions) >= self._cfg.max_connections:
@@ -475,6 +524,14 @@ class ChildServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 3.0)
+
+
+async def _close_after_flush(writer: asyncio.StreamWriter) -> None:
+    """Let a refusal's answer leave, then close; a peer that does not read it is cut."""
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 2.0)
+    writer.transport.abort()
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

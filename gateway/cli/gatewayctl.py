@@ -115,7 +115,8 @@ def _table(s: dict) -> str:
     rows = [
         ("gateway", f"{s['gateway_id']} (pid {s['pid']}, up {_duration(s['uptime_secs'])})"),
         ("uplink", f"{up['state']}{since} {up.get('address', '')} {up.get('last_error', '')}"),
-        ("children", f"{len(s['children'])} connected, {s['children_refused']} refused"),
+        ("children", f"{len(s['children'])} connected, {s['children_refused']} refused"
+         + _per_listener(s.get("connections") or {})),
         ("backlog", f"{backlog['messages']} msgs, {backlog['bytes']} bytes"
          + (f", oldest {_duration(age)}" if age is not None else "")
          + (f" ({by_priority})" if by_priority else "")),
@@ -134,6 +135,13 @@ def _table(s: dict) -> str:
         *_module_rows(s.get("modules") or {}),
     ]
     return "\n".join(f"{k:<10} {v.strip()}" for k, v in rows)
+
+
+def _per_listener(connections: dict) -> str:
+    """Open connections per head when there is more than one (tls, plain, mqtt-ws)."""
+    if len(connections) < 2:
+        return ""
+    return " (" + ", ".join(f"{name} {n}" for name, n in connections.items()) + ")"
 
 
 def _module_rows(agent: dict) -> list[tuple[str, str]]:

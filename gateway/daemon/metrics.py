@@ -32,6 +32,9 @@ def render(s: dict) -> str:
     metric("gatewayd_uplink_up", "gauge", "1 when the cloud connection is up",
            1 if up.get("state") == "online" else 0)
     metric("gatewayd_children_connected", "gauge", "children connected", len(s["children"]))
+    for listener, count in s.get("connections", {}).items():
+        metric("gatewayd_connections", "gauge", "connections open, per listener (head)",
+               count, f'{{listener="{listener}"}}')
     metric("gatewayd_children_refused_total", "counter", "CONNECTs refused",
            s["children_refused"])
     metric("gatewayd_backlog_messages", "gauge", "messages waiting for the cloud",

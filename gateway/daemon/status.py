@@ -117,6 +117,8 @@ class Status:
             "metrics": "{}:{}".format(*metrics) if metrics else None,
             "uplink": vars(uplink) if uplink is not None else {"state": "disabled"},
             "children": sorted(self._server.sessions),
+            "child_listeners": {d: c.listener for d, c in sorted(self._server.sessions.items())},
+            "connections": self._server.connections_by_listener(),
             "children_refused": self._server.refused,
             "registry_version": self._registry.registry.version,
             "registry_children": len(self._registry.registry.children),

@@ -1,5 +1,5 @@
 """A site for the fault tests: a real mosquitto cloud, a registry of children, one gatewayd with a
-TLS and a plain listener, and a sampler of the daemon's resident memory."""
+TLS, a plain and a WebSocket (443 head) listener, and a sampler of the daemon's resident memory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.broker import Mosquitto
+from tests.support.broker import Mosquitto, free_port
 from tests.support.clients import new_key
 from tests.support.gatewayd import Gatewayd
 from tests.support.pki import server_tls
@@ -47,6 +47,7 @@ class Site:
     keys: dict[str, str]
     ca_file: Path
     rss: RssSampler
+    ws_port: int  # listen.https_port: the 443 head (MQTT over WebSocket)
     counts: dict[str, int] = field(default_factory=dict)  # bad inputs tried, by kind
 
 
@@ -64,9 +65,11 @@ def site(tmp_path_factory):
     keys = {f"good-{n}": new_key() for n in range(4)}
     keys.update({f"victim-{n}": new_key() for n in range(4)})
     ca, crt, kfile = make_tls(root)
+    ws_port = free_port()
     gw = synced_gateway(cloud, functools.partial(Gatewayd, root / "gw"), keys, tls=(crt, kfile),
-                        listen={"max_connections": 16, "connect_timeout_secs": 3})
-    s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid))
+                        listen={"max_connections": 16, "connect_timeout_secs": 3,
+                                "https_port": ws_port})
+    s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid), ws_port)
     yield s
     s.rss.stop()
     gw.close()

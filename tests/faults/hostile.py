@@ -92,3 +92,56 @@ def read_packets(sock: socket.socket, want: int, timeout: float = 10.0) -> list:
             break
         out += decoder.feed(chunk)
     return out
+
+
+# -- MQTT over WebSocket (the 443 head) ---------------------------------------------------------
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
+WS_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # and its Sec-WebSocket-Accept
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING = 0x0, 0x1, 0x2, 0x8, 0x9
+
+
+def ws_upgrade(path: str = "/$iothub/websocket", protocol: str | None = "mqtt",
+               key: str | None = WS_KEY, version: str = "13", method: str = "GET",
+               extra: str = "") -> bytes:
+    """The SDKs' upgrade request (paho's headers), with any one of them changed or left out."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: gateway:443", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Version: {version}"]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if protocol is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {protocol}")
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+def ws_frame(payload: bytes, opcode: int = OP_BINARY, fin: bool = True, mask: bool = True,
+             length: int | None = None) -> bytes:
+    """A client frame; `length` declares a size other than the payload's (truncated frames,
+    frames announced far larger than what follows)."""
+    n = len(payload) if length is None else length
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head.append(bit | n)
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if not mask:
+        return bytes(head) + payload
+    key = bytes([0x37, 0xFA, 0x21, 0x3D])
+    return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_http_head(sock: socket.socket, timeout: float = 10.0) -> tuple[int, bytes, bytes]:
+    """(status, head, what followed it) of the gateway's answer to an upgrade."""
+    sock.settimeout(timeout)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    head, _, rest = got.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, head, rest

@@ -8,24 +8,34 @@ Case ids (H01...) are the catalogue's.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
 import time
 
 import pytest
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import CloseConnection
 
 from gateway.mqtt import codec
 from gateway.mqtt.codec import ConnAck, PingResp, PubAck, SubAck
 from tests.faults.hostile import (
+    OP_CONT,
+    OP_PING,
+    OP_TEXT,
     connect_packet,
     dial,
     raw_publish,
+    read_http_head,
     read_packets,
     read_until_closed,
     rl,
     s16,
     telemetry,
+    ws_frame,
+    ws_upgrade,
 )
 from tests.support.clients import Child
 from tests.support.wait import wait_until
@@ -331,6 +341,111 @@ def test_h45_random_mutations_of_a_good_session(site):
             f"bytes left over that are not a whole packet: {got.hex()} from {bytes(data).hex()}")
     assert site.gw.proc.poll() is None, "the daemon stays up"
     _count(site, "mutations", 300)
+
+
+# -- the 443 head: MQTT over WebSocket (issue 15) ---------------------------------------------
+
+
+def _ws(site) -> socket.socket:
+    return dial(site.ws_port, tls_ca=str(site.ca_file))
+
+
+def _ws_upgraded(site, device: str = "victim-1") -> tuple[socket.socket, bytes]:
+    """An upgraded, CONNECTed WebSocket child: the socket, and what followed the 101's head."""
+    sock = _ws(site)
+    sock.sendall(ws_upgrade() + ws_frame(connect_packet(device, site.keys[device])))
+    status, head, rest = read_http_head(sock)
+    assert status == 101, head
+    return sock, rest
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", 404),
+    (ws_upgrade(key=None), 400),
+    (ws_upgrade(version="8"), 426),
+    (ws_upgrade(protocol="chat"), 400),
+    (ws_upgrade(protocol="AMQPWSB10"), 501),
+    (ws_upgrade(extra="X-Pad: " + "a" * 40000 + "\r\n"), 431),
+    (b"\x00" * 64 + b"\r\n\r\n", 400),
+], ids=["H48 not an upgrade", "H49 no key", "H49 version 8", "H49 unknown subprotocol",
+        "H49 AMQP over WebSocket", "H50 40 KB head", "H50 binary garbage"])
+def test_h48_h50_bad_upgrades_are_answered_and_closed(site, request_bytes, status):
+    """Each gets its status and a reason, the line closes, the journal says why."""
+    with _ws(site) as sock:
+        with contextlib.suppress(OSError):  # the gateway may close before a long head ends
+            sock.sendall(request_bytes)
+        got, head, _ = read_http_head(sock)
+        assert got == status, head
+        read_until_closed(sock)
+    wait_until(site.gw.log_text, lambda log: f"WebSocket upgrade refused ({status})" in log,
+               timeout=10, what=f"the journal line for {status}", show=lambda t: t[-1500:])
+    _count(site, "catalogue")
+
+
+def _close_code(data: bytes) -> int | None:
+    """The code of the gateway's close frame among the frames it sent."""
+    client = WsConnection(ConnectionType.CLIENT)
+    client.receive_data(data)
+    codes = [e.code for e in client.events() if isinstance(e, CloseConnection)]
+    return codes[0] if codes else None
+
+
+# PINGREQs past listen.max_message_bytes + the MQTT header room, in one message announced at 1 TB
+PINGS_PAST_THE_CAP = PINGREQ * ((262144 + 65544) // 2 + 1024)
+
+
+@pytest.mark.parametrize(("frames", "code"), [
+    (ws_frame(PINGS_PAST_THE_CAP, length=1 << 40), 1009),
+    (ws_frame(b"{}", opcode=OP_TEXT), 1003),
+    (ws_frame(telemetry("victim-1", 1, 1), mask=False), 1002),
+    (ws_frame(b"\x30", fin=False) + ws_frame(b"", opcode=OP_CONT, fin=False) * 200, 1008),
+    (ws_frame(b"x" * 126, opcode=OP_PING), 1002),
+], ids=["H51 message past the cap", "H51 text frame", "H51 unmasked frame",
+        "H51 200 fragments", "H51 126-byte ping"])
+def test_h51_bad_frames_after_connect_close_the_child(site, frames, code):
+    """Closed with the close code that says why, before the MQTT code sees the rest."""
+    sock, rest = _ws_upgraded(site)
+    with sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(frames)
+        got = read_until_closed(sock)
+    assert _close_code(rest + got) == code
+    _count(site, "catalogue")
+
+
+def test_h52_truncated_frames_and_half_open_upgrades_are_cut_at_the_deadline(site):
+    """40 upgrades that stop mid-head, and 40 children whose frame stops in its middle: all
+    closed by listen.connect_timeout_secs (3 s here) or the child's keepalive; the daemon
+    serves a good child meanwhile and forgets them all."""
+    half_head = [_ws(site) for _ in range(40)]
+    for sock in half_head:
+        sock.sendall(b"GET /$iothub/websocket HTTP/1.1\r\nUpgrade: websocket\r\n")
+    truncated = []
+    for _ in range(40):
+        sock = _ws(site)
+        sock.sendall(ws_upgrade() + ws_frame(connect_packet("victim-2", site.keys["victim-2"]))
+                     [:9])
+        truncated.append(sock)
+    _served(site)
+    for sock in half_head + truncated:
+        read_until_closed(sock, 20)
+        sock.close()
+    wait_until(lambda: site.gw.status()["connections"].get("mqtt-ws"), lambda n: n == 0,
+               timeout=20, what="the WebSocket head's connections all gone")
+    _count(site, "catalogue", 80)
+
+
+def test_h53_websocket_child_is_served_and_pings_answered(site):
+    """After all of the above, a good WebSocket child: CONNACK, PUBACK, pong."""
+    sock, rest = _ws_upgraded(site, "good-1")
+    with sock:
+        sock.sendall(ws_frame(telemetry("good-1", 1, 5)) + ws_frame(b"hi", opcode=OP_PING))
+        got = rest
+        while b"\x8a\x02hi" not in got or b"\x40\x02\x00\x05" not in got:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed early: {got!r}"
+            got += chunk
+    _count(site, "catalogue")
 
 
 def test_zz_memory_stayed_bounded(site):

@@ -1,7 +1,8 @@
 """Run by the Azure IoT device SDK's own interpreter (it pins paho-mqtt < 2, so it has its venv).
 
-argv: connection string, CA file, device id, count. Sends `count` messages with a custom
-property and JSON content type, exactly as a device application would, then exits 0.
+argv: connection string, CA file, device id, count, and optionally "websockets" (MQTT over
+WebSocket on 443, the SDK's `websockets=True`). Sends `count` messages with a custom property and
+JSON content type, exactly as a device application would, then exits 0.
 """
 
 import json
@@ -12,10 +13,11 @@ from azure.iot.device import IoTHubDeviceClient, Message
 
 def main() -> int:
     conn_str, ca_file, device_id, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    websockets = sys.argv[5:] == ["websockets"]
     with open(ca_file) as f:
         ca = f.read()
     client = IoTHubDeviceClient.create_from_connection_string(
-        conn_str, server_verification_cert=ca, connection_retry=False
+        conn_str, server_verification_cert=ca, connection_retry=False, websockets=websockets
     )
     client.connect()
     for i in range(count):

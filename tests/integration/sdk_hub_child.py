@@ -1,6 +1,7 @@
 """Run by the Azure IoT device SDK's own interpreter: twins, direct methods and C2D messages.
 
-argv: connection string, CA file. Prints one JSON line per event on stdout; exits on "quit"
+argv: connection string, CA file, and optionally "websockets" (MQTT over WebSocket on 443).
+Prints one JSON line per event on stdout; exits on "quit"
 from stdin. The handlers are the SDK's documented ones, used as a device application would.
 """
 
@@ -16,10 +17,11 @@ def say(**event) -> None:
 
 def main() -> int:
     conn_str, ca_file = sys.argv[1], sys.argv[2]
+    websockets = sys.argv[3:] == ["websockets"]
     with open(ca_file) as f:
         ca = f.read()
     client = IoTHubDeviceClient.create_from_connection_string(
-        conn_str, server_verification_cert=ca, connection_retry=False
+        conn_str, server_verification_cert=ca, connection_retry=False, websockets=websockets
     )
 
     def on_method(request) -> None:

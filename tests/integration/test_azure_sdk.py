@@ -1,11 +1,12 @@
 """Done-when 4: the unmodified Azure IoT device SDK for Python connects through the gateway
 (`GatewayHostName=`, `server_verification_cert`) and its telemetry reaches the cloud broker with
-the right user properties."""
+the right user properties: over MQTT on 8883, and over MQTT over WebSocket on 443 (issue 15)."""
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -19,37 +20,53 @@ from tests.support.synced import synced_gateway
 
 SDK_PYTHON = os.environ.get("GATEWAYD_SDK_PYTHON", "")
 SDK_PORT = 8883  # the SDK always connects to 8883 for MQTT over TCP
+SDK_WS_PORT = 443  # and to 443 for MQTT over WebSocket
+TRANSPORTS = ("mqtt", "websockets")
 
 
-def free_loopback_address() -> str:
-    """A 127.x address where 8883 is free (the SDK's port cannot be changed)."""
+def free_loopback_address(port: int = SDK_PORT) -> str:
+    """A 127.x address where `port` is free (the SDK's ports cannot be changed)."""
     for _ in range(50):
         address = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
         with socket.socket() as s:
             try:
-                s.bind((address, SDK_PORT))
+                s.bind((address, port))
+            except PermissionError:
+                pytest.skip(f"port {port} needs root or CAP_NET_BIND_SERVICE here")
             except OSError:
                 continue
             return address
-    raise RuntimeError("no loopback address with port 8883 free")
+    raise RuntimeError(f"no loopback address with port {port} free")
+
+
+def sdk_listen(transport: str) -> tuple[str, dict, list[str]]:
+    """(address, [listen] overrides, the SDK scripts' extra argv) for one transport: the
+    gateway's TLS head on the port the SDK dials for it."""
+    if transport == "websockets":
+        address = free_loopback_address(SDK_WS_PORT)
+        return address, {"host": address, "port": 0, "https_port": SDK_WS_PORT}, ["websockets"]
+    address = free_loopback_address()
+    return address, {"host": address, "port": SDK_PORT}, []
 
 
 @pytest.mark.skipif(not SDK_PYTHON, reason="GATEWAYD_SDK_PYTHON unset: run ./dev.sh test")
-def test_unmodified_azure_sdk_sends_telemetry_through_the_gateway(cloud, gateways, tmp_path):
-    address = free_loopback_address()
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_unmodified_azure_sdk_sends_telemetry_through_the_gateway(cloud, gateways, tmp_path,
+                                                                  transport):
+    address, listen, argv = sdk_listen(transport)
     ca_file, cert_file, key_file = server_tls(tmp_path, (address,), ())
 
     device_key = new_key()
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
     gw = synced_gateway(cloud, gateways, {"sdk-dev": device_key}, tls=(cert_file, key_file),
-                        listen={"host": address, "port": SDK_PORT})
+                        listen=listen)
 
     conn_str = (f"HostName={HUB};DeviceId=sdk-dev;SharedAccessKey={device_key};"
                 f"GatewayHostName={address}")
     script = Path(__file__).with_name("sdk_child.py")
-    done = subprocess.run([SDK_PYTHON, str(script), conn_str, str(ca_file), "sdk-dev", "3"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([SDK_PYTHON, str(script), conn_str, str(ca_file), "sdk-dev", "3",
+                           *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:] + gw.log_text()[-3000:]
 
     verifier.wait_for(lambda msgs: len(msgs) >= 3, what="the SDK's messages")
@@ -64,3 +81,6 @@ def test_unmodified_azure_sdk_sends_telemetry_through_the_gateway(cloud, gateway
         assert m.props["$.ce"] == "utf-8"
     seqs = [m.seq for m in got]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    head = "mqtt-ws" if transport == "websockets" else "tls"
+    assert re.search(rf"child sdk-dev: connected from \S+ \({head}\)", gw.log_text())
+    assert head in gw.status()["connections"]

@@ -56,6 +56,7 @@ def test_minimal_file_takes_the_documented_defaults(tmp_path):
     assert cfg.listen.port == 0
     assert cfg.listen.tls_cert is None and cfg.listen.client_ca_file is None
     assert cfg.listen.plain_port == 0
+    assert cfg.listen.https_port == 0  # the 443 head is off unless asked for
     assert cfg.listen.max_message_bytes == 262144
     assert cfg.listen.max_connections == 1000
     assert cfg.storage.path == Path("/var/lib/gatewayd")
@@ -305,6 +306,18 @@ def test_tls_listener_needs_cert_and_key(tmp_path):
     (tmp_path / "s.pem").write_text("x")
     message = refusal(tmp_path, with_listen('port = 8883\ntls_cert = "s.pem"\n'))
     assert "listen.tls_key is required when listen.port > 0" in message
+
+
+def test_https_listener_needs_cert_and_key_and_its_own_port(tmp_path):
+    message = refusal(tmp_path, with_listen("port = 0\nhttps_port = 443\n"))
+    assert "listen.tls_cert is required when listen.https_port > 0" in message
+    for name in ("s.pem", "s.key"):
+        (tmp_path / name).write_text("x")
+    files = 'tls_cert = "s.pem"\ntls_key = "s.key"\n'
+    message = refusal(tmp_path, with_listen(f"port = 8883\nhttps_port = 8883\n{files}"))
+    assert "listen.https_port 8883 is already listen.port" in message
+    cfg = load_config(write(tmp_path, with_listen(f"port = 0\nhttps_port = 443\n{files}")))
+    assert cfg.listen.https_port == 443
 
 
 def test_tls_listener_is_the_default(tmp_path):

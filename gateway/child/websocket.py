@@ -1,0 +1,347 @@
+"""MQTT over WebSocket on the 443 head: the upgrade, then the frames around the MQTT byte stream.
+
+What the device SDKs send (azure-iot-device with `websockets=True` through paho, the Node SDK's
+MqttWs through mqtt.js): `GET /$iothub/websocket` (Node adds a query string), `Upgrade:
+websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Protocol: mqtt`. The request is parsed by
+h11 with its head capped at HEAD_MAX; anything else is answered with a status and a reason and
+closed: a request that is not an upgrade gets 404 (no HTTPS endpoint is served yet), AMQP over
+WebSocket (`AMQPWSB10`) gets 501, a bad upgrade 400, a WebSocket version other than 13 gets 426.
+
+After the 101 the connection is a ChildConnection like any other: `WsReader` and `WsWriter` stand
+in for its asyncio StreamReader and StreamWriter. wsproto (sans-io, h11's sibling) decodes the
+frames; the binary payloads are the MQTT stream, passed on as they arrive (a message is never
+buffered whole, so memory per connection is one socket read). A message longer than
+max_message_bytes plus MQTT_HEADER_ROOM, or cut into more than MAX_FRAGMENTS frames, or a text
+frame, closes the connection with the WebSocket close code that says why. The reader only reads
+the socket when ChildConnection asks for more, so its back-pressure (not reading a child that is
+over its bound or its rate) holds unchanged: the flood waits in the child's TCP window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import http
+
+import h11
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import generate_accept_token
+
+from gateway.errors import PeerError
+
+WS_PATH = "/$iothub/websocket"
+SUBPROTOCOL = "mqtt"
+AMQP_SUBPROTOCOL = "AMQPWSB10"
+HEAD_MAX = 16 * 1024  # request line and headers; the SDKs send about 300 bytes
+READ_CHUNK = 65536
+# fixed header, topic length and topic, packet id: what an MQTT PUBLISH adds to its payload
+MQTT_HEADER_ROOM = 5 + 2 + 65535 + 2
+MAX_FRAGMENTS = 128  # frames of one message; the SDKs send one frame per message
+CONTROL_BUFFER_MAX = 1 << 20  # pongs and closes a peer leaves unread before it is cut
+SERVED = f"GET {WS_PATH} with Sec-WebSocket-Protocol: {SUBPROTOCOL}"
+
+
+class UpgradeRefused(PeerError):
+    """The HTTP request is answered with `status` and closed; the message says why."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+class WebSocketRefusal(PeerError):
+    """The peer broke a WebSocket rule after the upgrade; the connection closes."""
+
+
+# -- the upgrade --------------------------------------------------------------------------------
+
+
+def check_upgrade(request: h11.Request) -> str:
+    """The Sec-WebSocket-Accept value for a good MQTT upgrade; UpgradeRefused otherwise."""
+    headers = _headers(request)
+    path = request.target.decode("latin-1").split("?", 1)[0]
+    if "websocket" not in _tokens(headers.get("upgrade", "")):
+        raise UpgradeRefused(404, f"{request.method.decode('latin-1')} {path}: not found; this "
+                                  f"port serves MQTT over WebSocket ({SERVED}); HTTPS requests "
+                                  "(direct-method calls) are not served yet")
+    if path != WS_PATH:
+        raise UpgradeRefused(404, f"WebSocket upgrade for {path}: not found; use {WS_PATH}")
+    if request.method != b"GET":
+        raise UpgradeRefused(400, "a WebSocket upgrade is a GET request (RFC 6455 4.1)")
+    if "upgrade" not in _tokens(headers.get("connection", "")):
+        raise UpgradeRefused(400, "a WebSocket upgrade needs Connection: Upgrade")
+    if headers.get("sec-websocket-version", "") != "13":
+        raise UpgradeRefused(426, f"WebSocket version {headers.get('sec-websocket-version')!r} "
+                                  "is not supported: use 13 (RFC 6455)",
+                             (("Sec-WebSocket-Version", "13"),))
+    key = headers.get("sec-websocket-key", "")
+    if not _is_key(key):
+        raise UpgradeRefused(400, "Sec-WebSocket-Key is missing or not 16 bytes in base64")
+    _check_subprotocol(headers.get("sec-websocket-protocol", ""))
+    return generate_accept_token(key.encode("ascii")).decode("ascii")
+
+
+def _check_subprotocol(offered: str) -> None:
+    protocols = [p.strip() for p in offered.split(",") if p.strip()]
+    if SUBPROTOCOL in protocols:
+        return
+    if AMQP_SUBPROTOCOL in protocols:
+        raise UpgradeRefused(501, "AMQP over WebSocket (AMQPWSB10) is not served yet by this "
+                                  "gateway: use MQTT over WebSocket (subprotocol mqtt) or MQTT "
+                                  "on port 8883")
+    raise UpgradeRefused(400, f"Sec-WebSocket-Protocol {offered!r}: this port serves only "
+                              f"{SUBPROTOCOL!r}")
+
+
+def _headers(request: h11.Request) -> dict[str, str]:
+    """Header names lower-cased (h11 does it), repeated headers joined as HTTP allows."""
+    out: dict[str, str] = {}
+    for name, value in request.headers:
+        key = name.decode("latin-1")
+        text = value.decode("latin-1")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
+def _tokens(value: str) -> set[str]:
+    return {t.strip().lower() for t in value.split(",")}
+
+
+def _is_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        return False
+
+
+async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """Read the request, answer it; returns the bytes that followed the head (already frames).
+    Raises UpgradeRefused once the refusal is written. The caller bounds the time."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_MAX)
+    try:
+        request = await _head(conn, reader)
+        if not isinstance(request, h11.Request):
+            raise ConnectionResetError("closed before a request")
+        accept = check_upgrade(request)
+        if not isinstance(await _next_event(conn, reader), h11.EndOfMessage):
+            raise UpgradeRefused(400, "a WebSocket upgrade request has no body")
+    except h11.RemoteProtocolError as exc:
+        refused = UpgradeRefused(exc.error_status_hint, f"bad HTTP request: {exc}")
+        _refuse(conn, writer, refused)
+        raise refused from None
+    except UpgradeRefused as refused:
+        _refuse(conn, writer, refused)
+        raise
+    writer.write(conn.send(h11.InformationalResponse(
+        status_code=101, reason=b"Switching Protocols", headers=[
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept),
+        ("Sec-WebSocket-Protocol", SUBPROTOCOL),
+    ])) or b"")
+    return conn.trailing_data[0]
+
+
+async def _head(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    """The request, its head capped at HEAD_MAX however it arrives (h11's own cap only counts
+    what is still incomplete after a read, and one read can hold far more than the cap)."""
+    received = 0
+    while (ev := conn.next_event()) is h11.NEED_DATA:
+        if received > HEAD_MAX:
+            break
+        data = await reader.read(READ_CHUNK)
+        received += len(data)
+        conn.receive_data(data)
+    head = received - len(conn.trailing_data[0])  # what follows the head: frames
+    if ev is h11.NEED_DATA or head > HEAD_MAX:
+        raise UpgradeRefused(431, f"bad HTTP request: the head is over {HEAD_MAX} bytes")
+    return ev
+
+
+async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        ev = conn.next_event()
+        if ev is not h11.NEED_DATA:
+            return ev
+        conn.receive_data(await reader.read(READ_CHUNK))
+
+
+def _refuse(conn: h11.Connection, writer: asyncio.StreamWriter, refused: UpgradeRefused) -> None:
+    """Answer with the status and the reason as text, then close: nothing else is read."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = (refused.message + "\n").encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"),
+               ("Content-Length", str(len(body))), ("Connection", "close"), *refused.headers]
+    reason = http.HTTPStatus(refused.status).phrase.encode()
+    try:
+        writer.write(conn.send(h11.Response(status_code=refused.status, headers=headers,
+                                            reason=reason)) or b"")
+        writer.write(conn.send(h11.Data(data=body)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+    except h11.LocalProtocolError:
+        pass
+
+
+# -- the frames ---------------------------------------------------------------------------------
+
+
+class WsChannel:
+    """One WebSocket connection over a stream pair: the decoder, and what the peer is owed."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_message_bytes: int, trailing: bytes = b"") -> None:
+        self.raw_reader = reader
+        self.raw_writer = writer
+        self.ws = WsConnection(ConnectionType.SERVER)
+        self.max_message = max_message_bytes + MQTT_HEADER_ROOM
+        self._message_bytes = 0  # of the message being received
+        self._fragments = 0
+        self._pending: list[bytes] = []  # decoded MQTT bytes not yet read
+        self._eof = False
+        self._trailing = trailing
+
+    async def read(self, n: int = -1) -> bytes:
+        """MQTT bytes; b"" once the peer closed (a close frame or the socket)."""
+        while not self._pending and not self._eof:
+            if self._trailing:
+                data, self._trailing = self._trailing, b""
+            else:
+                data = await self.raw_reader.read(READ_CHUNK)
+            self.receive(data)
+        if not self._pending:
+            return b""
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        return data
+
+    def receive(self, data: bytes) -> None:
+        """Feed socket bytes (b"": the socket ended) and act on what they hold."""
+        if self.ws.state is ConnectionState.CLOSED:
+            self._eof = True
+            return
+        self.ws.receive_data(data or None)
+        for ev in self.ws.events():
+            if isinstance(ev, BytesMessage):
+                self._on_data(ev)
+            elif isinstance(ev, Ping):
+                self._send(ev.response())
+            elif isinstance(ev, CloseConnection):
+                self._on_close(ev)
+                return
+            elif isinstance(ev, TextMessage):
+                self._fail(CloseReason.UNSUPPORTED_DATA,
+                           "a text frame: MQTT over WebSocket is carried in binary frames")
+            # a Pong answers nothing we asked: ignored
+
+    def _on_data(self, ev: BytesMessage) -> None:
+        self._message_bytes += len(ev.data)
+        self._fragments += ev.frame_finished
+        if self._message_bytes > self.max_message:
+            self._fail(CloseReason.MESSAGE_TOO_BIG,
+                       f"WebSocket message over {self.max_message} bytes "
+                       "(listen.max_message_bytes plus the MQTT header)")
+        if self._fragments > MAX_FRAGMENTS:
+            self._fail(CloseReason.POLICY_VIOLATION,
+                       f"WebSocket message in more than {MAX_FRAGMENTS} frames")
+        if ev.message_finished:
+            self._message_bytes = self._fragments = 0
+        if ev.data:
+            self._pending.append(bytes(ev.data))
+
+    def _on_close(self, ev: CloseConnection) -> None:
+        """The peer's close frame is answered; a frame wsproto could not parse is the peer's
+        error, answered with the close code wsproto chose."""
+        if self.ws.state is ConnectionState.REMOTE_CLOSING:
+            self._send(ev.response())
+            self._eof = True
+        elif self.ws.state is ConnectionState.CLOSED:
+            self._eof = True  # the socket ended without a close frame
+        else:
+            self._fail(ev.code, f"bad WebSocket frame: {ev.reason}")
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.close_frame(code, reason[:120])
+        raise WebSocketRefusal(reason)
+
+    def _send(self, event: object) -> None:
+        if self.raw_writer.is_closing():
+            return
+        self.raw_writer.write(self.ws.send(event))
+        if self.raw_writer.transport.get_write_buffer_size() > CONTROL_BUFFER_MAX:
+            raise WebSocketRefusal(f"the peer has not read {CONTROL_BUFFER_MAX >> 10} KiB of "
+                                   "WebSocket control frames (pongs)")
+
+    def close_frame(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Our close frame, once, if the connection is still open for one."""
+        if self.ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING) and \
+                not self.raw_writer.is_closing():
+            self.raw_writer.write(self.ws.send(CloseConnection(code=code, reason=reason)))
+
+    def frame(self, data: bytes) -> bytes:
+        """MQTT bytes as one binary message; nothing once a close frame went out."""
+        if self.ws.state is not ConnectionState.OPEN:
+            return b""
+        return self.ws.send(BytesMessage(data=data))
+
+
+class WsReader:
+    """What ChildConnection reads: the decoded MQTT bytes."""
+
+    def __init__(self, channel: WsChannel) -> None:
+        self._channel = channel
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._channel.read(n)
+
+
+class WsWriter:
+    """What ChildConnection writes to: each write one binary message. The transport and the
+    extra info (peer address, TLS object for X.509 children) are the socket's own, so the
+    write-buffer bound and abort() work on the real bytes."""
+
+    def __init__(self, channel: WsChannel) -> None:
+        self._channel = channel
+        self._raw = channel.raw_writer
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._raw.transport  # type: ignore[return-value]
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._raw.get_extra_info(name, default)
+
+    def write(self, data: bytes) -> None:
+        framed = self._channel.frame(data)
+        if framed:
+            self._raw.write(framed)
+
+    async def drain(self) -> None:
+        await self._raw.drain()
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def close(self) -> None:
+        self._channel.close_frame()
+        self._raw.close()
+
+    async def wait_closed(self) -> None:
+        await self._raw.wait_closed()
+
+
+def streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_message_bytes: int,
+            trailing: bytes = b"") -> tuple[WsReader, WsWriter]:
+    """The stream pair a ChildConnection runs on, after a good upgrade."""
+    channel = WsChannel(reader, writer, max_message_bytes, trailing)
+    return WsReader(channel), WsWriter(channel)
