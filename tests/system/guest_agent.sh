@@ -82,8 +82,10 @@ JSON
 check deploy gatewayctl deploy edge-gateway /root/deploy.json --config $CONF
 check module-active wait_for 60 systemctl is-active --quiet gatewayd-module@ticker.service
 check module-user bash -c '[ "$(stat -c %U /proc/"$(module_pid)")" = gatewayd-module ]'
-check module-journal wait_for 30 bash -c 'journalctl -u gatewayd-module@ticker --no-pager | grep -q ": tick$"'
+check module-journal wait_for 30 bash -c 'journalctl -u gatewayd-module@ticker --no-pager | grep -q " gatewayd-module@ticker\[[0-9]*\]: tick$"'
 check module-signed bash -c 'journalctl -u gatewayd-module@ticker --no-pager | grep -q ": sign 200$"'
+say "module journal: $(journalctl -u gatewayd-module@ticker --no-pager -n 1 | tail -1); /run/gatewayd $(stat -c '%a %U' /run/gatewayd), workload.sock $(stat -c '%a' /run/gatewayd/workload.sock)"
+say "module security $(systemd-analyze security gatewayd-module@ticker.service --no-pager 2>/dev/null | tail -1)"
 check module-status wait_for 30 bash -c 'gatewayctl status | grep -Eq "ticker +running"'
 check workload-403 bash -c 'out=$(runuser -u gatewayd-module -- env IOTEDGE_WORKLOADURI=unix:///run/gatewayd/workload.sock IOTEDGE_MODULEID=ticker IOTEDGE_MODULEGENERATIONID=x python3 /usr/local/lib/gwtest/module.py sign); echo "$out"; [ "$out" = "sign 403" ]'
 check control-private bash -c '! runuser -u gatewayd-module -- python3 -c "import socket; socket.socket(socket.AF_UNIX).connect(\"/var/lib/gatewayd/control.sock\")"'
@@ -93,6 +95,7 @@ check module-adopted wait_for 60 bash -c 'journalctl -u gatewayd --no-pager | gr
 check module-same-pid bash -c "[ \"\$(module_pid)\" = $mpid ] && systemctl is-active --quiet gatewayd-module@ticker.service"
 check module-status-after wait_for 30 bash -c 'status_json | jq_py "d[\"modules\"][\"modules\"][\"ticker\"][\"runtimeStatus\"]" | grep -qx running'
 check polkit-refused bash -c 'out=$(runuser -u gatewayd -- systemctl --no-ask-password stop mosquitto.service 2>&1); echo "$out"; systemctl is-active --quiet mosquitto && echo "$out" | grep -Eqi "access denied|authentication required"'
+say "polkit: $(head -c 200 /tmp/gwtest.out | tr '\n' ' ')"
 
 check remove dpkg -r gatewayd
 check removed-stopped bash -c '! systemctl is-active --quiet gatewayd'
