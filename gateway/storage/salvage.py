@@ -27,7 +27,7 @@ from gateway.storage.store import COLUMN_FAMILIES, Batch, Store
 from gateway.upstream.message import PRIORITIES, RecordError, decode_record
 
 QUARANTINE_PREFIX = "quarantine-"
-KEEP = ("control.sock",)  # not part of the database
+KEEP = ("control.sock", "modules")  # not part of the database (modules/: the units' specs)
 
 
 @dataclass

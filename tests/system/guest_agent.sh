@@ -18,7 +18,8 @@ status_json() { gatewayctl status --json; }
 jq_py() { /opt/gatewayd/bin/python -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 backlog() { status_json | jq_py 'd["backlog"]["messages"]'; }
 main_pid() { systemctl show -p MainPID --value gatewayd; }
-export -f status_json jq_py backlog main_pid
+module_pid() { systemctl show -p MainPID --value gatewayd-module@ticker.service; }
+export -f status_json jq_py backlog main_pid module_pid
 CONF=/etc/gatewayd/gatewayd.toml
 
 say "booted $(uname -r) systemd $(systemctl --version | head -1 | cut -d' ' -f2)"
@@ -69,8 +70,36 @@ check backlog-kept wait_for 30 bash -c '[ "$(backlog)" = 200 ]'
 check cloud-back systemctl start mosquitto
 check drained wait_for 60 bash -c '[ "$(backlog)" = 0 ]'
 
+# Modules as systemd units (issue 14): the shipped configuration has the workload socket on, the
+# deployment comes retained from the cloud, gatewayd (user gatewayd) starts the unit through
+# polkit, the module signs over the workload API, and the unit outlives a restart of gatewayd.
+check module-conf grep -qx 'workload_socket = "/run/gatewayd/workload.sock"' $CONF
+cat > /root/deploy.json <<'JSON'
+{"modules": {"ticker": {"version": "1", "type": "process", "status": "running",
+  "restartPolicy": "always",
+  "settings": {"command": ["/usr/bin/python3", "/usr/local/lib/gwtest/module.py"]}}}}
+JSON
+check deploy gatewayctl deploy edge-gateway /root/deploy.json --config $CONF
+check module-active wait_for 60 systemctl is-active --quiet gatewayd-module@ticker.service
+check module-user bash -c '[ "$(stat -c %U /proc/"$(module_pid)")" = gatewayd-module ]'
+check module-journal wait_for 30 bash -c 'journalctl -u gatewayd-module@ticker --no-pager | grep -q " gatewayd-module@ticker\[[0-9]*\]: tick$"'
+check module-signed bash -c 'journalctl -u gatewayd-module@ticker --no-pager | grep -q ": sign 200$"'
+say "module journal: $(journalctl -u gatewayd-module@ticker --no-pager -n 1 | tail -1); /run/gatewayd $(stat -c '%a %U' /run/gatewayd), workload.sock $(stat -c '%a' /run/gatewayd/workload.sock)"
+say "module security $(systemd-analyze security gatewayd-module@ticker.service --no-pager 2>/dev/null | tail -1)"
+check module-status wait_for 30 bash -c 'gatewayctl status | grep -Eq "ticker +running"'
+check workload-403 bash -c 'out=$(runuser -u gatewayd-module -- env IOTEDGE_WORKLOADURI=unix:///run/gatewayd/workload.sock IOTEDGE_MODULEID=ticker IOTEDGE_MODULEGENERATIONID=x python3 /usr/local/lib/gwtest/module.py sign); echo "$out"; [ "$out" = "sign 403" ]'
+check control-private bash -c '! runuser -u gatewayd-module -- python3 -c "import socket; socket.socket(socket.AF_UNIX).connect(\"/var/lib/gatewayd/control.sock\")"'
+mpid=$(module_pid)
+check module-restart-gatewayd systemctl restart gatewayd
+check module-adopted wait_for 60 bash -c 'journalctl -u gatewayd --no-pager | grep -q "module ticker: adopted the running"'
+check module-same-pid bash -c "[ \"\$(module_pid)\" = $mpid ] && systemctl is-active --quiet gatewayd-module@ticker.service"
+check module-status-after wait_for 30 bash -c 'status_json | jq_py "d[\"modules\"][\"modules\"][\"ticker\"][\"runtimeStatus\"]" | grep -qx running'
+check polkit-refused bash -c 'out=$(runuser -u gatewayd -- systemctl --no-ask-password stop mosquitto.service 2>&1); echo "$out"; systemctl is-active --quiet mosquitto && echo "$out" | grep -Eqi "access denied|authentication required"'
+say "polkit: $(head -c 200 /tmp/gwtest.out | tr '\n' ' ')"
+
 check remove dpkg -r gatewayd
 check removed-stopped bash -c '! systemctl is-active --quiet gatewayd'
+check module-removed bash -c '! systemctl is-active --quiet gatewayd-module@ticker.service'
 check store-stays test -d /var/lib/gatewayd
 check purge dpkg -P gatewayd
 check purged bash -c '! test -e /var/lib/gatewayd'

@@ -3,7 +3,10 @@
 A Debian bookworm root filesystem (mmdebstrap) with its own kernel boots under qemu.
 An agent (guest_agent.sh, a systemd unit in the guest) installs the .deb, checks the service,
 its STATUS line, the journal, the watchdog (SIGSTOP), reload, a clean stop, an upgrade over a
-backlog, remove and purge, and prints one line per check on the serial console.
+backlog, a deployed module as a systemd unit (issue 14 done-when 5: run as gatewayd-module
+through polkit, signing over the workload API, logging to its own unit's journal, adopted
+across `systemctl restart gatewayd`), remove and purge, and prints one line per check on the
+serial console.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
 PACKAGES = ("systemd-sysv,systemd,dbus,udev,linux-image-amd64,initramfs-tools,python3,"
-            "python3-venv,python3-systemd,adduser,mosquitto,procps")
+            "python3-venv,python3-systemd,adduser,mosquitto,procps,polkitd")
 EXPECTED = [
     "install", "active", "status-line", "journal-ready", "journal-fields", "ca-made",
     "key-private", "restart", "registry", "online", "reload", "reload-journal",
     "reload-applied", "cloud-down", "offline", "send-200", "backlog-200", "watchdog-restart",
     "watchdog-journal", "backlog-after-watchdog", "stop", "store-clean", "start-again",
     "upgrade", "upgraded-version", "upgraded-active", "config-kept", "backlog-kept",
-    "cloud-back", "drained", "remove", "removed-stopped", "store-stays", "purge", "purged",
+    "cloud-back", "drained",
+    "module-conf", "deploy", "module-active", "module-user", "module-journal", "module-signed",
+    "module-status", "workload-403", "control-private", "module-restart-gatewayd",
+    "module-adopted", "module-same-pid", "module-status-after", "polkit-refused",
+    "remove", "removed-stopped", "module-removed", "store-stays", "purge", "purged",
 ]
 
 
@@ -55,6 +62,8 @@ def _rootfs(tmp: Path, debs: Path) -> Path:
          timeout=900)
     shutil.copytree(debs, rootfs / "root" / "debs")
     shutil.copy(HERE / "child.py", rootfs / "root" / "child.py")
+    (rootfs / "usr" / "local" / "lib" / "gwtest").mkdir(parents=True)
+    shutil.copy(HERE / "module.py", rootfs / "usr" / "local" / "lib" / "gwtest" / "module.py")
     agent = rootfs / "usr" / "local" / "sbin" / "gwtest"
     shutil.copy(HERE / "guest_agent.sh", agent)
     agent.chmod(0o755)

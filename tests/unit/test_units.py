@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,18 @@ def test_the_polkit_rule_allows_only_module_units():
 def test_debian_installs_the_template_and_the_rule():
     rules = (ROOT / "debian" / "rules").read_text()
     assert "systemd/gatewayd-module@.service" in rules and "gatewayd-modules.rules" in rules
+
+
+def test_the_package_ships_the_workload_socket_where_modules_reach_it():
+    """gatewayd-module may traverse the runtime directory, not list it; the control socket is
+    elsewhere (the store's directory, 0750)."""
+    shipped = tomllib.loads((ROOT / "debian" / "gatewayd.toml").read_text())
+    service = dict(line.split("=", 1) for line in
+                   (ROOT / "systemd" / "gatewayd.service").read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    socket = Path(shipped["modules"]["workload_socket"])
+    assert socket.parent == Path("/run") / service["RuntimeDirectory"]
+    assert int(service["RuntimeDirectoryMode"], 8) & 0o007 == 0o001
+    assert "control" not in shipped  # so the socket is storage.path/control.sock
+    assert Path(shipped["storage"]["path"]) == Path("/var/lib") / service["StateDirectory"]
+    assert service["StateDirectoryMode"] == "0750"
