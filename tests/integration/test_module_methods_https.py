@@ -82,6 +82,7 @@ def test_a_module_calls_a_child_and_a_module_over_https_offline(cloud, gateways,
     ca_file, cert_file, key_file = server_tls(tmp_path, (address,), ())
     state = tmp_path / "state"
     (state / "callee").mkdir(parents=True)
+    (state / "invoker").mkdir()
     (state / "callee" / "go").touch()  # the callee connects at once and answers methods
     publish_retained(cloud.port, agent_topic("", "edge-1", "desired"),
                      json.dumps(deployment(state)).encode())
@@ -134,3 +135,4 @@ def test_a_module_calls_a_child_and_a_module_over_https_offline(cloud, gateways,
                what="the refusals' journal lines", show=lambda t: t[-2000:])
     status = gw.wait_status(lambda s: True)
     assert status["uplink"]["state"] != "online", "it all happened offline"
+    assert status["https_methods"] == {"served": 2, "refused": 4}
