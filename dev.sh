@@ -55,6 +55,11 @@ test)
     # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
     venv .venv-sdk 'azure-iot-device==2.14.0'
     export GATEWAYD_SDK_PYTHON="$PWD/.venv-sdk/bin/python"
+    # The Node.js device SDK (tests/integration/node_child.js), pinned by tests/node's lock file
+    command -v npm >/dev/null || apt_install nodejs npm
+    if [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then
+        (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
     .venv/bin/ruff check gateway tests bench
     exec .venv/bin/python -m pytest -q "$@"
     ;;

@@ -19,6 +19,8 @@ from bench.systems import thingsboard_gateway
 from tests.support.blockdev import LoopFilesystem
 
 RELAY_KINDS = ("gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1")
+# the heads (issue 15): the same daemon with its children on MQTT/TLS or MQTT over WebSocket
+HEAD_KINDS = ("gatewayd-tls", "gatewayd-ws")
 WEAR_KINDS = ("gatewayd", "gatewayd-rocksdb-defaults", "mosquitto", "mosquitto-autosave1")
 
 
@@ -36,6 +38,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--relay", type=int, help="messages per relay run (default 20,000)")
     run.add_argument("--systems", nargs="*", help="only these systems (default: all installed)")
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
+    run.add_argument("--heads", action="store_true",
+                     help="relay also through the MQTT/TLS and MQTT-over-WebSocket heads")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
     run.add_argument("--flush-ms", type=int, nargs="*",
                      help="slow-flash delays per fsync in ms (default 0 5 20 50)")
@@ -115,7 +119,9 @@ def run(args: argparse.Namespace) -> dict:
     for r in range(cfg["rounds"]):
         if "relay" in args.scenarios:
             for n in cfg["children"]:
-                for kind in rotate(kinds(RELAY_KINDS, args), r):
+                relay_kinds = RELAY_KINDS + (HEAD_KINDS if args.heads or set(
+                    args.systems or ()) & set(HEAD_KINDS) else ())
+                for kind in rotate(kinds(relay_kinds, args), r):
                     figures = attempt(scenarios.relay, kind, work / f"relay{r}-{n}-{kind}", n,
                                       cfg["relay"])
                     rounds["relay"].setdefault(str(n), {}).setdefault(kind, []).append(figures)

@@ -8,10 +8,18 @@ child keeps at most its share of the window in flight and times every PUBACK.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import random
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import BytesMessage, Ping
 
 from gateway.child.auth import make_sas_token
 from gateway.mqtt.codec import (
@@ -51,20 +59,29 @@ def child_credentials(device_id: str, key: str | None) -> tuple[str, bytes | Non
 
 
 class Child:
-    """One device: connects, then publishes `count` QoS 1 messages keeping `window` in flight."""
+    """One device: connects, then publishes `count` QoS 1 messages keeping `window` in flight.
+    `head` is how: "plain" MQTT, "tls" or "ws" (MQTT over WebSocket over TLS, one binary
+    message per write as the SDKs send it), trusting `ca`."""
 
-    def __init__(self, device_id: str, key: str | None, port: int, window: int) -> None:
+    def __init__(self, device_id: str, key: str | None, port: int, window: int,
+                 head: str = "plain", ca: Path | None = None) -> None:
         self.device_id, self.key, self.port, self.window = device_id, key, port, window
+        self.head, self.ca = head, ca
         self.topic = f"devices/{device_id}/messages/events/"
         self.latencies: list[float] = []
         self._decoder = Decoder()
+        self._ws: WsConnection | None = None
 
     async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        tls = ssl.create_default_context(cafile=str(self.ca)) if self.head != "plain" else None
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=tls, server_hostname="127.0.0.1" if tls else None)
+        if self.head == "ws":
+            await self._upgrade()
         username, password = child_credentials(self.device_id, self.key)
-        self.writer.write(encode(Connect(self.device_id, username, password, keepalive=120)))
+        self._write(encode(Connect(self.device_id, username, password, keepalive=120)))
         while True:
-            data = await self.reader.read(65536)
+            data = await self._read()
             if not data:
                 raise RuntimeError(f"{self.device_id}: connection closed before CONNACK")
             for packet in self._decoder.feed(data):
@@ -83,7 +100,7 @@ class Child:
         async def read_acks() -> None:
             nonlocal acked
             while acked < count:
-                data = await self.reader.read(65536)
+                data = await self._read()
                 if not data:
                     raise RuntimeError(f"{self.device_id}: connection closed")
                 now = time.perf_counter()
@@ -104,11 +121,40 @@ class Child:
                     await asyncio.sleep(delay)
             pid = i % 65535 + 1
             sent_at[pid] = time.perf_counter()
-            self.writer.write(encode(Publish(self.topic, bodies[i % len(bodies)], 1,
-                                             packet_id=pid)))
+            self._write(encode(Publish(self.topic, bodies[i % len(bodies)], 1, packet_id=pid)))
             if i % 64 == 0:
                 await self.writer.drain()
         await reader
+
+    async def _upgrade(self) -> None:
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.writer.write(
+            f"GET /$iothub/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13"
+            f"\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise RuntimeError(f"{self.device_id}: upgrade refused: {head[:80]!r}")
+        self._ws = WsConnection(ConnectionType.CLIENT)
+
+    def _write(self, data: bytes) -> None:
+        self.writer.write(self._ws.send(BytesMessage(data=data)) if self._ws else data)
+
+    async def _read(self) -> bytes:
+        """MQTT bytes (b"" once closed): the frames' payloads on the WebSocket head."""
+        while True:
+            data = await self.reader.read(65536)
+            if self._ws is None or not data:
+                return data
+            self._ws.receive_data(data)
+            out = []
+            for ev in self._ws.events():
+                if isinstance(ev, BytesMessage):
+                    out.append(bytes(ev.data))
+                elif isinstance(ev, Ping):
+                    self.writer.write(self._ws.send(ev.response()))
+            if out:
+                return b"".join(out)
 
     def close(self) -> None:
         self.writer.close()

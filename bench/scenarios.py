@@ -47,6 +47,8 @@ def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
         system = GatewaydSystem(workdir / "gw", cloud, keys, store)
         system.gw.env["PYTHONPATH"] = str(BASELINE["tree"])  # ahead of the installed package
         return system
+    if kind in ("gatewayd-tls", "gatewayd-ws"):  # the same daemon, children on another head
+        return GatewaydSystem(workdir / "gw", cloud, keys, store, head=kind.split("-")[1])
     if kind == "gatewayd-rocksdb-defaults":
         return GatewaydSystem(workdir / "gw", cloud, keys, store, module="bench.rocksdb_defaults")
     if kind == "thingsboard-gateway":
@@ -58,8 +60,9 @@ def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
     raise ValueError(kind)
 
 
-async def _children(port: int, keys: dict[str, str], window: int) -> list[Child]:
-    children = [Child(d, k, port, window) for d, k in keys.items()]
+async def _children(port: int, keys: dict[str, str], window: int, system=None) -> list[Child]:
+    head, ca = getattr(system, "head", "plain"), getattr(system, "ca", None)
+    children = [Child(d, k, port, window, head, ca) for d, k in keys.items()]
     await asyncio.gather(*(c.connect() for c in children))
     return children
 
@@ -120,7 +123,7 @@ def relay(kind: str, workdir: Path, n_children: int, total: int) -> dict:
 async def _relay(system, cloud: Cloud, keys: dict[str, str], total: int) -> dict:
     counter = CloudCounter(cloud.port, **counter_options(system))
     await counter.connect()
-    children = await _children(system.port, keys, max(1, WINDOW // len(keys)))
+    children = await _children(system.port, keys, max(1, WINDOW // len(keys)), system)
     total -= total % len(children)
     cpu0, t0 = cpu_seconds(system.pids), time.perf_counter()
     await _send(children, total)

@@ -21,6 +21,7 @@ from gateway.upstream.cloud_contract import registry_topic
 from tests.support.broker import Mosquitto, free_port
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.gatewayd import Gatewayd
+from tests.support.pki import server_tls
 
 
 def child_keys(n: int) -> dict[str, str]:
@@ -51,13 +52,30 @@ class Cloud(Mosquitto):
 
 
 class GatewaydSystem:
+    """`head`: how the children reach it: "plain" MQTT, "tls" (MQTT over TLS, the 8883
+    listener) or "ws" (MQTT over WebSocket over TLS, the 443 head); `ca` is then the CA the
+    children trust."""
+
     name = "gatewayd"
 
     def __init__(self, workdir: Path, cloud: Cloud, keys: dict[str, str],
-                 store: Path | None = None, module: str = "gateway.cli.gatewayd") -> None:
+                 store: Path | None = None, module: str = "gateway.cli.gatewayd",
+                 head: str = "plain") -> None:
         publish_retained(cloud.port, registry_topic("", "edge-1"), registry_doc(1, keys))
         storage = {"path": str(store)} if store else {}
-        self.gw = Gatewayd(workdir, cloud_url=cloud.url, storage=storage)
+        self.head = head
+        tls = None
+        listen: dict = {}
+        self.ca: Path | None = None
+        if head != "plain":
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.ca, cert, key = server_tls(workdir)
+            tls = (cert, key)
+            if head == "ws":
+                self._https_port = free_port()
+                listen = {"port": 0, "https_port": self._https_port}
+        self.gw = Gatewayd(workdir, cloud_url=cloud.url, storage=storage, tls=tls,
+                           listen=listen)
         self.gw.module = module
         self.keys = keys
 
@@ -71,7 +89,9 @@ class GatewaydSystem:
 
     @property
     def port(self) -> int:
-        return self.gw.plain_port
+        if self.head == "ws":
+            return self._https_port
+        return self.gw.tls_port if self.head == "tls" else self.gw.plain_port
 
     @property
     def pid(self) -> int:

@@ -269,6 +269,24 @@ def authenticate(
     return AuthResult(True, ACCEPTED, f"authenticated by {method}", method)
 
 
+def authenticate_token(
+    registry: Registry, audience: Audience, identity: str, token: str, now: float
+) -> AuthResult:
+    """A SAS token presented for `identity` outside a CONNECT (the HTTPS head's Authorization
+    header), decided by the same rules: known, enabled, signed with its key, not expired."""
+    method = "none"
+    try:
+        child = _known(registry, audience, identity)
+        method = child.auth_type
+        if child.auth_type != SAS:
+            raise _Refused(NOT_AUTHORIZED, f"{identity!r} authenticates by X.509, not by a "
+                                           f"SAS token")
+        _check_sas(child, audience, token.encode(), now)
+    except _Refused as refusal:
+        return AuthResult(False, refusal.return_code, refusal.reason, method)
+    return AuthResult(True, ACCEPTED, f"authenticated by {method}", method)
+
+
 def _identity_from_username(username: str | None, audience: Audience) -> str:
     """`{hub}/{device}/?api-version=...`, or `{host}/{gateway}/{module}/?...` for a module;
     the query string's content is not checked."""

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.child import websocket
+from gateway.child import https, websocket
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
 from gateway.errors import PeerError
@@ -53,6 +53,15 @@ class Refusal(PeerError):
     """The peer broke a rule; the connection closes and `reason` goes to the journal."""
 
 
+class _HttpsRefused(PeerError):
+    """An HTTPS request refused while its body was read: the refusal and what was asked."""
+
+    def __init__(self, refusal: https.HttpRefused, request: https.HttpRequest) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+        self.request = request
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the authenticator decided about a CONNECT."""
@@ -81,6 +90,11 @@ class Handler:
 
     def on_closed(self, conn: ChildConnection) -> None:
         """The connection is gone (any reason)."""
+
+    async def on_https_request(self, request: https.HttpRequest) -> https.HttpAnswer:
+        """An HTTPS request on the 443 head that is not a WebSocket upgrade."""
+        return https.refused(404, f"{request.method} {request.path[:200]}: not found; this "
+                                  f"port serves {websocket.SERVED}")
 
 
 class ChildConnection:
@@ -393,7 +407,9 @@ class ChildServer:
         self.listener_names: list[str] = []  # "tls", "plain", "mqtt-ws", as bound
         self._tasks: set[asyncio.Task] = set()
         self._log_times: dict[str, float] = {}
-        self._upgrading = 0  # WebSocket connections still in their HTTP upgrade
+        self._http_open = 0  # 443 connections in their HTTP request (an upgrade or HTTPS)
+        self.https_served = 0  # HTTPS requests answered (a direct method's result)
+        self.https_refused = 0
         self.refused = 0
         self.last_refusal: dict | None = None
 
@@ -411,15 +427,15 @@ class ChildServer:
     @property
     def open_connections(self) -> int:
         """Every connection that holds memory: sessions, those before CONNECT, upgrades."""
-        return len(self._all) + self._upgrading
+        return len(self._all) + self._http_open
 
     def connections_by_listener(self) -> dict[str, int]:
         """Open connections per head (before and after CONNECT), for the status."""
         out = dict.fromkeys(self.listener_names, 0)
         for conn in self._all:
             out[conn.listener] = out.get(conn.listener, 0) + 1
-        if self._upgrading:
-            out[WS_LISTENER] = out.get(WS_LISTENER, 0) + self._upgrading
+        if self._http_open:
+            out[WS_LISTENER] = out.get(WS_LISTENER, 0) + self._http_open
         return out
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
@@ -434,7 +450,7 @@ class ChildServer:
                 writer.transport.abort()
                 return
             if name == WS_LISTENER:
-                streams = await self._upgrade(reader, writer)
+                streams = await self._http(reader, writer)
                 if streams is None:
                     return
                 reader, writer = streams
@@ -450,28 +466,81 @@ class ChildServer:
         self.listener_names.append(name)
         return server.sockets[0].getsockname()[:2]
 
-    async def _upgrade(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                       ) -> tuple[websocket.WsReader, websocket.WsWriter] | None:
-        """The HTTP upgrade of the 443 head, within listen.connect_timeout_secs and counted
-        against the connection cap; None once a refusal is answered and logged."""
-        self._upgrading += 1
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                    ) -> tuple[websocket.WsReader, websocket.WsWriter] | None:
+        """The 443 head's request: a WebSocket upgrade gives the streams a ChildConnection runs
+        on; any other request is an HTTPS request, answered here (None). The request is read
+        within listen.connect_timeout_secs and counted against the connection cap until its
+        answer is written; a refusal is answered, logged once and closed."""
+        exchange = https.Exchange(reader, writer)
+        self._http_open += 1
         try:
-            trailing = await asyncio.wait_for(websocket.upgrade(reader, writer),
-                                              self.connect_timeout)
-        except websocket.UpgradeRefused as exc:
-            self.log_limited(
-                Event.WEBSOCKET_REFUSED,
-                f"peer {_peer(writer)}: WebSocket upgrade refused ({exc.status}): {exc.message}",
-                cause=str(exc.status),
-            )
-            await _close_after_flush(writer)
-            return None
+            kind, got = await asyncio.wait_for(self._first_request(exchange, _peer(writer)),
+                                               self.connect_timeout)
+            if kind == "ws":
+                return websocket.streams(reader, writer, self.max_message_bytes, got)
+            await self._answer_https(exchange, got)
+        except https.HttpRefused as exc:
+            self._refuse_http(exchange, exc, kind="ws")
+        except _HttpsRefused as exc:
+            self._refuse_http(exchange, exc.refusal, kind="https", request=exc.request)
         except (TimeoutError, ConnectionError, ssl.SSLError):
             writer.transport.abort()
             return None
         finally:
-            self._upgrading -= 1
-        return websocket.streams(reader, writer, self.max_message_bytes, trailing)
+            self._http_open -= 1
+        await _close_after_flush(writer)
+        return None
+
+    async def _first_request(self, exchange: https.Exchange, peer: str
+                             ) -> tuple[str, bytes | https.HttpRequest]:
+        """("ws", the bytes after the 101's request) or ("https", the whole request)."""
+        request = await exchange.head()
+        if https.is_upgrade(request):
+            return "ws", await websocket.upgrade(exchange, request)
+        try:
+            body = await exchange.body(request)
+        except https.HttpRefused as exc:
+            raise _HttpsRefused(exc, https.http_request(request, b"", peer)) from None
+        return "https", https.http_request(request, body, peer)
+
+    async def _answer_https(self, exchange: https.Exchange, request: https.HttpRequest) -> None:
+        """The handler's answer, however long the call it makes takes (a direct method waits up
+        to its responseTimeoutInSeconds); a refusal among them gets its journal line."""
+        answer = await self.handler.on_https_request(request)
+        if answer.refusal:
+            self.https_refused += 1
+            self._log_https(request, answer.status, answer.refusal, answer.caller)
+        else:
+            self.https_served += 1
+        exchange.send_answer(answer)
+
+    def _refuse_http(self, exchange: https.Exchange, refusal: https.HttpRefused, kind: str,
+                     request: https.HttpRequest | None = None) -> None:
+        writer = exchange.writer
+        if kind == "https" and request is not None:
+            self.https_refused += 1
+            exchange.refuse(refusal, as_json=True)
+            self._log_https(request, refusal.status, refusal.message)
+            return
+        exchange.refuse(refusal)
+        self.log_limited(
+            Event.WEBSOCKET_REFUSED,
+            f"peer {_peer(writer)}: WebSocket upgrade refused ({refusal.status}): "
+            f"{refusal.message}",
+            cause=str(refusal.status),
+        )
+
+    def _log_https(self, request: https.HttpRequest, status: int, reason: str,
+                   caller: str = "") -> None:
+        who = f"module {caller} from {request.peer}" if caller else f"peer {request.peer}"
+        self.log_limited(
+            Event.HTTPS_REFUSED,
+            f"{who}: HTTPS request refused ({status}): {request.method} {request.path[:200]}: "
+            f"{reason}",
+            device_id=caller,
+            cause=str(status),
+        )
 
     def admit(self, conn: ChildConnection, connect: Connect) -> Verdict:
         if len(self.sessions) >= self._cfg.max_connections:

@@ -3,9 +3,9 @@
 What the device SDKs send (azure-iot-device with `websockets=True` through paho, the Node SDK's
 MqttWs through mqtt.js): `GET /$iothub/websocket` (Node adds a query string), `Upgrade:
 websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Protocol: mqtt`. The request is parsed by
-h11 with its head capped at HEAD_MAX; anything else is answered with a status and a reason and
-closed: a request that is not an upgrade gets 404 (no HTTPS endpoint is served yet), AMQP over
-WebSocket (`AMQPWSB10`) gets 501, a bad upgrade 400, a WebSocket version other than 13 gets 426.
+h11 (https.py, which also serves the requests that are not upgrades); a bad upgrade is answered
+with a status and a reason and closed: AMQP over WebSocket (`AMQPWSB10`) gets 501, a bad upgrade
+400, a WebSocket version other than 13 gets 426.
 
 After the 101 the connection is a ChildConnection like any other: `WsReader` and `WsWriter` stand
 in for its asyncio StreamReader and StreamWriter. wsproto (sans-io, h11's sibling) decodes the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import http
 
 import h11
 from wsproto.connection import Connection as WsConnection
@@ -36,13 +35,12 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import generate_accept_token
 
+from gateway.child.https import READ_CHUNK, Exchange, HttpRefused, headers_of, is_upgrade, tokens
 from gateway.errors import PeerError
 
 WS_PATH = "/$iothub/websocket"
 SUBPROTOCOL = "mqtt"
 AMQP_SUBPROTOCOL = "AMQPWSB10"
-HEAD_MAX = 16 * 1024  # request line and headers; the SDKs send about 300 bytes
-READ_CHUNK = 65536
 # fixed header, topic length and topic, packet id: what an MQTT PUBLISH adds to its payload
 MQTT_HEADER_ROOM = 5 + 2 + 65535 + 2
 MAX_FRAGMENTS = 128  # frames of one message; the SDKs send one frame per message
@@ -50,13 +48,8 @@ CONTROL_BUFFER_MAX = 1 << 20  # pongs and closes a peer leaves unread before it 
 SERVED = f"GET {WS_PATH} with Sec-WebSocket-Protocol: {SUBPROTOCOL}"
 
 
-class UpgradeRefused(PeerError):
-    """The HTTP request is answered with `status` and closed; the message says why."""
-
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
+# an upgrade's refusal is an HTTP refusal: a status, a reason, and the line closed
+UpgradeRefused = HttpRefused
 
 
 class WebSocketRefusal(PeerError):
@@ -68,17 +61,16 @@ class WebSocketRefusal(PeerError):
 
 def check_upgrade(request: h11.Request) -> str:
     """The Sec-WebSocket-Accept value for a good MQTT upgrade; UpgradeRefused otherwise."""
-    headers = _headers(request)
+    headers = headers_of(request)
     path = request.target.decode("latin-1").split("?", 1)[0]
-    if "websocket" not in _tokens(headers.get("upgrade", "")):
-        raise UpgradeRefused(404, f"{request.method.decode('latin-1')} {path}: not found; this "
-                                  f"port serves MQTT over WebSocket ({SERVED}); HTTPS requests "
-                                  "(direct-method calls) are not served yet")
+    if not is_upgrade(request):
+        raise UpgradeRefused(404, f"{request.method.decode('latin-1')} {path}: not a WebSocket "
+                                  f"upgrade; use {SERVED}")
     if path != WS_PATH:
         raise UpgradeRefused(404, f"WebSocket upgrade for {path}: not found; use {WS_PATH}")
     if request.method != b"GET":
         raise UpgradeRefused(400, "a WebSocket upgrade is a GET request (RFC 6455 4.1)")
-    if "upgrade" not in _tokens(headers.get("connection", "")):
+    if "upgrade" not in tokens(headers.get("connection", "")):
         raise UpgradeRefused(400, "a WebSocket upgrade needs Connection: Upgrade")
     if headers.get("sec-websocket-version", "") != "13":
         raise UpgradeRefused(426, f"WebSocket version {headers.get('sec-websocket-version')!r} "
@@ -103,20 +95,6 @@ def _check_subprotocol(offered: str) -> None:
                               f"{SUBPROTOCOL!r}")
 
 
-def _headers(request: h11.Request) -> dict[str, str]:
-    """Header names lower-cased (h11 does it), repeated headers joined as HTTP allows."""
-    out: dict[str, str] = {}
-    for name, value in request.headers:
-        key = name.decode("latin-1")
-        text = value.decode("latin-1")
-        out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
-
-
-def _tokens(value: str) -> set[str]:
-    return {t.strip().lower() for t in value.split(",")}
-
-
 def _is_key(key: str) -> bool:
     try:
         return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
@@ -124,73 +102,20 @@ def _is_key(key: str) -> bool:
         return False
 
 
-async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-    """Read the request, answer it; returns the bytes that followed the head (already frames).
-    Raises UpgradeRefused once the refusal is written. The caller bounds the time."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_MAX)
-    try:
-        request = await _head(conn, reader)
-        if not isinstance(request, h11.Request):
-            raise ConnectionResetError("closed before a request")
-        accept = check_upgrade(request)
-        if not isinstance(await _next_event(conn, reader), h11.EndOfMessage):
-            raise UpgradeRefused(400, "a WebSocket upgrade request has no body")
-    except h11.RemoteProtocolError as exc:
-        refused = UpgradeRefused(exc.error_status_hint, f"bad HTTP request: {exc}")
-        _refuse(conn, writer, refused)
-        raise refused from None
-    except UpgradeRefused as refused:
-        _refuse(conn, writer, refused)
-        raise
-    writer.write(conn.send(h11.InformationalResponse(
+async def upgrade(exchange: Exchange, request: h11.Request) -> bytes:
+    """Answer a request that asks for a WebSocket: 101, or UpgradeRefused (not yet written:
+    the caller answers it). Returns the bytes that followed the head (already frames)."""
+    accept = check_upgrade(request)
+    if not isinstance(await exchange.next_event(), h11.EndOfMessage):
+        raise UpgradeRefused(400, "a WebSocket upgrade request has no body")
+    exchange.writer.write(exchange.conn.send(h11.InformationalResponse(
         status_code=101, reason=b"Switching Protocols", headers=[
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept),
         ("Sec-WebSocket-Protocol", SUBPROTOCOL),
     ])) or b"")
-    return conn.trailing_data[0]
-
-
-async def _head(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
-    """The request, its head capped at HEAD_MAX however it arrives (h11's own cap only counts
-    what is still incomplete after a read, and one read can hold far more than the cap)."""
-    received = 0
-    while (ev := conn.next_event()) is h11.NEED_DATA:
-        if received > HEAD_MAX:
-            break
-        data = await reader.read(READ_CHUNK)
-        received += len(data)
-        conn.receive_data(data)
-    head = received - len(conn.trailing_data[0])  # what follows the head: frames
-    if ev is h11.NEED_DATA or head > HEAD_MAX:
-        raise UpgradeRefused(431, f"bad HTTP request: the head is over {HEAD_MAX} bytes")
-    return ev
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> object:
-    while True:
-        ev = conn.next_event()
-        if ev is not h11.NEED_DATA:
-            return ev
-        conn.receive_data(await reader.read(READ_CHUNK))
-
-
-def _refuse(conn: h11.Connection, writer: asyncio.StreamWriter, refused: UpgradeRefused) -> None:
-    """Answer with the status and the reason as text, then close: nothing else is read."""
-    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return
-    body = (refused.message + "\n").encode()
-    headers = [("Content-Type", "text/plain; charset=utf-8"),
-               ("Content-Length", str(len(body))), ("Connection", "close"), *refused.headers]
-    reason = http.HTTPStatus(refused.status).phrase.encode()
-    try:
-        writer.write(conn.send(h11.Response(status_code=refused.status, headers=headers,
-                                            reason=reason)) or b"")
-        writer.write(conn.send(h11.Data(data=body)) or b"")
-        writer.write(conn.send(h11.EndOfMessage()) or b"")
-    except h11.LocalProtocolError:
-        pass
+    return exchange.conn.trailing_data[0]
 
 
 # -- the frames ---------------------------------------------------------------------------------

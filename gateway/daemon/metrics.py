@@ -37,6 +37,10 @@ def render(s: dict) -> str:
                count, f'{{listener="{listener}"}}')
     metric("gatewayd_children_refused_total", "counter", "CONNECTs refused",
            s["children_refused"])
+    for outcome, count in s.get("https_methods", {}).items():
+        metric("gatewayd_https_requests_total", "counter",
+               "modules' HTTPS method calls on the 443 head, answered or refused", count,
+               f'{{outcome="{outcome}"}}')
     metric("gatewayd_backlog_messages", "gauge", "messages waiting for the cloud",
            backlog["messages"])
     metric("gatewayd_backlog_bytes", "gauge", "bytes waiting for the cloud", backlog["bytes"])

@@ -120,6 +120,8 @@ class Status:
             "child_listeners": {d: c.listener for d, c in sorted(self._server.sessions.items())},
             "connections": self._server.connections_by_listener(),
             "children_refused": self._server.refused,
+            "https_methods": {"served": self._server.https_served,
+                              "refused": self._server.https_refused},
             "registry_version": self._registry.registry.version,
             "registry_children": len(self._registry.registry.children),
             "registry_last_refusal": self._registry.last_refusal,

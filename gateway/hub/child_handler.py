@@ -8,7 +8,8 @@ A telemetry PUBLISH is refused without a PUBACK while the disk is full and the p
 refuse-new (the child keeps the message); otherwise it goes upstream through the ingest, or
 through the routes when there are any. Twin and method traffic is the local hub's. Every
 answer waits for the writer's commit that makes its request safe, in the connection's order;
-twin patches and routed copies are charged to the child's rate (`[limits]`).
+twin patches and routed copies are charged to the child's rate (`[limits]`). An HTTPS request
+on the 443 head is a module's direct-method call (hub/method_endpoint.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gateway import identity
-from gateway.child import auth, dialect, limits
+from gateway.child import auth, dialect, https, limits
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildConnection, Handler, Refusal, Verdict
 from gateway.hub.local_hub import LocalHub
+from gateway.hub.method_endpoint import MethodEndpoint
 from gateway.hub.router import Router
 from gateway.mqtt.codec import Connect, Publish
 from gateway.storage.disk_guard import DiskGuard
@@ -61,12 +63,15 @@ class ChildHandler(Handler):
         self._ingest = ingest
         self._router = router
         self._hub: LocalHub | None = None
+        self._endpoint: MethodEndpoint | None = None
 
     def bind_hub(self, hub: LocalHub) -> None:
         """Once, by the daemon's wiring, before the listeners start."""
         if self._hub is not None:
             raise RuntimeError("the local hub is bound once")
         self._hub = hub
+        self._endpoint = MethodEndpoint(hub.methods, self._gateway_id, hub.identities,
+                                        self.check_token)
 
     @property
     def hub(self) -> LocalHub:
@@ -99,6 +104,23 @@ class ChildHandler(Handler):
         if not online:
             self._audit.record(connect.client_id, result.ok, result.reason, "cache", "")
         return Verdict(result.ok, result.return_code, result.reason)
+
+    def check_token(self, who: str, token: str) -> auth.AuthResult:
+        """A SAS token outside a CONNECT (an HTTPS call's Authorization) for `who`; a module's
+        credentials are the gateway's own, so no offline-trust limit applies to them."""
+        if not identity.is_module(who):
+            stale = "" if self._cloud_online() else self._trust.expired()
+            if stale:
+                return auth.AuthResult(False, 5, stale, "none")
+        audience = auth.Audience(self._hub_hostname, self._gateway_id, self._gateway_hostnames,
+                                 self._modules())
+        return auth.authenticate_token(self._registry.registry, audience, who, token,
+                                       self._clock())
+
+    async def on_https_request(self, request: https.HttpRequest) -> https.HttpAnswer:
+        if self._endpoint is None:
+            raise RuntimeError("no local hub bound: the listeners started before the wiring")
+        return await self._endpoint.serve(request)
 
     # -- PUBLISH and SUBSCRIBE ---------------------------------------------------------------
 

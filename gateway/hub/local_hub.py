@@ -77,6 +77,10 @@ class LocalHub:
     def uplink(self) -> Uplink | None:
         return self._uplink()
 
+    def identities(self) -> Mapping[str, Child]:
+        """The children and modules in force: who may be called."""
+        return self._children()
+
     # -- from children -----------------------------------------------------------------------
 
     def child_operation(

@@ -40,6 +40,7 @@ class _Call:
     method: str
     reply: Reply
     timer: asyncio.TimerHandle
+    failed: Reply  # the router's own answers (404, 504): reply, unless the caller tells them apart
 
 
 class MethodRouter:
@@ -53,14 +54,19 @@ class MethodRouter:
         self.timed_out = 0
 
     def invoke(
-        self, device_id: str, method: str, payload: bytes, timeout_secs: float, reply: Reply
+        self, device_id: str, method: str, payload: bytes, timeout_secs: float, reply: Reply,
+        failed: Reply | None = None,
     ) -> None:
-        """Deliver a call to `device_id`; `reply(status, payload)` runs exactly once."""
+        """Deliver a call to `device_id`; `reply(status, payload)` runs exactly once, with the
+        target's answer, or with the router's 404 (not connected) or 504 (no answer in time),
+        which go to `failed` instead when it is given: an HTTPS caller answers those with the
+        HTTP status, the target's own with 200 (a target may answer 404 itself)."""
+        failed = failed or reply
         conn = self._server.sessions.get(device_id)
         rid = format(next(self._ids), "x")
         topic = request_topic(method, rid)
         if conn is None or not conn.is_open or not conn.subscribed(topic):
-            reply(
+            failed(
                 STATUS_NOT_CONNECTED,
                 error_payload(f"device {device_id} is not connected to this gateway or has "
                               f"not subscribed to direct methods"),
@@ -68,7 +74,7 @@ class MethodRouter:
             return
         timeout = min(max(timeout_secs, 0.1), MAX_TIMEOUT_SECS)
         timer = asyncio.get_running_loop().call_later(timeout, self._expire, rid)
-        self._calls[rid] = _Call(device_id, method, reply, timer)
+        self._calls[rid] = _Call(device_id, method, reply, timer, failed)
         self.invoked += 1
         conn.deliver(topic, payload)
 
@@ -86,7 +92,7 @@ class MethodRouter:
         call = self._calls.pop(rid, None)
         if call is not None:
             self.timed_out += 1
-            call.reply(
+            call.failed(
                 STATUS_TIMEOUT,
                 error_payload(f"device {call.device_id} did not answer {call.method} in time"),
             )

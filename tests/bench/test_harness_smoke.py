@@ -29,3 +29,14 @@ def test_quick_relay_and_outage_report(tmp_path):
     assert report["startup"]["500"][0]["backlog"] == 500
     table = (out / "report.md").read_text()
     assert "| 2 | gatewayd |" in table and "### Outage and drain" in table
+
+
+def test_quick_relay_through_every_head(tmp_path):
+    """The heads of issue 15: the same relay with children on MQTT/TLS and MQTT over WebSocket."""
+    out = tmp_path / "out"
+    assert main(["run", "--quick", "--scenarios", "relay", "--children", "2", "--systems",
+                 "gatewayd-tls", "gatewayd-ws", "--out", str(out)]) == 0
+    relay = json.loads((out / "report.json").read_text())["relay"]["2"]
+    assert set(relay) == {"gatewayd-tls", "gatewayd-ws"}
+    for runs in relay.values():
+        assert runs[0]["msgs_per_sec"] > 0 and runs[0]["cpu_us_per_msg"] > 0

@@ -377,7 +377,9 @@ def test_h48_h50_bad_upgrades_are_answered_and_closed(site, request_bytes, statu
         got, head, _ = read_http_head(sock)
         assert got == status, head
         read_until_closed(sock)
-    wait_until(site.gw.log_text, lambda log: f"WebSocket upgrade refused ({status})" in log,
+    said = "HTTPS request" if b"Upgrade: websocket" not in request_bytes and status == 404 \
+        else "WebSocket upgrade"
+    wait_until(site.gw.log_text, lambda log: f"{said} refused ({status})" in log,
                timeout=10, what=f"the journal line for {status}", show=lambda t: t[-1500:])
     _count(site, "catalogue")
 

@@ -3,11 +3,14 @@
 
     sdk_module.py producer STATE_DIR COUNT   sends {"device": "producer", "i": n} to output out1
     sdk_module.py consumer STATE_DIR         receives on input in1 in order, reports, answers
+    sdk_module.py invoker STATE_DIR TARGET…   calls method "reboot" on each TARGET (a device id,
+                                             or device/module) with invoke_method (HTTPS)
 
 What it did is written to files in STATE_DIR, each line synced, so that the test can tell what
 the SDK had acknowledged before a kill: `acked` (producer: i after send returned),
 `received` (consumer: i per input message), `reported` (consumer: the count after each reported
-patch), `desired` (consumer: each desired patch as JSON). The consumer connects only once
+patch), `desired` (consumer: each desired patch as JSON), `results` (invoker: one JSON line per
+call, the answer or the SDK's error). The consumer connects (and the invoker calls) only once
 STATE_DIR/go exists, so that its messages wait in the gateway meanwhile.
 """
 
@@ -84,10 +87,32 @@ def consumer(state: Path) -> None:
         append(state / "reported", str(len(received)))
 
 
+def invoker(state: Path, targets: list[str]) -> None:
+    """Direct methods from a module go over HTTPS to the gateway host's port 443 (the SDK's
+    HTTP pipeline), not over the module's MQTT connection: no connect() is needed for them."""
+    while not (state / "go").exists():
+        time.sleep(0.05)
+    client = IoTHubModuleClient.create_from_edge_environment()
+    for target in targets:
+        device, _, module = target.partition("/")
+        params = {"methodName": "reboot", "payload": {"target": target},
+                  "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 0}
+        try:
+            answer = client.invoke_method(params, device, module or None)
+            line = {"target": target, "answer": answer}
+        except Exception as exc:  # a ClientError; the ServiceError it wraps has the status
+            line = {"target": target, "error": f"{type(exc).__name__}: {exc}: "
+                                               f"{exc.__cause__!r}"}
+        append(state / "results", json.dumps(line, sort_keys=True))
+    threading.Event().wait()
+
+
 if __name__ == "__main__":
     role, state_dir = sys.argv[1], Path(sys.argv[2])
     state_dir.mkdir(parents=True, exist_ok=True)
     if role == "producer":
         producer(state_dir, int(sys.argv[3]))
+    elif role == "invoker":
+        invoker(state_dir, sys.argv[3:])
     else:
         consumer(state_dir)

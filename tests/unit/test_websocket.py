@@ -215,9 +215,14 @@ def test_ping_gets_its_pong_and_close_its_close(site):
 
 
 @pytest.mark.parametrize(("request_bytes", "status", "says"), [
-    (b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", 404, b"not served yet"),
+    (b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", 404, b"not found"),
     (b"POST /twins/dev/methods?api-version=2021-04-12 HTTP/1.1\r\nHost: gw\r\n"
-     b"Content-Length: 2\r\n\r\n{}", 404, b"direct-method"),
+     b"Content-Length: 2\r\n\r\n{}", 404, b"not found"),
+    (b"POST /twins/dev/methods?api-version=2021-04-12 HTTP/1.1\r\nHost: gw\r\n"
+     b"Content-Length: 200000\r\n\r\n{}", 413, b"over 131072"),
+    (b"POST /twins/dev/methods?api-version=2021-04-12 HTTP/1.1\r\nHost: gw\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n" + (b"8000\r\n" + b"a" * 0x8000 + b"\r\n") * 5,
+     413, b"over 131072"),
     (ws_upgrade(path="/mqtt"), 404, b"use /$iothub/websocket"),
     (ws_upgrade(key=None), 400, b"Sec-WebSocket-Key"),
     (ws_upgrade(key="c2hvcnQ="), 400, b"Sec-WebSocket-Key"),
@@ -229,7 +234,8 @@ def test_ping_gets_its_pong_and_close_its_close(site):
     (ws_upgrade(extra="X-Pad: " + "a" * 20000 + "\r\n"), 431, b"head is over"),
     (ws_upgrade(extra="X-Pad: a\r\n" * 20000), 431, b"bad HTTP request"),
     (b"\x16\x03\x01garbage\r\n\r\n", 400, b"bad HTTP request"),
-], ids=["not-upgrade", "https-method", "path", "no-key", "short-key", "version",
+], ids=["not-upgrade", "https-method", "https-declared-too-big", "https-chunked-too-big",
+        "path", "no-key", "short-key", "version",
         "no-subprotocol", "unknown-subprotocol", "amqp", "post", "huge-head",
         "endless-head", "garbage"])
 def test_a_bad_request_gets_its_status_and_one_journal_line(site, caplog, request_bytes,
@@ -245,8 +251,12 @@ def test_a_bad_request_gets_its_status_and_one_journal_line(site, caplog, reques
     while chunk := sock.recv(4096):
         body += chunk
     assert says in body  # then the gateway closed
-    lines = [r for r in caplog.records if getattr(r, "gw_event", None) is Event.WEBSOCKET_REFUSED]
+    kinds = (Event.WEBSOCKET_REFUSED, Event.HTTPS_REFUSED)
+    lines = [r for r in caplog.records if getattr(r, "gw_event", None) in kinds]
     assert len(lines) == 1 and f"({status})" in lines[0].getMessage()
+    https_request = b"Upgrade: websocket" not in request_bytes
+    assert (lines[0].gw_event is Event.HTTPS_REFUSED) == (https_request and status != 431 and
+                                                            b"garbage" not in request_bytes)
     assert site.srv.sessions == {} and site.handler.publishes == []
 
 
