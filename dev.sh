@@ -38,6 +38,16 @@ venv() {
     fi
 }
 
+node_modules() {
+    # $1: a dir with a package.json; npm installs it there again whenever the file changes
+    stamp=$1/node_modules/.installed
+    want=$(sha256sum < "$1/package.json")
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        npm install --prefix "$1" --no-audit --no-fund --loglevel=error >/dev/null
+        echo "$want" > "$stamp"
+    fi
+}
+
 case "${1:-}" in
 run)
     shift
@@ -55,6 +65,10 @@ test)
     # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
     venv .venv-sdk 'azure-iot-device==2.14.0'
     export GATEWAYD_SDK_PYTHON="$PWD/.venv-sdk/bin/python"
+    # The Node.js device SDK (tests/node/package.json): its AMQP transport for the 5671 head.
+    command -v npm >/dev/null || apt_install nodejs npm
+    node_modules tests/node
+    export GATEWAYD_NODE_MODULES="$PWD/tests/node/node_modules"
     .venv/bin/ruff check gateway tests bench
     exec .venv/bin/python -m pytest -q "$@"
     ;;

@@ -3,12 +3,13 @@
 Apache Qpid Proton's engine does the AMQP framing and state (Transport, Connection, Collector:
 bytes in, events out), driven from this connection's read loop on the asyncio loop; no reactor
 and no thread. The SASL layer in front of it is this module's own (three small frames), so that
-nothing reaches the engine before the peer has said who it is: the SASL header comes first, an
-AMQP header before SASL is refused. ANONYMOUS is followed by a CBS put-token on `$cbs` (the SDKs'
-SAS path), PLAIN carries `{device}@sas.{hub}` and the token; both are decided by the handler's
-authenticate(), with the offline rules of the MQTT path, through the server's admit() (the
-connection cap, takeover). A new put-token renews the token; one that lapses closes the
-connection.
+no frame of SASL's reaches the engine and no AMQP frame comes before SASL's outcome. ANONYMOUS,
+or no SASL layer at all (an AMQP header first: the Node SDK's rhea), is followed by a CBS
+put-token on `$cbs` (the SDKs' SAS path), and nothing but `$cbs` is served before it, within
+listen.connect_timeout_secs; PLAIN carries `{device}@sas.{hub}` and the token. Both are decided
+by the handler's authenticate(), with the offline rules of the MQTT path, through the server's
+admit() (the connection cap, takeover). A new put-token renews the token; one that lapses closes
+the connection.
 
 Everything else is the MQTT path's: each AMQP request becomes the PUBLISH an MQTT child would
 have sent (amqp_dialect.py), handed to the same Handler, and what the hub delivers to a topic
@@ -230,9 +231,11 @@ class AmqpConnection:
             return
         head = bytes(self._buf[:8])
         if head == AMQP_HEADER:
-            self._write(SASL_HEADER)  # the header we insist on, then the close
-            raise Refusal("AMQP frames before SASL: authenticate first (SASL ANONYMOUS and a "
-                          "CBS put-token, or SASL PLAIN)")
+            # no SASL layer at all: the Node SDK's way (rhea), as good as ANONYMOUS; the
+            # put-token on $cbs must still come within the deadline, and nothing else is
+            # served before it
+            self._phase = "amqp-header"
+            return
         if head != SASL_HEADER:
             raise Refusal(f"not AMQP with SASL: the connection began with {head!r}")
         del self._buf[:8]

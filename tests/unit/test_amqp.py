@@ -124,9 +124,10 @@ class Client:
         if user:
             self.conn.user, self.conn.password = user, password
         self.transport = Transport()
-        sasl = self.transport.sasl()
-        sasl.allowed_mechs(mech)
-        sasl.allow_insecure_mechs = True  # the TLS is the test socket's, not the engine's
+        if mech:  # "": no SASL layer, the AMQP header first
+            sasl = self.transport.sasl()
+            sasl.allowed_mechs(mech)
+            sasl.allow_insecure_mechs = True  # the TLS is the test socket's, not the engine's
         self.transport.bind(self.conn)
         self.collector = Collector()
         self.conn.collect(self.collector)
@@ -350,10 +351,22 @@ def _raw_until_closed(site, data: bytes) -> bytes:
     return got
 
 
-def test_amqp_before_sasl_is_refused(site, caplog):
-    got = _raw_until_closed(site, amqp.AMQP_HEADER + b"\0\0\0\x08\x02\0\0\0")
-    assert got == amqp.SASL_HEADER
-    assert any("before SASL" in line for line in _amqp_lines(caplog))
+def test_amqp_frames_before_the_sasl_outcome_are_refused(site, caplog):
+    """The SASL header, then an AMQP open frame (type 0) where sasl-init belongs."""
+    got = _raw_until_closed(site, amqp.SASL_HEADER + b"\0\0\0\x08\x02\0\0\0")
+    assert got.startswith(amqp.SASL_HEADER)
+    assert any("frame type 0 during SASL" in line for line in _amqp_lines(caplog))
+
+
+def test_no_sasl_layer_is_anonymous_and_needs_the_put_token(site, caplog):
+    """An AMQP header first (the Node SDK's rhea sends no SASL for SAS devices): served as
+    ANONYMOUS, so only $cbs until a put-token."""
+    client = Client(site.dial(), mech="")
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link refused")
+    assert link.remote_condition.name == "amqp:unauthorized-access"
+    assert client.put_token()["status-code"] == 200
+    assert DEVICE in site.srv.sessions
 
 
 def test_garbage_is_refused_and_the_next_child_served(site, caplog):
