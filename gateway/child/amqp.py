@@ -694,7 +694,7 @@ class AmqpConnection:
 
     def _outgoing_settled(self, dlv: Delivery) -> None:
         state = dlv.remote_state
-        if state is None or not (dlv.remote_settled or state in _TERMINAL):
+        if not state or not (dlv.settled or state in _TERMINAL):
             return
         on_settled = getattr(dlv, "context", None)
         dlv.settle()

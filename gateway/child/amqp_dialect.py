@@ -240,4 +240,4 @@ def method_answer_topic(message: Message) -> str:
                           "correlation id")
     if isinstance(rid, uuid.UUID | bytes):
         rid = _text(rid)
-    return f"$iothub/methods/res/{status}/?$rid={rid}"
+    return f"$iothub/methods/res/{int(status)}/?$rid={rid}"

@@ -392,3 +392,59 @@ def test_silence_before_authentication_is_cut(site, caplog):
 @pytest.fixture(autouse=True)
 def _journal_at_warning(caplog):
     caplog.set_level(logging.INFO)
+
+
+# -- to the child --------------------------------------------------------------------------
+
+
+def _c2d_client(site) -> tuple[Client, object]:
+    client = Client(site.dial())
+    client.put_token()
+    c2d = client.receiver(f"/devices/{DEVICE}/messages/devicebound")
+    client.run_until(lambda: site.call(
+        lambda: site.srv.sessions[DEVICE].subscribed(f"devices/{DEVICE}/messages/devicebound/x")),
+        "the C2D link attached")
+    return client, c2d
+
+
+def _incoming(link):
+    dlv = link.current
+    if dlv is None or dlv.partial or not dlv.readable:
+        return None
+    msg = Message()
+    msg.decode(link.recv(dlv.pending))
+    link.advance()
+    return dlv, msg
+
+
+def test_c2d_goes_out_with_its_properties_and_accept_completes(site):
+    client, c2d = _c2d_client(site)
+    acked: list[int] = []
+    topic = f"devices/{DEVICE}/messages/devicebound/valve=3&$.mid=c2d-1&$.to=%2Fdevices%2Fx"
+    site.call(site.srv.sessions[DEVICE].deliver, topic, b"open valve", 1,
+              lambda: acked.append(1))
+    dlv, msg = client.run_until(lambda: _incoming(c2d), "the C2D message")
+    assert msg.body == b"open valve"
+    assert msg.properties == {"valve": "3"}
+    assert msg.id == "c2d-1"
+    assert not acked  # not until the child settles it
+    dlv.update(Delivery.ACCEPTED)
+    dlv.settle()
+    client.poll()
+    wait_until(lambda: acked, what="the hub's acknowledgement")
+
+
+def test_a_released_c2d_message_comes_again(site):
+    client, c2d = _c2d_client(site)
+    acked: list[int] = []
+    topic = f"devices/{DEVICE}/messages/devicebound/n=1"
+    site.call(site.srv.sessions[DEVICE].deliver, topic, b"again", 1, lambda: acked.append(1))
+    dlv, _ = client.run_until(lambda: _incoming(c2d), "the first delivery")
+    dlv.update(Delivery.RELEASED)  # abandon
+    dlv.settle()
+    dlv2, msg = client.run_until(lambda: _incoming(c2d), "the second delivery")
+    assert msg.body == b"again" and not acked
+    dlv2.update(Delivery.REJECTED)  # reject: gone for good
+    dlv2.settle()
+    client.poll()
+    wait_until(lambda: acked, what="the hub's acknowledgement of the rejected message")
