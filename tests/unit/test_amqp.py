@@ -383,6 +383,15 @@ def test_an_oversized_sasl_frame_is_refused(site, caplog):
     assert any("SASL frame of 100000 bytes" in line for line in _amqp_lines(caplog))
 
 
+def test_an_amqp_frame_over_the_max_frame_size_is_a_framing_error(site, caplog):
+    """After the header, an open frame claiming more than the engine's max-frame-size."""
+    frame = (amqp.MAX_FRAME * 4).to_bytes(4, "big") + b"\x02\0\0\0" + b"\0" * 64
+    got = _raw_until_closed(site, amqp.AMQP_HEADER + frame)
+    assert got.startswith(amqp.AMQP_HEADER)  # the engine's header, then its close
+    assert any("framing-error" in line for line in _amqp_lines(caplog))
+    assert Client(site.dial()).put_token()["status-code"] == 200  # and the head still serves
+
+
 def test_silence_before_authentication_is_cut(site, caplog):
     got = _raw_until_closed(site, amqp.SASL_HEADER)  # and then nothing, until the deadline
     assert got.startswith(amqp.SASL_HEADER)
