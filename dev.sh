@@ -51,6 +51,7 @@ node_modules() {
 case "${1:-}" in
 run)
     shift
+    apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
     venv .venv -e .
     exec .venv/bin/gatewayd --config gatewayd.dev.toml "$@"
     ;;
@@ -58,6 +59,7 @@ test)
     shift
     # faketime: clock jumps; fuse3 + python3-pyfuse3 (Debian's python3 runs tests/support/powerfs.py)
     apt_install mosquitto e2fsprogs faketime fuse3 python3-pyfuse3
+    apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
     # tests/system: the .deb under a real systemd in qemu, and the image build
     apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
         dosfstools mtools fdisk
