@@ -443,12 +443,12 @@ class AmqpConnection:
 
     def _detach(self, link: Link) -> None:
         role = self._roles.pop(link, None)
-        waiting = self._pending_out.pop(link, [])
+        # unsent and unsettled C2D messages stay in the hub's queue and window; a new
+        # connection gets them again (a new link on the same connection does not, yet)
+        self._pending_out.pop(link, None)
         link.close()
         if role == dia.TWIN_ANSWERS:
             self._desired_on = False
-        for _msg, on_settled in waiting:  # the hub redelivers what was never settled
-            del on_settled
 
     def _link(self, role: str) -> Link | None:
         for link, r in self._roles.items():
