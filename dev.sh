@@ -41,6 +41,7 @@ venv() {
 case "${1:-}" in
 run)
     shift
+    apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
     venv .venv -e .
     exec .venv/bin/gatewayd --config gatewayd.dev.toml "$@"
     ;;
@@ -48,6 +49,7 @@ test)
     shift
     # faketime: clock jumps; fuse3 + python3-pyfuse3 (Debian's python3 runs tests/support/powerfs.py)
     apt_install mosquitto e2fsprogs faketime fuse3 python3-pyfuse3
+    apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
     # tests/system: the .deb under a real systemd in qemu, and the image build
     apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
         dosfstools mtools fdisk
@@ -55,11 +57,12 @@ test)
     # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
     venv .venv-sdk 'azure-iot-device==2.14.0'
     export GATEWAYD_SDK_PYTHON="$PWD/.venv-sdk/bin/python"
-    # The Node.js device SDK (tests/integration/node_child.js), pinned by tests/node's lock file
+    # The Node.js device SDK (tests/integration/node_*.js: MQTT, MQTT-WS, AMQP), pinned by tests/node's lock file
     command -v npm >/dev/null || apt_install nodejs npm
     if [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then
         (cd tests/node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     fi
+    export GATEWAYD_NODE_MODULES="$PWD/tests/node/node_modules"
     .venv/bin/ruff check gateway tests bench
     exec .venv/bin/python -m pytest -q "$@"
     ;;

@@ -61,6 +61,7 @@ class ListenSettings:
     max_connections: int
     connect_timeout_secs: float = 10.0  # TLS handshake + CONNECT, slowloris guard
     https_port: int = 0  # the 443 head (MQTT over WebSocket), TLS with tls_cert; 0: off
+    amqp_port: int = 0  # the 5671 head (AMQP 1.0), TLS with tls_cert; 0: off
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "max_connections": Key(integer(1, 1_000_000), 1000),
         "connect_timeout_secs": Key(number(0.1, 300), 10.0),
         "https_port": Key(integer(0, 65535), 0),
+        "amqp_port": Key(integer(0, 65535), 0),
     },
     "storage": {
         "path": Key(path(optional=False), "/var/lib/gatewayd"),
@@ -454,7 +456,7 @@ def _modules(v: dict[str, Any], listen: dict[str, Any]) -> ModulesSettings:
 
 
 def _listen(v: dict[str, Any]) -> ListenSettings:
-    for port in ("port", "https_port"):
+    for port in ("port", "https_port", "amqp_port"):
         if v[port] == 0:
             continue
         for key in ("tls_cert", "tls_key"):
@@ -466,6 +468,9 @@ def _listen(v: dict[str, Any]) -> ListenSettings:
     if v["https_port"] and v["https_port"] in (v["port"], v["plain_port"]):
         raise _Problem(f"listen.https_port {v['https_port']} is already listen.port or "
                        "listen.plain_port: each listener needs its own port")
+    if v["amqp_port"] and v["amqp_port"] in (v["port"], v["plain_port"], v["https_port"]):
+        raise _Problem(f"listen.amqp_port {v['amqp_port']} is already another listener's "
+                       "port: each listener needs its own port")
     for key in ("tls_cert", "tls_key", "client_ca_file"):
         _require_file(f"listen.{key}", v[key])
     return ListenSettings(**v)

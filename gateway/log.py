@@ -56,6 +56,7 @@ class Event(Enum):
     WORKLOAD_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000066"
     WEBSOCKET_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000070"
     HTTPS_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000080"
+    AMQP_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000090"
 
 
 def event(kind: Event, message: str, *, level: int = logging.INFO, **fields: object) -> None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.child import https, websocket
+from gateway.child import amqp, https, websocket
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
 from gateway.errors import PeerError
@@ -402,7 +402,7 @@ class ChildServer:
         self.max_message_bytes = listen.max_message_bytes
         self.connect_timeout = listen.connect_timeout_secs
         self.sessions: dict[str, ChildConnection] = {}
-        self._all: set[ChildConnection] = set()
+        self._all: set[ChildConnection | amqp.AmqpConnection] = set()
         self._servers: list[asyncio.Server] = []
         self.listener_names: list[str] = []  # "tls", "plain", "mqtt-ws", as bound
         self._tasks: set[asyncio.Task] = set()
@@ -422,6 +422,8 @@ class ChildServer:
             bound.append(await self._listen(self._cfg.plain_port, None, "plain"))
         if self._cfg.https_port and tls is not None:
             bound.append(await self._listen(self._cfg.https_port, tls, WS_LISTENER))
+        if self._cfg.amqp_port and tls is not None:
+            bound.append(await self._listen(self._cfg.amqp_port, tls, amqp.LISTENER))
         return bound
 
     @property
@@ -448,6 +450,11 @@ class ChildServer:
                     cause="connections",
                 )
                 writer.transport.abort()
+                return
+            if name == amqp.LISTENER:
+                head = amqp.AmqpConnection(self, reader, writer)
+                self._all.add(head)
+                await head.serve()
                 return
             if name == WS_LISTENER:
                 streams = await self._http(reader, writer)

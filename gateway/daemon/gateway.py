@@ -296,8 +296,8 @@ class Gateway:
 
 
 def _server_tls(listen) -> ssl.SSLContext | None:
-    """One context for both TLS heads (8883 and 443): the same certificate and client CA."""
-    if not listen.port and not listen.https_port:
+    """One context for the TLS heads (8883, 443, 5671): the same certificate and client CA."""
+    if not listen.port and not listen.https_port and not listen.amqp_port:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

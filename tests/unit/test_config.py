@@ -320,6 +320,20 @@ def test_https_listener_needs_cert_and_key_and_its_own_port(tmp_path):
     assert cfg.listen.https_port == 443
 
 
+def test_amqp_listener_is_off_by_default_and_needs_cert_key_and_its_own_port(tmp_path):
+    assert load_config(write(tmp_path, with_listen("port = 0\n"))).listen.amqp_port == 0
+    message = refusal(tmp_path, with_listen("port = 0\namqp_port = 5671\n"))
+    assert "listen.tls_cert is required when listen.amqp_port > 0" in message
+    for name in ("s.pem", "s.key"):
+        (tmp_path / name).write_text("x")
+    files = 'tls_cert = "s.pem"\ntls_key = "s.key"\n'
+    message = refusal(tmp_path, with_listen(f"port = 0\nhttps_port = 443\namqp_port = 443\n"
+                                            f"{files}"))
+    assert "listen.amqp_port 443 is already another listener's port" in message
+    cfg = load_config(write(tmp_path, with_listen(f"port = 0\namqp_port = 5671\n{files}")))
+    assert cfg.listen.amqp_port == 5671
+
+
 def test_tls_listener_is_the_default(tmp_path):
     message = refusal(tmp_path, MINIMAL.replace("[listen]\nport = 0\n", ""))
     assert "listen.tls_cert is required" in message

@@ -1,0 +1,459 @@
+"""The 5671 head byte by byte: a real ChildServer with its AMQP listener on a real TLS socket (its
+loop in a thread), and Qpid Proton's own client engine (Connection, Transport) on the other end,
+or hand-made bytes where a client would never send them.
+
+What must hold: SASL comes first (ANONYMOUS then a CBS put-token, or PLAIN), and nothing of the
+dialect is served before it; telemetry reaches the handler as the PUBLISH an MQTT child sends,
+with its property bag, and its accepted disposition leaves only when the handler releases it;
+the hub's deliveries go out on the links that carry them (cloud-to-device: accept completes,
+release sends it again); every refusal has its condition and one journal line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+import time
+from urllib.parse import parse_qsl
+
+import pytest
+from proton import Collector, Connection, Delivery, Endpoint, Message, Transport
+
+from gateway.child import amqp, server
+from gateway.config import ListenSettings
+from gateway.log import Event
+from tests.support.pki import server_tls
+from tests.support.wait import wait_until
+
+MAX_MESSAGE = 4096
+MAX_CONNECTIONS = 4
+DEVICE = "amqp-dev"
+HUB = "hub.example.net"
+TOKEN = f"SharedAccessSignature sr={HUB}%2Fdevices%2F{DEVICE}&sig=abc&se={2**31 - 1}"
+
+
+class Recorder(server.Handler):
+    """Accepts the tokens it is told to; keeps each PUBLISH with its release, for the test to
+    call (the disposition must wait for it)."""
+
+    def __init__(self) -> None:
+        self.publishes: list = []
+        self.releases: list = []
+        self.connects: list = []
+        self.good_password = TOKEN.encode()
+
+    def authenticate(self, connect, cert_der):
+        self.connects.append(connect)
+        ok = connect.password == self.good_password
+        return server.Verdict(ok, 0 if ok else 4, "" if ok else "bad token: wrong signature")
+
+    def on_publish(self, conn, publish):
+        self.publishes.append(publish)
+        self.releases.append(conn.hold_puback(publish.packet_id))
+
+
+class Site:
+    """The server on its own loop in a thread, so the test's sockets can block."""
+
+    def __init__(self, tmp_path) -> None:
+        self.ca, cert, key = server_tls(tmp_path)
+        settings = ListenSettings("127.0.0.1", 0, cert, key, None, 0, MAX_MESSAGE,
+                                  MAX_CONNECTIONS, 2.0, amqp_port=0)
+        settings = ListenSettings(**{**settings.__dict__, "amqp_port": _free_port()})
+        self.handler = Recorder()
+        self.srv = server.ChildServer(settings, self.handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(str(cert), str(key))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        ((_, self.port),) = self.call_async(self.srv.start(tls))
+
+    def call_async(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def call(self, fn, *args):
+        """Run `fn` on the server's loop (as the hub would) and return its result."""
+        async def run():
+            return fn(*args)
+        return self.call_async(run())
+
+    def dial(self) -> ssl.SSLSocket:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self.srv.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.call_async(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path)
+    yield s
+    s.close()
+
+
+class Client:
+    """Proton's client engine over the test's TLS socket: the test drives it until a
+    condition holds (each read blocks until the gateway sends something)."""
+
+    def __init__(self, sock: ssl.SSLSocket, mech: str = "ANONYMOUS", user: str = "",
+                 password: str = "") -> None:
+        self.sock = sock
+        self.conn = Connection()
+        if user:
+            self.conn.user, self.conn.password = user, password
+        self.transport = Transport()
+        if mech:  # "": no SASL layer, the AMQP header first
+            sasl = self.transport.sasl()
+            sasl.allowed_mechs(mech)
+            sasl.allow_insecure_mechs = True  # the TLS is the test socket's, not the engine's
+        self.transport.bind(self.conn)
+        self.collector = Collector()
+        self.conn.collect(self.collector)
+        self.conn.hostname = HUB
+        self.conn.open()
+        self.session = self.conn.session()
+        self.session.open()
+        self.eof = False
+
+    def run_until(self, condition, what: str, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain_events()
+            self._write()
+            value = condition()
+            if value:
+                return value
+            if self.eof or time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not reached (eof={self.eof}, "
+                                     f"condition={self.transport.condition})")
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                data = b""
+            if not data:
+                self.eof = True
+                self.transport.close_tail()
+                continue
+            self.transport.push(data)
+
+    def poll(self) -> None:
+        """Take in whatever the gateway has sent so far, without waiting for more."""
+        self._write()
+        self.sock.setblocking(False)
+        try:
+            while data := self.sock.recv(65536):
+                self.transport.push(data)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass
+        finally:
+            self.sock.setblocking(True)
+        self._drain_events()
+
+    def _write(self) -> None:
+        while (n := self.transport.pending()) > 0:
+            with_suppress = self.transport.peek(n)
+            try:
+                self.sock.sendall(bytes(with_suppress))
+            except OSError:
+                self.eof = True
+                return
+            self.transport.pop(n)
+
+    def _drain_events(self) -> None:
+        while self.collector.peek() is not None:
+            self.collector.pop()
+
+    def sender(self, address: str, name: str = ""):
+        link = self.session.sender(name or f"s-{address}")
+        link.target.address = address
+        link.open()
+        return link
+
+    def receiver(self, address: str, name: str = "", credit: int = 10):
+        link = self.session.receiver(name or f"r-{address}")
+        link.source.address = address
+        link.open()
+        link.flow(credit)
+        return link
+
+    def send(self, link, msg: Message, tag: bytes = b"t"):
+        dlv = link.delivery(tag)
+        link.send(msg.encode())
+        link.advance()
+        return dlv
+
+    def put_token(self, token: str = TOKEN, name: str = f"{HUB}/devices/{DEVICE}"):
+        """The SDKs' CBS exchange; returns the answer's application properties."""
+        requests = self.sender("$cbs", "cbs-s")
+        answers = self.receiver("$cbs", "cbs-r")
+        msg = Message(id="put-1", reply_to="cbs", address="$cbs", body=token, properties={
+            "operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": name})
+        self.run_until(lambda: requests.credit > 0, "credit on $cbs")
+        self.send(requests, msg)
+        answer = self.run_until(lambda: _received(answers), "the put-token answer")
+        assert answer.correlation_id == "put-1"
+        return answer.properties
+
+
+def _received(link) -> Message | None:
+    dlv = link.current
+    if dlv is None or dlv.partial or not dlv.readable:
+        return None
+    data = link.recv(dlv.pending)
+    link.advance()
+    msg = Message()
+    msg.decode(data)
+    dlv.update(Delivery.ACCEPTED)
+    dlv.settle()
+    return msg
+
+
+def _amqp_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if getattr(r, "gw_event", None) is Event.AMQP_REFUSED]
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+def test_anonymous_then_put_token_admits_the_device(site):
+    client = Client(site.dial())
+    props = client.put_token()
+    assert props["status-code"] == 200
+    connect = site.handler.connects[0]
+    assert connect.client_id == DEVICE
+    assert connect.username.startswith(f"{HUB}/{DEVICE}/?")
+    assert site.srv.sessions[DEVICE].listener == "amqp"
+    assert site.srv.connections_by_listener() == {"amqp": 1}
+
+
+def test_a_refused_put_token_answers_401_and_serves_nothing(site, caplog):
+    client = Client(site.dial())
+    props = client.put_token(token=TOKEN.replace("sig=abc", "sig=forged"))
+    assert props["status-code"] == 401
+    assert DEVICE not in site.srv.sessions
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link refused")
+    assert link.remote_condition.name == "amqp:unauthorized-access"
+    refused = [r.getMessage() for r in caplog.records
+               if getattr(r, "gw_event", None) is Event.CHILD_REFUSED]
+    assert len(refused) == 1 and "wrong signature" in refused[0]
+    assert any("before a put-token" in line for line in _amqp_lines(caplog))
+
+
+def test_sasl_plain_carries_the_token(site):
+    client = Client(site.dial(), "PLAIN", f"{DEVICE}@sas.hub", TOKEN)
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit on the telemetry link")
+    assert site.handler.connects[0].client_id == DEVICE
+    assert DEVICE in site.srv.sessions
+
+
+def test_a_bad_plain_token_fails_sasl(site):
+    client = Client(site.dial(), "PLAIN", f"{DEVICE}@sas.hub", "SharedAccessSignature sr=x")
+    client.run_until(lambda: client.eof or client.transport.condition, "the SASL failure")
+    assert DEVICE not in site.srv.sessions
+
+
+# -- telemetry -----------------------------------------------------------------------------
+
+
+def test_telemetry_is_the_mqtt_publish_and_accepted_only_once_safe(site):
+    client = Client(site.dial())
+    client.put_token()
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit on the telemetry link")
+    msg = Message(body=b'{"t": 21.5}', id="m-1", correlation_id="c-1",
+                  content_type="application/json", content_encoding="utf-8",
+                  properties={"alert": "high temp", "n": 3})
+    dlv = client.send(link, msg)
+    client.poll()  # writes what the client engine has
+    wait_until(lambda: site.handler.publishes, what="the publish at the handler")
+    publish = site.handler.publishes[0]
+    prefix = f"devices/{DEVICE}/messages/events/"
+    assert publish.topic.startswith(prefix)
+    assert dict(parse_qsl(publish.topic[len(prefix):])) == {
+        "alert": "high temp", "n": "3", "$.mid": "m-1", "$.cid": "c-1",
+        "$.ct": "application/json", "$.ce": "utf-8"}
+    assert publish.payload == b'{"t": 21.5}'
+    # nothing is acknowledged before the handler says the message is safe: the gateway has
+    # handled the read (the handler has the message) and written all it had to say
+    site.call(lambda: None)
+    client.poll()
+    assert not dlv.remote_state  # no outcome
+    site.call(site.handler.releases[0])
+    client.run_until(lambda: dlv.remote_state, "the disposition")
+    assert dlv.remote_state == Delivery.ACCEPTED
+
+
+def test_a_message_over_the_cap_closes_its_link(site, caplog):
+    client = Client(site.dial())
+    client.put_token()
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit")
+    client.send(link, Message(body=b"x" * (MAX_MESSAGE * 4)))
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link closed")
+    assert link.remote_condition.name == "amqp:link:message-size-exceeded"
+    assert not site.handler.publishes
+    assert any("max_message_bytes" in line for line in _amqp_lines(caplog))
+
+
+def test_a_link_for_another_device_is_refused(site, caplog):
+    client = Client(site.dial())
+    client.put_token()
+    link = client.sender("/devices/someone-else/messages/events")
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link refused")
+    assert link.remote_condition.name == "amqp:not-found"
+    assert any("someone-else" in line for line in _amqp_lines(caplog))
+
+
+# -- hostile bytes -------------------------------------------------------------------------
+
+
+def _raw_until_closed(site, data: bytes) -> bytes:
+    sock = site.dial()
+    sock.sendall(data)
+    got = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            break
+        if not chunk:
+            break
+        got += chunk
+    sock.close()
+    return got
+
+
+def test_amqp_frames_before_the_sasl_outcome_are_refused(site, caplog):
+    """The SASL header, then an AMQP open frame (type 0) where sasl-init belongs."""
+    got = _raw_until_closed(site, amqp.SASL_HEADER + b"\0\0\0\x08\x02\0\0\0")
+    assert got.startswith(amqp.SASL_HEADER)
+    assert any("frame type 0 during SASL" in line for line in _amqp_lines(caplog))
+
+
+def test_no_sasl_layer_is_anonymous_and_needs_the_put_token(site, caplog):
+    """An AMQP header first (the Node SDK's rhea sends no SASL for SAS devices): served as
+    ANONYMOUS, so only $cbs until a put-token."""
+    client = Client(site.dial(), mech="")
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link refused")
+    assert link.remote_condition.name == "amqp:unauthorized-access"
+    assert client.put_token()["status-code"] == 200
+    assert DEVICE in site.srv.sessions
+
+
+def test_garbage_is_refused_and_the_next_child_served(site, caplog):
+    got = _raw_until_closed(site, b"GET / HTTP/1.1\r\n\r\n")
+    assert got == b""
+    assert any("not AMQP" in line for line in _amqp_lines(caplog))
+    assert Client(site.dial()).put_token()["status-code"] == 200
+
+
+def test_an_oversized_sasl_frame_is_refused(site, caplog):
+    frame = (100000).to_bytes(4, "big") + b"\x02\x01\0\0"
+    got = _raw_until_closed(site, amqp.SASL_HEADER + frame)
+    assert got.startswith(amqp.SASL_HEADER)  # the mechanisms, then the close
+    assert any("SASL frame of 100000 bytes" in line for line in _amqp_lines(caplog))
+
+
+def test_an_amqp_frame_over_the_max_frame_size_is_a_framing_error(site, caplog):
+    """After the header, an open frame claiming more than the engine's max-frame-size."""
+    frame = (amqp.MAX_FRAME * 4).to_bytes(4, "big") + b"\x02\0\0\0" + b"\0" * 64
+    got = _raw_until_closed(site, amqp.AMQP_HEADER + frame)
+    assert got.startswith(amqp.AMQP_HEADER)  # the engine's header, then its close
+    assert any("framing-error" in line for line in _amqp_lines(caplog))
+    assert Client(site.dial()).put_token()["status-code"] == 200  # and the head still serves
+
+
+def test_silence_before_authentication_is_cut(site, caplog):
+    got = _raw_until_closed(site, amqp.SASL_HEADER)  # and then nothing, until the deadline
+    assert got.startswith(amqp.SASL_HEADER)
+    assert any("connect_timeout_secs" in line for line in _amqp_lines(caplog))
+
+
+@pytest.fixture(autouse=True)
+def _journal_at_warning(caplog):
+    caplog.set_level(logging.INFO)
+
+
+# -- to the child --------------------------------------------------------------------------
+
+
+def _c2d_client(site) -> tuple[Client, object]:
+    client = Client(site.dial())
+    client.put_token()
+    c2d = client.receiver(f"/devices/{DEVICE}/messages/devicebound")
+    client.run_until(lambda: site.call(
+        lambda: site.srv.sessions[DEVICE].subscribed(f"devices/{DEVICE}/messages/devicebound/x")),
+        "the C2D link attached")
+    return client, c2d
+
+
+def _incoming(link):
+    dlv = link.current
+    if dlv is None or dlv.partial or not dlv.readable:
+        return None
+    msg = Message()
+    msg.decode(link.recv(dlv.pending))
+    link.advance()
+    return dlv, msg
+
+
+def test_c2d_goes_out_with_its_properties_and_accept_completes(site):
+    client, c2d = _c2d_client(site)
+    acked: list[int] = []
+    topic = f"devices/{DEVICE}/messages/devicebound/valve=3&$.mid=c2d-1&$.to=%2Fdevices%2Fx"
+    site.call(site.srv.sessions[DEVICE].deliver, topic, b"open valve", 1,
+              lambda: acked.append(1))
+    dlv, msg = client.run_until(lambda: _incoming(c2d), "the C2D message")
+    assert msg.body == b"open valve"
+    assert msg.properties == {"valve": "3"}
+    assert msg.id == "c2d-1"
+    assert not acked  # not until the child settles it
+    dlv.update(Delivery.ACCEPTED)
+    dlv.settle()
+    client.poll()
+    wait_until(lambda: acked, what="the hub's acknowledgement")
+
+
+def test_a_released_c2d_message_comes_again(site):
+    client, c2d = _c2d_client(site)
+    acked: list[int] = []
+    topic = f"devices/{DEVICE}/messages/devicebound/n=1"
+    site.call(site.srv.sessions[DEVICE].deliver, topic, b"again", 1, lambda: acked.append(1))
+    dlv, _ = client.run_until(lambda: _incoming(c2d), "the first delivery")
+    dlv.update(Delivery.RELEASED)  # abandon
+    dlv.settle()
+    dlv2, msg = client.run_until(lambda: _incoming(c2d), "the second delivery")
+    assert msg.body == b"again" and not acked
+    dlv2.update(Delivery.REJECTED)  # reject: gone for good
+    dlv2.settle()
+    client.poll()
+    wait_until(lambda: acked, what="the hub's acknowledgement of the rejected message")
