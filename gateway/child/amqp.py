@@ -50,6 +50,7 @@ from gateway.log import Event, event
 from gateway.mqtt.codec import Connect, Publish
 
 LISTENER = "amqp"  # the head's name in the status and the journal
+WS_LISTENER = "amqp-ws"  # AMQP over WebSocket on the 443 head (subprotocol AMQPWSB10)
 SASL_HEADER = b"AMQP\x03\x01\x00\x00"
 AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
 SASL_FRAME_MAX = 8192  # a SAS token and a user name; nothing legitimate is larger
@@ -75,11 +76,11 @@ class AmqpConnection:
     (`device_id`, `listener`, `is_open`, `subscribed`, `deliver`, `close`, `hold_puback`)."""
 
     def __init__(self, server: Any, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+                 writer: asyncio.StreamWriter, listener: str = LISTENER) -> None:
         self._server = server
         self._reader = reader
-        self._writer = writer
-        self.listener = LISTENER
+        self._writer = writer  # a socket's, or websocket.WsWriter on the 443 head
+        self.listener = listener
         self.device_id = ""
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"

@@ -457,10 +457,15 @@ class ChildServer:
                 await head.serve()
                 return
             if name == WS_LISTENER:
-                streams = await self._http(reader, writer)
-                if streams is None:
+                upgraded = await self._http(reader, writer)
+                if upgraded is None:
                     return
-                reader, writer = streams
+                protocol, (reader, writer) = upgraded
+                if protocol == websocket.AMQP_SUBPROTOCOL:
+                    head = amqp.AmqpConnection(self, reader, writer, amqp.WS_LISTENER)
+                    self._all.add(head)
+                    await head.serve()
+                    return
             conn = ChildConnection(self, reader, writer, name)
             self._all.add(conn)
             await conn.serve()
@@ -474,18 +479,21 @@ class ChildServer:
         return server.sockets[0].getsockname()[:2]
 
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                    ) -> tuple[websocket.WsReader, websocket.WsWriter] | None:
-        """The 443 head's request: a WebSocket upgrade gives the streams a ChildConnection runs
-        on; any other request is an HTTPS request, answered here (None). The request is read
-        within listen.connect_timeout_secs and counted against the connection cap until its
-        answer is written; a refusal is answered, logged once and closed."""
+                    ) -> tuple[str, tuple[websocket.WsReader, websocket.WsWriter]] | None:
+        """The 443 head's request: a WebSocket upgrade gives its subprotocol and the streams a
+        ChildConnection (mqtt) or an AmqpConnection (AMQPWSB10) runs on; any other request is
+        an HTTPS request, answered here (None). The request is read within
+        listen.connect_timeout_secs and counted against the connection cap until its answer is
+        written; a refusal is answered, logged once and closed."""
         exchange = https.Exchange(reader, writer)
         self._http_open += 1
         try:
             kind, got = await asyncio.wait_for(self._first_request(exchange, _peer(writer)),
                                                self.connect_timeout)
             if kind == "ws":
-                return websocket.streams(reader, writer, self.max_message_bytes, got)
+                protocol, trailing = got
+                return protocol, websocket.streams(reader, writer, self.max_message_bytes,
+                                                   trailing, protocol)
             await self._answer_https(exchange, got)
         except https.HttpRefused as exc:
             self._refuse_http(exchange, exc, kind="ws")
@@ -500,8 +508,9 @@ class ChildServer:
         return None
 
     async def _first_request(self, exchange: https.Exchange, peer: str
-                             ) -> tuple[str, bytes | https.HttpRequest]:
-        """("ws", the bytes after the 101's request) or ("https", the whole request)."""
+                             ) -> tuple[str, tuple[str, bytes] | https.HttpRequest]:
+        """("ws", (the subprotocol, the bytes after the 101's request)) or ("https", the whole
+        request)."""
         request = await exchange.head()
         if https.is_upgrade(request):
             return "ws", await websocket.upgrade(exchange, request)

@@ -1,20 +1,22 @@
-"""MQTT over WebSocket on the 443 head: the upgrade, then the frames around the MQTT byte stream.
+"""MQTT and AMQP over WebSocket on the 443 head: the upgrade, then the frames around the stream.
 
 What the device SDKs send (azure-iot-device with `websockets=True` through paho, the Node SDK's
 MqttWs through mqtt.js): `GET /$iothub/websocket` (Node adds a query string), `Upgrade:
-websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Protocol: mqtt`. The request is parsed by
-h11 (https.py, which also serves the requests that are not upgrades); a bad upgrade is answered
-with a status and a reason and closed: AMQP over WebSocket (`AMQPWSB10`) gets 501, a bad upgrade
-400, a WebSocket version other than 13 gets 426.
+websocket`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Protocol: mqtt`; for AMQP (the Node
+SDK's AmqpWs through rhea, the C# and Java SDKs' AMQP-WS) the same path with the subprotocol
+`AMQPWSB10`. The request is parsed by h11 (https.py, which also serves the requests that are not
+upgrades); a bad upgrade is answered with a status and a reason and closed: an unknown
+subprotocol or a bad upgrade gets 400, a WebSocket version other than 13 gets 426.
 
-After the 101 the connection is a ChildConnection like any other: `WsReader` and `WsWriter` stand
-in for its asyncio StreamReader and StreamWriter. wsproto (sans-io, h11's sibling) decodes the
-frames; the binary payloads are the MQTT stream, passed on as they arrive (a message is never
-buffered whole, so memory per connection is one socket read). A message longer than
-max_message_bytes plus MQTT_HEADER_ROOM, or cut into more than MAX_FRAGMENTS frames, or a text
-frame, closes the connection with the WebSocket close code that says why. The reader only reads
-the socket when ChildConnection asks for more, so its back-pressure (not reading a child that is
-over its bound or its rate) holds unchanged: the flood waits in the child's TCP window.
+After the 101 the connection is a ChildConnection (mqtt) or an AmqpConnection (AMQPWSB10) like
+any other: `WsReader` and `WsWriter` stand in for its asyncio StreamReader and StreamWriter.
+wsproto (sans-io, h11's sibling) decodes the frames; the binary payloads are the MQTT or AMQP
+stream, passed on as they arrive (a message is never buffered whole, so memory per connection is
+one socket read). A message longer than max_message_bytes plus the protocol's room
+(MQTT_HEADER_ROOM, AMQP_ROOM), or cut into more than MAX_FRAGMENTS frames, or a text frame,
+closes the connection with the WebSocket close code that says why. The reader only reads the
+socket when the connection asks for more, so its back-pressure (not reading a child that is over
+its bound or its rate) holds unchanged: the flood waits in the child's TCP window.
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ SUBPROTOCOL = "mqtt"
 AMQP_SUBPROTOCOL = "AMQPWSB10"
 # fixed header, topic length and topic, packet id: what an MQTT PUBLISH adds to its payload
 MQTT_HEADER_ROOM = 5 + 2 + 65535 + 2
+# rhea writes what its engine has in one message: a message's frames and a few small ones; the
+# AMQP head's session window (max_message_bytes and two 64 KiB frames) bounds it the same way
+AMQP_ROOM = 4 * 65536
+ROOM = {SUBPROTOCOL: MQTT_HEADER_ROOM, AMQP_SUBPROTOCOL: AMQP_ROOM}
 MAX_FRAGMENTS = 128  # frames of one message; the SDKs send one frame per message
 CONTROL_BUFFER_MAX = 1 << 20  # pongs and closes a peer leaves unread before it is cut
-SERVED = f"GET {WS_PATH} with Sec-WebSocket-Protocol: {SUBPROTOCOL}"
+SERVED = f"GET {WS_PATH} with Sec-WebSocket-Protocol: {SUBPROTOCOL} or {AMQP_SUBPROTOCOL}"
 
 
 # an upgrade's refusal is an HTTP refusal: a status, a reason, and the line closed
@@ -59,8 +65,9 @@ class WebSocketRefusal(PeerError):
 # -- the upgrade --------------------------------------------------------------------------------
 
 
-def check_upgrade(request: h11.Request) -> str:
-    """The Sec-WebSocket-Accept value for a good MQTT upgrade; UpgradeRefused otherwise."""
+def check_upgrade(request: h11.Request) -> tuple[str, str]:
+    """The Sec-WebSocket-Accept value and the subprotocol chosen for a good upgrade;
+    UpgradeRefused otherwise."""
     headers = headers_of(request)
     path = request.target.decode("latin-1").split("?", 1)[0]
     if not is_upgrade(request):
@@ -79,20 +86,18 @@ def check_upgrade(request: h11.Request) -> str:
     key = headers.get("sec-websocket-key", "")
     if not _is_key(key):
         raise UpgradeRefused(400, "Sec-WebSocket-Key is missing or not 16 bytes in base64")
-    _check_subprotocol(headers.get("sec-websocket-protocol", ""))
-    return generate_accept_token(key.encode("ascii")).decode("ascii")
+    protocol = _subprotocol(headers.get("sec-websocket-protocol", ""))
+    return generate_accept_token(key.encode("ascii")).decode("ascii"), protocol
 
 
-def _check_subprotocol(offered: str) -> None:
-    protocols = [p.strip() for p in offered.split(",") if p.strip()]
-    if SUBPROTOCOL in protocols:
-        return
-    if AMQP_SUBPROTOCOL in protocols:
-        raise UpgradeRefused(501, "AMQP over WebSocket (AMQPWSB10) is not served yet by this "
-                                  "gateway: use MQTT over WebSocket (subprotocol mqtt) or MQTT "
-                                  "on port 8883")
-    raise UpgradeRefused(400, f"Sec-WebSocket-Protocol {offered!r}: this port serves only "
-                              f"{SUBPROTOCOL!r}")
+def _subprotocol(offered: str) -> str:
+    """The first of the client's subprotocols that is served (RFC 6455 4.2.2: its order is its
+    preference)."""
+    for protocol in (p.strip() for p in offered.split(",")):
+        if protocol in ROOM:
+            return protocol
+    raise UpgradeRefused(400, f"Sec-WebSocket-Protocol {offered[:80]!r}: this port serves only "
+                              f"{SUBPROTOCOL!r} and {AMQP_SUBPROTOCOL!r}")
 
 
 def _is_key(key: str) -> bool:
@@ -102,10 +107,11 @@ def _is_key(key: str) -> bool:
         return False
 
 
-async def upgrade(exchange: Exchange, request: h11.Request) -> bytes:
+async def upgrade(exchange: Exchange, request: h11.Request) -> tuple[str, bytes]:
     """Answer a request that asks for a WebSocket: 101, or UpgradeRefused (not yet written:
-    the caller answers it). Returns the bytes that followed the head (already frames)."""
-    accept = check_upgrade(request)
+    the caller answers it). Returns the subprotocol and the bytes that followed the head
+    (already frames)."""
+    accept, protocol = check_upgrade(request)
     if not isinstance(await exchange.next_event(), h11.EndOfMessage):
         raise UpgradeRefused(400, "a WebSocket upgrade request has no body")
     exchange.writer.write(exchange.conn.send(h11.InformationalResponse(
@@ -113,9 +119,9 @@ async def upgrade(exchange: Exchange, request: h11.Request) -> bytes:
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept),
-        ("Sec-WebSocket-Protocol", SUBPROTOCOL),
+        ("Sec-WebSocket-Protocol", protocol),
     ])) or b"")
-    return exchange.conn.trailing_data[0]
+    return protocol, exchange.conn.trailing_data[0]
 
 
 # -- the frames ---------------------------------------------------------------------------------
@@ -125,19 +131,21 @@ class WsChannel:
     """One WebSocket connection over a stream pair: the decoder, and what the peer is owed."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_message_bytes: int, trailing: bytes = b"") -> None:
+                 max_message_bytes: int, trailing: bytes = b"",
+                 protocol: str = SUBPROTOCOL) -> None:
         self.raw_reader = reader
         self.raw_writer = writer
         self.ws = WsConnection(ConnectionType.SERVER)
-        self.max_message = max_message_bytes + MQTT_HEADER_ROOM
+        self.protocol = protocol
+        self.max_message = max_message_bytes + ROOM[protocol]
         self._message_bytes = 0  # of the message being received
         self._fragments = 0
-        self._pending: list[bytes] = []  # decoded MQTT bytes not yet read
+        self._pending: list[bytes] = []  # decoded bytes not yet read
         self._eof = False
         self._trailing = trailing
 
     async def read(self, n: int = -1) -> bytes:
-        """MQTT bytes; b"" once the peer closed (a close frame or the socket)."""
+        """MQTT or AMQP bytes; b"" once the peer closed (a close frame or the socket)."""
         while not self._pending and not self._eof:
             if self._trailing:
                 data, self._trailing = self._trailing, b""
@@ -166,7 +174,8 @@ class WsChannel:
                 return
             elif isinstance(ev, TextMessage):
                 self._fail(CloseReason.UNSUPPORTED_DATA,
-                           "a text frame: MQTT over WebSocket is carried in binary frames")
+                           "a text frame: MQTT and AMQP over WebSocket are carried in binary "
+                           "frames")
             # a Pong answers nothing we asked: ignored
 
     def _on_data(self, ev: BytesMessage) -> None:
@@ -175,7 +184,7 @@ class WsChannel:
         if self._message_bytes > self.max_message:
             self._fail(CloseReason.MESSAGE_TOO_BIG,
                        f"WebSocket message over {self.max_message} bytes "
-                       "(listen.max_message_bytes plus the MQTT header)")
+                       f"(listen.max_message_bytes plus the {self.protocol} framing)")
         if self._fragments > MAX_FRAGMENTS:
             self._fail(CloseReason.POLICY_VIOLATION,
                        f"WebSocket message in more than {MAX_FRAGMENTS} frames")
@@ -214,14 +223,14 @@ class WsChannel:
             self.raw_writer.write(self.ws.send(CloseConnection(code=code, reason=reason)))
 
     def frame(self, data: bytes) -> bytes:
-        """MQTT bytes as one binary message; nothing once a close frame went out."""
+        """Stream bytes as one binary message; nothing once a close frame went out."""
         if self.ws.state is not ConnectionState.OPEN:
             return b""
         return self.ws.send(BytesMessage(data=data))
 
 
 class WsReader:
-    """What ChildConnection reads: the decoded MQTT bytes."""
+    """What the connection reads: the decoded MQTT or AMQP bytes."""
 
     def __init__(self, channel: WsChannel) -> None:
         self._channel = channel
@@ -231,7 +240,7 @@ class WsReader:
 
 
 class WsWriter:
-    """What ChildConnection writes to: each write one binary message. The transport and the
+    """What the connection writes to: each write one binary message. The transport and the
     extra info (peer address, TLS object for X.509 children) are the socket's own, so the
     write-buffer bound and abort() work on the real bytes."""
 
@@ -266,7 +275,8 @@ class WsWriter:
 
 
 def streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_message_bytes: int,
-            trailing: bytes = b"") -> tuple[WsReader, WsWriter]:
-    """The stream pair a ChildConnection runs on, after a good upgrade."""
-    channel = WsChannel(reader, writer, max_message_bytes, trailing)
+            trailing: bytes = b"", protocol: str = SUBPROTOCOL) -> tuple[WsReader, WsWriter]:
+    """The stream pair a ChildConnection (mqtt) or an AmqpConnection (AMQPWSB10) runs on,
+    after a good upgrade."""
+    channel = WsChannel(reader, writer, max_message_bytes, trailing, protocol)
     return WsReader(channel), WsWriter(channel)

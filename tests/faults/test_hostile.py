@@ -364,11 +364,10 @@ def _ws_upgraded(site, device: str = "victim-1") -> tuple[socket.socket, bytes]:
     (ws_upgrade(key=None), 400),
     (ws_upgrade(version="8"), 426),
     (ws_upgrade(protocol="chat"), 400),
-    (ws_upgrade(protocol="AMQPWSB10"), 501),
     (ws_upgrade(extra="X-Pad: " + "a" * 40000 + "\r\n"), 431),
     (b"\x00" * 64 + b"\r\n\r\n", 400),
 ], ids=["H48 not an upgrade", "H49 no key", "H49 version 8", "H49 unknown subprotocol",
-        "H49 AMQP over WebSocket", "H50 40 KB head", "H50 binary garbage"])
+        "H50 40 KB head", "H50 binary garbage"])
 def test_h48_h50_bad_upgrades_are_answered_and_closed(site, request_bytes, status):
     """Each gets its status and a reason, the line closes, the journal says why."""
     with _ws(site) as sock:

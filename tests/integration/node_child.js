@@ -1,7 +1,9 @@
 // A device application on the unmodified Azure IoT Node.js SDK (azure-iot-device with
-// azure-iot-device-mqtt's MqttWs: MQTT over WebSocket, wss://{GatewayHostName}:443).
+// azure-iot-device-mqtt's MqttWs: MQTT over WebSocket, wss://{GatewayHostName}:443; or
+// azure-iot-device-amqp's Amqp, amqps://{GatewayHostName}:5671, or AmqpWs, AMQP over WebSocket
+// on wss://{GatewayHostName}:443/$iothub/websocket).
 //
-//   node node_child.js CONNECTION_STRING CA_FILE
+//   node node_child.js CONNECTION_STRING CA_FILE [mqtt-ws|amqp|amqp-ws]
 //
 // Prints one JSON line per event on stdout: twin, reported, ready, desired, method, c2d,
 // acked (a message whose sendEvent called back without error), send_error. Reads commands on
@@ -11,10 +13,14 @@
 const fs = require('fs');
 const readline = require('readline');
 const { Client, Message } = require('azure-iot-device');
-const { MqttWs } = require('azure-iot-device-mqtt');
 
-const [connStr, caFile] = process.argv.slice(2);
-const client = Client.fromConnectionString(connStr, MqttWs);
+const [connStr, caFile, transportName = 'mqtt-ws'] = process.argv.slice(2);
+const TRANSPORTS = {
+  'mqtt-ws': () => require('azure-iot-device-mqtt').MqttWs,
+  'amqp': () => require('azure-iot-device-amqp').Amqp,
+  'amqp-ws': () => require('azure-iot-device-amqp').AmqpWs,
+};
+const client = Client.fromConnectionString(connStr, TRANSPORTS[transportName]());
 const deviceId = /DeviceId=([^;]+)/.exec(connStr)[1];
 
 function say(event) {
@@ -39,7 +45,7 @@ function sendOne(i) {
   message.contentEncoding = 'utf-8';
   message.properties.add('temperature', '21.5');
   message.properties.add('site name', 'north/gate');
-  return client.sendEvent(message); // resolves once the gateway's PUBACK came
+  return client.sendEvent(message); // resolves once the gateway's PUBACK (accepted) came
 }
 
 async function send(from, to) {

@@ -1,7 +1,9 @@
-"""Issue 15, done-when 1 for the Node.js SDK over MQTT over WebSocket: the unmodified npm
-azure-iot-device with azure-iot-device-mqtt's MqttWs (tests/node/package.json pins them;
-`./dev.sh test` installs them into tests/node/node_modules), through a connection string with
-`GatewayHostName=` and the gateway's CA, on port 443 of a free 127.x address: telemetry with
+"""Issue 15, done-when 1 for the Node.js SDK over MQTT over WebSocket, AMQP and AMQP over
+WebSocket: the unmodified npm azure-iot-device with azure-iot-device-mqtt's MqttWs or
+azure-iot-device-amqp's Amqp and AmqpWs (tests/node/package.json pins them; `./dev.sh test`
+installs them into tests/node/node_modules), through a connection string with
+`GatewayHostName=` and the gateway's CA, on the port the SDK dials (443, 5671) of a free 127.x
+address: telemetry with
 properties reaches the cloud with gw/seq; twin get, reported patch and a desired patch; a direct
 method from `gatewayctl invoke`; a C2D message; then with the link cut, a kill -9 of gatewayd
 and a restart, every message the SDK had acknowledged arrives once the link returns."""
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_azure_sdk import sdk_listen
+from tests.integration.test_azure_sdk import free_loopback_address, sdk_listen
 from tests.support.clients import CloudVerifier, new_key
 from tests.support.gatewayd import HUB
 from tests.support.hub_child import Operator
@@ -28,15 +30,20 @@ from tests.support.synced import synced_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node")
-NODE_MODULES = ROOT / "tests" / "node" / "node_modules"
+NODE_MODULES = Path(os.environ.get("GATEWAYD_NODE_MODULES", "")
+                    or ROOT / "tests" / "node" / "node_modules")
 SCRIPT = Path(__file__).with_name("node_child.js")
 OFFLINE = 40  # messages sent with the link cut, across the kill
+AMQP_PORT = 5671  # the SDK always dials 5671 for AMQP over TCP
+# the transports, by the name of the gateway head that serves each (node_child.js's argument)
+TRANSPORTS = ("mqtt-ws", "amqp", "amqp-ws")
 
 
 def _skip_reason() -> str:
     if NODE is None:
         return "node is not installed (./dev.sh test installs nodejs and npm)"
-    if not (NODE_MODULES / "azure-iot-device-mqtt").is_dir():
+    if not all((NODE_MODULES / m).is_dir() for m in ("azure-iot-device-mqtt",
+                                                     "azure-iot-device-amqp")):
         return "tests/node/node_modules is missing: run ./dev.sh test (npm ci in tests/node)"
     return ""
 
@@ -44,9 +51,10 @@ def _skip_reason() -> str:
 class NodeChild:
     """node_child.js as a subprocess; its stdout events arrive on a queue."""
 
-    def __init__(self, conn_str: str, ca_file: Path) -> None:
+    def __init__(self, conn_str: str, ca_file: Path, transport: str = "mqtt-ws") -> None:
         env = {**os.environ, "NODE_PATH": str(NODE_MODULES)}
-        self.proc = subprocess.Popen([NODE, str(SCRIPT), conn_str, str(ca_file)], env=env,
+        self.proc = subprocess.Popen([NODE, str(SCRIPT), conn_str, str(ca_file), transport],
+                                     env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.events: queue.Queue = queue.Queue()
@@ -92,9 +100,20 @@ class NodeChild:
         return self.proc.wait(60)
 
 
+def _listen(transport: str) -> tuple[str, dict]:
+    """A free 127.x address and the [listen] overrides that put the transport's head on the
+    port the SDK dials (it cannot be told another)."""
+    if transport == "amqp":
+        address = free_loopback_address(AMQP_PORT)
+        return address, {"host": address, "port": 0, "amqp_port": AMQP_PORT}
+    address, listen, _ = sdk_listen("websockets")  # both WebSocket transports dial 443
+    return address, listen
+
+
 @pytest.mark.skipif(bool(_skip_reason()), reason=_skip_reason() or "runs")
-def test_node_sdk_over_mqtt_ws_through_an_outage_and_a_kill(cloud, gateways, tmp_path):
-    address, listen, _ = sdk_listen("websockets")
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_node_sdk_through_an_outage_and_a_kill(cloud, gateways, tmp_path, transport):
+    address, listen = _listen(transport)
     ca_file, cert_file, key_file = server_tls(tmp_path, (address,), ())
     key = new_key()
     operator = Operator(cloud.port)
@@ -106,9 +125,9 @@ def test_node_sdk_over_mqtt_ws_through_an_outage_and_a_kill(cloud, gateways, tmp
     operator.subscribe("devices/node-dev/twin/reported")
 
     child = NodeChild(f"HostName={HUB};DeviceId=node-dev;SharedAccessKey={key};"
-                      f"GatewayHostName={address}", ca_file)
+                      f"GatewayHostName={address}", ca_file, transport)
     try:
-        _online_features(child, gw, operator, cloud)
+        _online_features(child, gw, operator, cloud, transport)
         child.command("send 0 3")
         verifier.wait_for(lambda m: {r.i for r in m} >= {0, 1, 2}, what="the first messages")
         for m in verifier.messages:
@@ -137,14 +156,15 @@ def test_node_sdk_over_mqtt_ws_through_an_outage_and_a_kill(cloud, gateways, tmp
     assert firsts == sorted(firsts), "in order"
 
 
-def _online_features(child: NodeChild, gw, operator: Operator, cloud) -> None:
+def _online_features(child: NodeChild, gw, operator: Operator, cloud, transport: str) -> None:
     """Twin get, reported and desired patches, a method from gatewayctl, a C2D message."""
     twin = child.next("twin")["twin"]
     assert twin["desired"]["interval"] == 10 and twin["desired"]["$version"] == 1
     child.next("reported")
     child.next("ready")
     status = gw.status()
-    assert status["child_listeners"] == {"node-dev": "mqtt-ws"}
+    assert status["child_listeners"] == {"node-dev": transport}
+    assert status["connections"][transport] == 1
     operator.wait(lambda: json.loads(operator.retained.get("devices/node-dev/twin/reported",
                                                            b"{}")).get("sdk") == "node",
                   what="the Node SDK's reported patch in the cloud")

@@ -227,16 +227,15 @@ def test_ping_gets_its_pong_and_close_its_close(site):
     (ws_upgrade(key=None), 400, b"Sec-WebSocket-Key"),
     (ws_upgrade(key="c2hvcnQ="), 400, b"Sec-WebSocket-Key"),
     (ws_upgrade(version="8"), 426, b"use 13"),
-    (ws_upgrade(protocol=None), 400, b"serves only 'mqtt'"),
-    (ws_upgrade(protocol="mqttv5"), 400, b"serves only 'mqtt'"),
-    (ws_upgrade(protocol="AMQPWSB10"), 501, b"AMQP over WebSocket (AMQPWSB10) is not served yet"),
+    (ws_upgrade(protocol=None), 400, b"serves only 'mqtt' and 'AMQPWSB10'"),
+    (ws_upgrade(protocol="mqttv5"), 400, b"serves only 'mqtt' and 'AMQPWSB10'"),
     (ws_upgrade(method="POST"), 400, b"is a GET"),
     (ws_upgrade(extra="X-Pad: " + "a" * 20000 + "\r\n"), 431, b"head is over"),
     (ws_upgrade(extra="X-Pad: a\r\n" * 20000), 431, b"bad HTTP request"),
     (b"\x16\x03\x01garbage\r\n\r\n", 400, b"bad HTTP request"),
 ], ids=["not-upgrade", "https-method", "https-declared-too-big", "https-chunked-too-big",
         "path", "no-key", "short-key", "version",
-        "no-subprotocol", "unknown-subprotocol", "amqp", "post", "huge-head",
+        "no-subprotocol", "unknown-subprotocol", "post", "huge-head",
         "endless-head", "garbage"])
 def test_a_bad_request_gets_its_status_and_one_journal_line(site, caplog, request_bytes,
                                                             status, says):
@@ -267,7 +266,17 @@ def test_check_upgrade_alone():
     conn.receive_data(ws_upgrade(extra="Sec-WebSocket-Protocol: mqtt\r\n", protocol="foo")
                       .replace(b"Connection: Upgrade", b"Connection: keep-alive, UPGRADE"))
     request = conn.next_event()
-    assert websocket.check_upgrade(request) == WS_ACCEPT
+    assert websocket.check_upgrade(request) == (WS_ACCEPT, "mqtt")
+
+
+def test_the_first_served_subprotocol_offered_is_chosen():
+    """RFC 6455 4.2.2: the client lists its subprotocols by preference; AMQPWSB10 is the AMQP
+    head's, mqtt the MQTT session's."""
+    import h11
+    for offered, chosen in (("foo, AMQPWSB10, mqtt", "AMQPWSB10"), ("mqtt,AMQPWSB10", "mqtt")):
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(ws_upgrade(protocol=offered))
+        assert websocket.check_upgrade(conn.next_event())[1] == chosen
 
 
 # -- bad frames ---------------------------------------------------------------------------------
