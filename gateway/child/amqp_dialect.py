@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from cproton import pn_message_get_content_encoding, pn_message_get_content_type
 from proton import Message
 
 from gateway import identity
@@ -150,10 +151,20 @@ def property_bag(message: Message) -> str:
         elif value is not None:
             pairs.append((str(key), _text(value)))
     for attr, name in SYSTEM:
-        value = getattr(message, attr)
+        value = _system_property(message, attr)
         if value not in (None, ""):
             pairs.append((name, _text(value)))
     return urlencode(pairs, quote_via=quote)
+
+
+def _system_property(message: Message, attr: str) -> object:
+    """A system property, None when unset: proton gives an unset content type or encoding
+    as symbol('None') (symbol(None)), which is not the text a child sent."""
+    if attr == "content_type":
+        return pn_message_get_content_type(message._msg)
+    if attr == "content_encoding":
+        return pn_message_get_content_encoding(message._msg)
+    return getattr(message, attr)
 
 
 def telemetry_topic(device_id: str, message: Message) -> str:

@@ -21,6 +21,10 @@ from urllib.parse import parse_qsl
 
 import pytest
 from proton import Collector, Connection, Delivery, Endpoint, Message, Transport
+from wsproto import WSConnection as WsConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
+from wsproto.events import Message as WsMessage
 
 from gateway.child import amqp, server
 from gateway.config import ListenSettings
@@ -56,13 +60,14 @@ class Recorder(server.Handler):
 
 
 class Site:
-    """The server on its own loop in a thread, so the test's sockets can block."""
+    """The server on its own loop in a thread, so the test's sockets can block; with `ws`, the
+    443 head too (AMQP over WebSocket)."""
 
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, ws: bool = False) -> None:
         self.ca, cert, key = server_tls(tmp_path)
         settings = ListenSettings("127.0.0.1", 0, cert, key, None, 0, MAX_MESSAGE,
-                                  MAX_CONNECTIONS, 2.0, amqp_port=0)
-        settings = ListenSettings(**{**settings.__dict__, "amqp_port": _free_port()})
+                                  MAX_CONNECTIONS, 2.0, amqp_port=_free_port(),
+                                  https_port=_free_port() if ws else 0)
         self.handler = Recorder()
         self.srv = server.ChildServer(settings, self.handler)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -70,7 +75,9 @@ class Site:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        ((_, self.port),) = self.call_async(self.srv.start(tls))
+        bound = self.call_async(self.srv.start(tls))
+        self.port = bound[-1][1]  # the AMQP head, bound last
+        self.ws_port = bound[0][1] if ws else 0
 
     def call_async(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -81,9 +88,9 @@ class Site:
             return fn(*args)
         return self.call_async(run())
 
-    def dial(self) -> ssl.SSLSocket:
+    def dial(self, port: int = 0) -> ssl.SSLSocket:
         ctx = ssl.create_default_context(cafile=str(self.ca))
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        sock = socket.create_connection(("127.0.0.1", port or self.port), timeout=10)
         return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def close(self) -> None:
@@ -111,6 +118,66 @@ def site(tmp_path):
     s = Site(tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture
+def ws_site(tmp_path):
+    s = Site(tmp_path, ws=True)
+    yield s
+    s.close()
+
+
+class WsSocket:
+    """A TLS socket after a WebSocket upgrade with subprotocol AMQPWSB10 (rhea's, the Node
+    SDK's AmqpWs): what Client sends goes out as binary messages, what it reads is their
+    payloads; b"" once the gateway closed."""
+
+    def __init__(self, sock: ssl.SSLSocket, protocol: str = "AMQPWSB10") -> None:
+        self.sock = sock
+        self.ws = WsConnection(ConnectionType.CLIENT)
+        self._buf = bytearray()
+        self.closed_with: int | None = None
+        sock.sendall(self.ws.send(Request(host="gateway", target="/$iothub/websocket",
+                                          subprotocols=[protocol])))
+        self.accepted = None
+        while self.accepted is None:
+            data = sock.recv(65536)
+            assert data, "the gateway closed instead of answering the upgrade"
+            self._receive(data)
+
+    def _receive(self, data: bytes | None) -> None:
+        self.ws.receive_data(data)
+        for ev in self.ws.events():
+            if isinstance(ev, AcceptConnection):
+                self.accepted = ev
+            elif isinstance(ev, BytesMessage):
+                self._buf += ev.data
+            elif isinstance(ev, CloseConnection):
+                self.closed_with = ev.code
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(self.ws.send(WsMessage(data=data)))
+
+    def recv(self, n: int) -> bytes:
+        while not self._buf:
+            if self.closed_with is not None:
+                return b""
+            data = self.sock.recv(n)
+            if not data:
+                return b""
+            self._receive(data)
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+    def settimeout(self, timeout) -> None:
+        self.sock.settimeout(timeout)
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Client:
@@ -332,6 +399,43 @@ def test_a_link_for_another_device_is_refused(site, caplog):
     assert any("someone-else" in line for line in _amqp_lines(caplog))
 
 
+# -- over WebSocket (the 443 head) ---------------------------------------------------------
+
+
+def test_amqp_over_websocket_is_the_same_head_on_443(ws_site):
+    """An AMQPWSB10 upgrade: 101 with the subprotocol echoed, then SASL, the put-token and
+    telemetry accepted only once the handler releases it, as on 5671; listed as amqp-ws."""
+    sock = WsSocket(ws_site.dial(ws_site.ws_port))
+    assert sock.accepted.subprotocol == "AMQPWSB10"
+    client = Client(sock)
+    assert client.put_token()["status-code"] == 200
+    assert ws_site.srv.sessions[DEVICE].listener == "amqp-ws"
+    assert ws_site.srv.connections_by_listener()["amqp-ws"] == 1
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit on the telemetry link")
+    dlv = client.send(link, Message(body=b'{"t": 1}', properties={"k": "v"}))
+    client.poll()
+    wait_until(lambda: ws_site.handler.publishes, what="the publish at the handler")
+    assert ws_site.handler.publishes[0].topic == f"devices/{DEVICE}/messages/events/k=v"
+    ws_site.call(lambda: None)
+    client.poll()
+    assert not dlv.remote_state
+    ws_site.call(ws_site.handler.releases[0])
+    client.run_until(lambda: dlv.remote_state, "the disposition")
+    assert dlv.remote_state == Delivery.ACCEPTED
+
+
+def test_amqp_over_websocket_refusals_close_with_a_close_frame(ws_site, caplog):
+    """Bytes that are not AMQP inside the WebSocket: refused by the AMQP head with its journal
+    line, and the WebSocket closed with a close frame (then the socket)."""
+    sock = WsSocket(ws_site.dial(ws_site.ws_port))
+    sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    assert sock.recv(65536) == b""
+    assert sock.closed_with == 1000
+    assert any("not AMQP" in line for line in _amqp_lines(caplog))
+    assert ws_site.srv.sessions == {}
+
+
 # -- hostile bytes -------------------------------------------------------------------------
 
 
@@ -457,3 +561,14 @@ def test_a_released_c2d_message_comes_again(site):
     dlv2.settle()
     client.poll()
     wait_until(lambda: acked, what="the hub's acknowledgement of the rejected message")
+
+
+def test_unset_content_type_and_encoding_are_not_in_the_bag():
+    """Proton reads an unset content type as symbol('None'): the bag leaves them out, and
+    keeps the ones a child did set."""
+    from gateway.child import amqp_dialect
+    bare = Message()
+    bare.decode(Message(body=b"x", properties={"k": "v"}).encode())
+    assert amqp_dialect.property_bag(bare) == "k=v"
+    typed = Message(body=b"x", content_type="application/json", content_encoding="utf-8")
+    assert amqp_dialect.property_bag(typed) == "%24.ct=application%2Fjson&%24.ce=utf-8"
