@@ -1,5 +1,6 @@
 """A site for the fault tests: a real mosquitto cloud, a registry of children, one gatewayd with a
-TLS, a plain and a WebSocket (443 head) listener, and a sampler of the daemon's resident memory."""
+TLS, a plain, a WebSocket (443 head) and an AMQP (5671 head) listener, and a sampler of the
+daemon's resident memory."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class Site:
     ca_file: Path
     rss: RssSampler
     ws_port: int  # listen.https_port: the 443 head (MQTT over WebSocket)
+    amqp_port: int  # listen.amqp_port: the 5671 head (AMQP 1.0)
     counts: dict[str, int] = field(default_factory=dict)  # bad inputs tried, by kind
 
 
@@ -65,11 +67,11 @@ def site(tmp_path_factory):
     keys = {f"good-{n}": new_key() for n in range(4)}
     keys.update({f"victim-{n}": new_key() for n in range(4)})
     ca, crt, kfile = make_tls(root)
-    ws_port = free_port()
+    ws_port, amqp_port = free_port(), free_port()
     gw = synced_gateway(cloud, functools.partial(Gatewayd, root / "gw"), keys, tls=(crt, kfile),
                         listen={"max_connections": 16, "connect_timeout_secs": 3,
-                                "https_port": ws_port})
-    s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid), ws_port)
+                                "https_port": ws_port, "amqp_port": amqp_port})
+    s = Site(cloud, gw, keys, ca, RssSampler(gw.proc.pid), ws_port, amqp_port)
     yield s
     s.rss.stop()
     gw.close()

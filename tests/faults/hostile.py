@@ -1,4 +1,5 @@
-"""Raw-socket tools for the hostile-input cases: hand-made MQTT bytes, and what to expect back."""
+"""Raw-socket tools for the hostile-input cases: hand-made MQTT, WebSocket and AMQP bytes, and
+what to expect back."""
 
 from __future__ import annotations
 
@@ -145,3 +146,31 @@ def read_http_head(sock: socket.socket, timeout: float = 10.0) -> tuple[int, byt
     head, _, rest = got.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
     return status, head, rest
+
+
+# -- AMQP 1.0 (the 5671 head) -------------------------------------------------------------------
+
+AMQP_SASL_HEADER = b"AMQP\x03\x01\x00\x00"
+AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
+SASL_INIT, SASL_RESPONSE = 0x41, 0x43
+
+
+def amqp_frame(body: bytes, kind: int = 0, size: int | None = None) -> bytes:
+    """A frame on channel 0 (kind 0: AMQP, 1: SASL); `size` declares another length."""
+    n = 8 + len(body) if size is None else size
+    return n.to_bytes(4, "big") + bytes([2, kind, 0, 0]) + body
+
+
+def sasl_init(mechanism: str, response: bytes = b"", descriptor: int = SASL_INIT) -> bytes:
+    """A SASL frame with sasl-init's described list (mechanism, initial-response), by hand:
+    descriptor ulong, list8, sym8, vbin8."""
+    mech = mechanism.encode()
+    fields = b"\xa3" + bytes([len(mech)]) + mech + b"\xa0" + bytes([len(response)]) + response
+    body = b"\x00\x53" + bytes([descriptor]) + b"\xc0" + bytes([len(fields) + 1, 2]) + fields
+    return amqp_frame(body, kind=1)
+
+
+def amqp_open() -> bytes:
+    """An AMQP open frame (container id "h"), the first frame after the AMQP header."""
+    fields = b"\xa1\x01h"
+    return amqp_frame(b"\x00\x53\x10\xc0" + bytes([len(fields) + 1, 1]) + fields)

@@ -15,16 +15,23 @@ import threading
 import time
 
 import pytest
+from proton import Delivery, Endpoint, Message
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection
 
+from gateway.child.auth import make_sas_token
 from gateway.mqtt import codec
 from gateway.mqtt.codec import ConnAck, PingResp, PubAck, SubAck
 from tests.faults.hostile import (
+    AMQP_HEADER,
+    AMQP_SASL_HEADER,
     OP_CONT,
     OP_PING,
     OP_TEXT,
+    SASL_RESPONSE,
+    amqp_frame,
+    amqp_open,
     connect_packet,
     dial,
     raw_publish,
@@ -33,12 +40,15 @@ from tests.faults.hostile import (
     read_until_closed,
     rl,
     s16,
+    sasl_init,
     telemetry,
     ws_frame,
     ws_upgrade,
 )
 from tests.support.clients import Child
+from tests.support.gatewayd import HUB
 from tests.support.wait import wait_until
+from tests.unit.test_amqp import Client as AmqpClient
 
 RSS_GROWTH_LIMIT = 64 << 20  # peak over the baseline, through every flood of this module
 PINGREQ = b"\xc0\x00"
@@ -447,6 +457,161 @@ def test_h53_websocket_child_is_served_and_pings_answered(site):
             assert chunk, f"closed early: {got!r}"
             got += chunk
     _count(site, "catalogue")
+
+
+# -- the 5671 head: AMQP 1.0 (issue 15) -------------------------------------------------------
+
+
+def _amqp(site) -> socket.socket:
+    return dial(site.amqp_port, tls_ca=str(site.ca_file))
+
+
+def _amqp_served(site, device: str = "good-2") -> None:
+    """A good AMQP child: SASL ANONYMOUS, a put-token with its SAS token, a telemetry message
+    with its accepted disposition."""
+    assert site.gw.proc.poll() is None, f"gatewayd died:\n{site.gw.log_text()[-3000:]}"
+    client = AmqpClient(_amqp(site))
+    try:
+        token = make_sas_token(HUB, device, site.keys[device], int(time.time()) + 3600)
+        props = client.put_token(token=token, name=f"{HUB}/devices/{device}")
+        assert props["status-code"] == 200, props
+        link = client.sender(f"/devices/{device}/messages/events")
+        client.run_until(lambda: link.credit > 0, "credit on the telemetry link")
+        dlv = client.send(link, Message(body=b'{"ok": 1}'))
+        client.run_until(lambda: dlv.remote_state, "the disposition", timeout=15)
+        assert dlv.remote_state == Delivery.ACCEPTED
+    finally:
+        client.sock.close()
+
+
+def _plain_forged(device: str) -> bytes:
+    token = make_sas_token(HUB, device, "Zm9yZ2Vk" * 4, int(time.time()) + 3600)
+    return b"\0" + f"{device}@sas.{HUB}".encode() + b"\0" + token.encode()
+
+
+# each: the bytes, and what the journal line says; the gateway closes the connection
+AMQP_CLOSED = {
+    "H57 an HTTP request on 5671": (b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", "not AMQP"),
+    "H57 AMQP header version 2": (b"AMQP\x00\x02\x00\x00", "not AMQP with SASL"),
+    "H58 SASL frame declared at 1 GB": (
+        AMQP_SASL_HEADER + amqp_frame(b"", kind=1, size=1 << 30), "SASL frame of 1073741824"),
+    "H58 AMQP frame over max-frame-size": (
+        AMQP_HEADER + amqp_frame(b"\0" * 64, size=1 << 20), "framing-error"),
+    "H58 AMQP frame declared shorter than its header": (
+        AMQP_HEADER + amqp_frame(b"", size=4), "framing-error"),
+    "H59 AMQP open where sasl-init belongs": (
+        AMQP_SASL_HEADER + amqp_frame(b""), "frame type 0 during SASL"),
+    "H59 AMQP header before the SASL outcome": (
+        AMQP_SASL_HEADER + AMQP_HEADER + amqp_open(), "SASL frame of 1095586128"),
+    "H59 sasl-response instead of sasl-init": (
+        AMQP_SASL_HEADER + sasl_init("ANONYMOUS", descriptor=SASL_RESPONSE),
+        "expected sasl-init"),
+    "H59 sasl-init with mechanism EXTERNAL": (
+        AMQP_SASL_HEADER + sasl_init("EXTERNAL"), "SASL mechanism 'EXTERNAL' refused"),
+    "H59 sasl-init body that is not AMQP data": (
+        AMQP_SASL_HEADER + amqp_frame(b"\xff" * 24, kind=1), "malformed SASL frame"),
+    "H59 PLAIN with a user that is not device@sas.hub": (
+        AMQP_SASL_HEADER + sasl_init("PLAIN", b"\0victim-0\0x"), "is not '{device id}@sas"),
+    "H59 PLAIN with a forged token": (
+        # good-3: no other case has it refused (its journal lines are rate-limited per cause)
+        AMQP_SASL_HEADER + sasl_init("PLAIN", _plain_forged("good-3")),
+        "child good-3 from 127.0.0.1"),
+}
+
+
+@pytest.mark.parametrize("case", list(AMQP_CLOSED))
+def test_amqp_closed(site, case):
+    """Each is closed with one journal line saying why; a good AMQP child is served after."""
+    data, says = AMQP_CLOSED[case]
+    with _amqp(site) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+        read_until_closed(sock)
+    wait_until(site.gw.log_text, lambda log: says in log, timeout=10,
+               what=f"the journal line for {case!r}", show=lambda t: t[-1500:])
+    _amqp_served(site)
+    _count(site, "amqp")
+
+
+def test_h58_truncated_frames_are_cut_at_the_deadline(site):
+    """A sasl-init cut in its middle, and an open frame cut after its header (no SASL): the
+    head waits for the rest no longer than listen.connect_timeout_secs (3 s here)."""
+    socks = []
+    for data in (AMQP_SASL_HEADER + sasl_init("ANONYMOUS")[:11], AMQP_HEADER + amqp_open()[:6]):
+        sock = _amqp(site)
+        sock.sendall(data)
+        socks.append(sock)
+    _amqp_served(site)  # served meanwhile
+    for sock in socks:
+        read_until_closed(sock, 15)
+        sock.close()
+    # one line for both: refusals are rate-limited per cause
+    wait_until(site.gw.log_text, lambda log: "connect_timeout_secs (3 s)" in log,
+               timeout=10, what="the deadline's journal line", show=lambda t: t[-1500:])
+    _count(site, "amqp", 2)
+
+
+def test_h60_links_before_the_put_token_are_refused_then_cut(site):
+    """SASL ANONYMOUS, then links for telemetry and C2D without a put-token: each refused with
+    amqp:unauthorized-access, nothing reaches the store, and the connection is cut at the
+    deadline."""
+    client = AmqpClient(_amqp(site))
+    try:
+        links = [client.sender("/devices/victim-3/messages/events"),
+                 client.receiver("/devices/victim-3/messages/devicebound")]
+        client.run_until(lambda: all(lk.state & Endpoint.REMOTE_CLOSED for lk in links),
+                         "both links refused")
+        assert {lk.remote_condition.name for lk in links} == {"amqp:unauthorized-access"}
+        client.run_until(lambda: client.eof, "the connection cut at the deadline", timeout=15)
+    finally:
+        client.sock.close()
+    assert "victim-3" not in site.gw.status()["child_listeners"]
+    _count(site, "amqp", 2)
+
+
+def test_h61_random_mutations_then_a_good_client(site):
+    """100 byte-level mutations of a good preamble (SASL header, sasl-init ANONYMOUS, AMQP
+    header, open), each on its own connection and then ended: every one is closed, the
+    daemon stays up, and a good AMQP child is served after them."""
+    rnd = random.Random(15)
+    good = AMQP_SASL_HEADER + sasl_init("ANONYMOUS") + AMQP_HEADER + amqp_open()
+    for _ in range(100):
+        data = bytearray(good)
+        for _ in range(rnd.randint(1, 4)):
+            data[rnd.randrange(len(data))] = rnd.randrange(256)
+        with _amqp(site) as sock:
+            try:
+                sock.sendall(bytes(data))
+                sock.shutdown(socket.SHUT_WR)
+                read_until_closed(sock, 15)
+            except OSError:
+                continue  # closed while we wrote
+    assert site.gw.proc.poll() is None, "the daemon stays up"
+    _amqp_served(site)
+    _count(site, "amqp mutations", 100)
+
+
+def test_h62_a_flood_of_half_open_connections_on_5671(site):
+    """150 connections at once: 50 that never start TLS, 50 that stop after the SASL header,
+    50 after the AMQP header. Those past listen.max_connections + 64 are dropped at once, the
+    rest at the deadline; afterwards none is left and a good AMQP child is served."""
+    socks = [dial(site.amqp_port) for _ in range(50)]
+    for header in (AMQP_SASL_HEADER, AMQP_HEADER):
+        for _ in range(50):
+            try:
+                sock = _amqp(site)
+                sock.sendall(header)
+            except OSError:
+                continue  # dropped at the cap during the handshake
+            socks.append(sock)
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            read_until_closed(sock, 20)
+        sock.close()
+    wait_until(lambda: site.gw.status()["connections"].get("amqp"), lambda n: n == 0,
+               timeout=20, what="the AMQP head's connections all gone")
+    _amqp_served(site)
+    _count(site, "amqp flood", 150)
 
 
 def test_zz_memory_stayed_bounded(site):
