@@ -60,7 +60,7 @@ class ListenSettings:
     max_message_bytes: int
     max_connections: int
     connect_timeout_secs: float = 10.0  # TLS handshake + CONNECT, slowloris guard
-    https_port: int = 0  # the 443 head (MQTT over WebSocket), TLS with tls_cert; 0: off
+    https_port: int = 0  # the 443 head (MQTT and AMQP over WebSocket), TLS with tls_cert; 0: off
     amqp_port: int = 0  # the 5671 head (AMQP 1.0), TLS with tls_cert; 0: off
 
 
