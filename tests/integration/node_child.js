@@ -41,6 +41,7 @@ function payloadOf(request) {
 
 function sendOne(i) {
   const message = new Message(JSON.stringify({ device: deviceId, i }));
+  message.messageId = 'node-' + i;
   message.contentType = 'application/json';
   message.contentEncoding = 'utf-8';
   message.properties.add('temperature', '21.5');

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,7 @@ def test_node_sdk_through_an_outage_and_a_kill(cloud, gateways, tmp_path, transp
             assert (m.device, m.gw) == ("node-dev", "edge-1")
             assert m.props["temperature"] == "21.5" and m.props["site name"] == "north/gate"
             assert m.props["$.ct"] == "application/json" and m.props["$.ce"] == "utf-8"
+            assert m.props["$.mid"] == f"node-{m.i}"
         assert len({m.seq for m in verifier.messages}) == len(verifier.messages)
 
         cloud.stop()  # the link is cut
@@ -165,6 +167,7 @@ def _online_features(child: NodeChild, gw, operator: Operator, cloud, transport:
     status = gw.status()
     assert status["child_listeners"] == {"node-dev": transport}
     assert status["connections"][transport] == 1
+    assert re.search(rf"child node-dev: connected from \S+ \({transport}\)", gw.log_text())
     operator.wait(lambda: json.loads(operator.retained.get("devices/node-dev/twin/reported",
                                                            b"{}")).get("sdk") == "node",
                   what="the Node SDK's reported patch in the cloud")
@@ -184,3 +187,5 @@ def _online_features(child: NodeChild, gw, operator: Operator, cloud, transport:
     operator.send("node-dev", b"open valve", [("valve", "3")])
     c2d = child.next("c2d")
     assert c2d["data"] == "open valve" and c2d["props"] == {"valve": "3"}
+    gw.wait_status(lambda s: s["hub"]["devicebound_waiting"] == 0 if "hub" in s else True,
+                   what="the completed C2D message gone from the queue")
