@@ -45,10 +45,10 @@ from tests.faults.hostile import (
     ws_frame,
     ws_upgrade,
 )
+from tests.support.amqp_client import Client as AmqpClient
 from tests.support.clients import Child
 from tests.support.gatewayd import HUB
 from tests.support.wait import wait_until
-from tests.unit.test_amqp import Client as AmqpClient
 
 RSS_GROWTH_LIMIT = 64 << 20  # peak over the baseline, through every flood of this module
 PINGREQ = b"\xc0\x00"
