@@ -150,10 +150,22 @@ def property_bag(message: Message) -> str:
         elif value is not None:
             pairs.append((str(key), _text(value)))
     for attr, name in SYSTEM:
-        value = getattr(message, attr)
-        if value not in (None, ""):
+        value = system_property(message, attr)
+        if value is not None:
             pairs.append((name, _text(value)))
     return urlencode(pairs, quote_via=quote)
+
+
+def system_property(message: Message, attr: str) -> object | None:
+    """A system property, None when the message has none. Proton's Python binding gives an
+    absent content-type or content-encoding as symbol('None') (it wraps the C NULL's str()),
+    which would reach the cloud as `$.ct=None` from every SDK that sends without one (the Node
+    SDK's ModuleClient does); no MIME type or encoding is called "None"."""
+    value = getattr(message, attr)
+    if value in (None, "") or (attr in ("content_type", "content_encoding")
+                               and str(value) == "None"):
+        return None
+    return value
 
 
 def telemetry_topic(device_id: str, message: Message) -> str:
