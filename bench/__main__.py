@@ -19,8 +19,9 @@ from bench.systems import thingsboard_gateway
 from tests.support.blockdev import LoopFilesystem
 
 RELAY_KINDS = ("gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1")
-# the heads (issue 15): the same daemon with its children on MQTT/TLS or MQTT over WebSocket
-HEAD_KINDS = ("gatewayd-tls", "gatewayd-ws")
+# the heads (issue 15): the same daemon with its children on MQTT/TLS, MQTT over WebSocket or
+# AMQP 1.0 (5671)
+HEAD_KINDS = ("gatewayd-tls", "gatewayd-ws", "gatewayd-amqp")
 WEAR_KINDS = ("gatewayd", "gatewayd-rocksdb-defaults", "mosquitto", "mosquitto-autosave1")
 
 
@@ -39,7 +40,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--systems", nargs="*", help="only these systems (default: all installed)")
     run.add_argument("--children", type=int, nargs="*", help="relay child counts (1 10 100)")
     run.add_argument("--heads", action="store_true",
-                     help="relay also through the MQTT/TLS and MQTT-over-WebSocket heads")
+                     help="relay also through the MQTT/TLS, MQTT-over-WebSocket and AMQP heads")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
     run.add_argument("--flush-ms", type=int, nargs="*",
                      help="slow-flash delays per fsync in ms (default 0 5 20 50)")

@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from proton import Collector, Delivery, Message, Transport
+from proton import Connection as AmqpConnection
+from proton import Event as AmqpEvent
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, Ping
@@ -155,6 +158,107 @@ class Child:
                     self.writer.write(self._ws.send(ev.response()))
             if out:
                 return b"".join(out)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class AmqpChild:
+    """One device on the AMQP head (5671), as `Child` is on the MQTT ones: SASL PLAIN with
+    `{device}@sas.{hub}` and a SAS token, a sender link to `/devices/{id}/messages/events`, then
+    `count` messages keeping `window` unsettled; an accepted disposition is the PUBACK (its time
+    is the latency). Written on Qpid Proton's client-side engine (Connection, Transport,
+    Collector: bytes in, events out) driven by this loop, TLS by asyncio as the head does, so
+    that 10 children cost one thread here too."""
+
+    def __init__(self, device_id: str, key: str | None, port: int, window: int,
+                 ca: Path | None = None) -> None:
+        self.device_id, self.key, self.port, self.window, self.ca = (
+            device_id, key, port, window, ca)
+        self.latencies: list[float] = []
+        self._conn = AmqpConnection()
+        self._transport = Transport(Transport.CLIENT)
+        self._collector = Collector()
+        self._link = None
+
+    async def connect(self) -> None:
+        tls = ssl.create_default_context(cafile=str(self.ca))
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=tls, server_hostname="127.0.0.1")
+        sasl = self._transport.sasl()
+        sasl.allowed_mechs("PLAIN")
+        sasl.allow_insecure_mechs = True  # TLS is asyncio's, below the engine's sight
+        self._conn.user = f"{self.device_id}@sas.{HUB.split('.')[0]}"
+        self._conn.password = make_sas_token(HUB, self.device_id, self.key or "",
+                                             int(time.time()) + 3600)
+        self._conn.hostname = HUB
+        self._conn.container = self.device_id
+        self._conn.collect(self._collector)
+        self._transport.bind(self._conn)
+        self._conn.open()
+        session = self._conn.session()
+        session.open()
+        self._link = session.sender("telemetry")
+        self._link.target.address = f"/devices/{self.device_id}/messages/events"
+        self._link.open()
+        while not self._link.credit:
+            self._flush()
+            if not await self._pump():
+                raise RuntimeError(f"{self.device_id}: closed before the link had credit "
+                                   f"({self._transport.condition or self._link.remote_condition})")
+
+    async def run(self, count: int, bodies: list[bytes], rate: float = 0.0) -> None:
+        """Send `count` messages (at `rate` msg/s when given) and wait for every disposition."""
+        sent_at: dict[str, float] = {}  # by delivery tag (proton gives tags back as str)
+        sent = 0
+        start = time.perf_counter()
+        while len(self.latencies) < count:
+            while sent < count and len(sent_at) < self.window and self._link.credit > 0:
+                if rate and start + sent / rate > time.perf_counter():
+                    break
+                tag = str(sent)
+                self._link.delivery(tag)
+                msg = Message(body=bodies[sent % len(bodies)], inferred=True)
+                msg.content_type = "application/json"
+                self._link.send(msg.encode())
+                self._link.advance()
+                sent_at[tag] = time.perf_counter()
+                sent += 1
+            self._flush()
+            if rate and sent < count and len(sent_at) < self.window:
+                await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+                continue
+            if not await self._pump(sent_at):
+                raise RuntimeError(f"{self.device_id}: connection closed")
+
+    def _flush(self) -> None:
+        pending = self._transport.pending()
+        if pending > 0:
+            self.writer.write(self._transport.peek(pending))
+            self._transport.pop(pending)
+
+    async def _pump(self, sent_at: dict[str, float] | None = None) -> bool:
+        """Read once, feed the engine, take each accepted disposition; False once closed."""
+        await self.writer.drain()
+        data = await self.reader.read(65536)
+        if not data:
+            return False
+        self._transport.push(data)
+        now = time.perf_counter()
+        while (ev := self._collector.peek()) is not None:
+            if ev.type == AmqpEvent.DELIVERY and sent_at is not None:
+                dlv = ev.delivery
+                if dlv.remote_state == Delivery.ACCEPTED and dlv.tag in sent_at:
+                    self.latencies.append(now - sent_at.pop(dlv.tag))
+                    dlv.settle()
+                elif dlv.remote_state in (Delivery.REJECTED, Delivery.RELEASED):
+                    raise RuntimeError(f"{self.device_id}: message {dlv.tag!r} "
+                                       f"{dlv.remote_state}")
+            elif ev.type == AmqpEvent.TRANSPORT_CLOSED:
+                return False
+            self._collector.pop()
+        self._flush()
+        return True
 
     def close(self) -> None:
         self.writer.close()

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.load import PAYLOAD_BYTES, Child, CloudCounter, payloads, percentile
+from bench.load import PAYLOAD_BYTES, AmqpChild, Child, CloudCounter, payloads, percentile
 from bench.systems import (
     Cloud,
     GatewaydSystem,
@@ -47,7 +47,8 @@ def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
         system = GatewaydSystem(workdir / "gw", cloud, keys, store)
         system.gw.env["PYTHONPATH"] = str(BASELINE["tree"])  # ahead of the installed package
         return system
-    if kind in ("gatewayd-tls", "gatewayd-ws"):  # the same daemon, children on another head
+    # the same daemon, children on another head
+    if kind in ("gatewayd-tls", "gatewayd-ws", "gatewayd-amqp"):
         return GatewaydSystem(workdir / "gw", cloud, keys, store, head=kind.split("-")[1])
     if kind == "gatewayd-rocksdb-defaults":
         return GatewaydSystem(workdir / "gw", cloud, keys, store, module="bench.rocksdb_defaults")
@@ -62,7 +63,8 @@ def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
 
 async def _children(port: int, keys: dict[str, str], window: int, system=None) -> list[Child]:
     head, ca = getattr(system, "head", "plain"), getattr(system, "ca", None)
-    children = [Child(d, k, port, window, head, ca) for d, k in keys.items()]
+    children = [AmqpChild(d, k, port, window, ca) if head == "amqp"
+                else Child(d, k, port, window, head, ca) for d, k in keys.items()]
     await asyncio.gather(*(c.connect() for c in children))
     return children
 

@@ -53,8 +53,8 @@ class Cloud(Mosquitto):
 
 class GatewaydSystem:
     """`head`: how the children reach it: "plain" MQTT, "tls" (MQTT over TLS, the 8883
-    listener) or "ws" (MQTT over WebSocket over TLS, the 443 head); `ca` is then the CA the
-    children trust."""
+    listener), "ws" (MQTT over WebSocket over TLS, the 443 head) or "amqp" (AMQP 1.0 over TLS,
+    the 5671 head); `ca` is then the CA the children trust."""
 
     name = "gatewayd"
 
@@ -72,8 +72,11 @@ class GatewaydSystem:
             self.ca, cert, key = server_tls(workdir)
             tls = (cert, key)
             if head == "ws":
-                self._https_port = free_port()
-                listen = {"port": 0, "https_port": self._https_port}
+                self._head_port = free_port()
+                listen = {"port": 0, "https_port": self._head_port}
+            elif head == "amqp":
+                self._head_port = free_port()
+                listen = {"port": 0, "amqp_port": self._head_port}
         self.gw = Gatewayd(workdir, cloud_url=cloud.url, storage=storage, tls=tls,
                            listen=listen)
         self.gw.module = module
@@ -89,8 +92,8 @@ class GatewaydSystem:
 
     @property
     def port(self) -> int:
-        if self.head == "ws":
-            return self._https_port
+        if self.head in ("ws", "amqp"):
+            return self._head_port
         return self.gw.tls_port if self.head == "tls" else self.gw.plain_port
 
     @property

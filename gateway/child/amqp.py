@@ -441,6 +441,8 @@ class AmqpConnection:
             link.flow(CREDIT)
         else:
             self._pending_out.setdefault(link, [])
+        if role == dia.C2D:  # what waited (C2D, a module's inputs) goes out now, as after a SUBACK
+            self._server.handler.on_subscribed(self)
 
     def _detach(self, link: Link) -> None:
         role = self._roles.pop(link, None)

@@ -44,6 +44,7 @@ class Recorder(server.Handler):
         self.publishes: list = []
         self.releases: list = []
         self.connects: list = []
+        self.subscribed: list = []
         self.good_password = TOKEN.encode()
 
     def authenticate(self, connect, cert_der):
@@ -54,6 +55,9 @@ class Recorder(server.Handler):
     def on_publish(self, conn, publish):
         self.publishes.append(publish)
         self.releases.append(conn.hold_puback(publish.packet_id))
+
+    def on_subscribed(self, conn):
+        self.subscribed.append(conn.device_id)
 
 
 class Site:
@@ -449,3 +453,66 @@ def test_unset_content_type_and_encoding_are_not_in_the_bag():
     assert amqp_dialect.property_bag(bare) == "k=v"
     typed = Message(body=b"x", content_type="application/json", content_encoding="utf-8")
     assert amqp_dialect.property_bag(typed) == "%24.ct=application%2Fjson&%24.ce=utf-8"
+
+
+# -- modules (IoT Edge identities `{gw}/{module}`) ---------------------------------------------
+
+GATEWAY, MODULE = "edge-1", "filter"
+MODULE_ID = f"{GATEWAY}/{MODULE}"
+MODULE_TOKEN = (f"SharedAccessSignature sr={HUB}%2Fdevices%2F{GATEWAY}%2Fmodules%2F{MODULE}"
+                f"&sig=abc&se={2**31 - 1}")
+
+
+def _module_client(site) -> Client:
+    site.handler.good_password = MODULE_TOKEN.encode()
+    client = Client(site.dial())
+    answer = client.put_token(MODULE_TOKEN, f"{HUB}/devices/{GATEWAY}/modules/{MODULE}")
+    assert answer["status-code"] == 200
+    assert site.handler.connects[-1].client_id == MODULE_ID
+    return client
+
+
+def test_a_module_sends_to_an_output_on_its_events_link(site):
+    """The Node SDK's ModuleClient: sender link /devices/{gw}/modules/{m}/messages/events, the
+    output named by the iothub-outputname application property (the MQTT dialect's `$.on`)."""
+    client = _module_client(site)
+    link = client.sender(f"/devices/{GATEWAY}/modules/{MODULE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit on the module's events link")
+    client.send(link, Message(body=b"21.5", properties={"iothub-outputname": "out1", "k": "v"}))
+    client.poll()
+    wait_until(lambda: site.handler.publishes, what="the module's publish at the handler")
+    prefix = f"devices/{GATEWAY}/modules/{MODULE}/messages/events/"
+    topic = site.handler.publishes[0].topic
+    assert topic.startswith(prefix)
+    assert dict(parse_qsl(topic[len(prefix):])) == {"$.on": "out1", "k": "v"}
+
+
+def test_a_modules_inputs_arrive_on_its_receiver_link_named_by_annotation(site):
+    """edgeHub serves a module's inputs on a receiver link at the same .../messages/events
+    address, each message's input in the x-opt-input-name annotation; attaching that link is
+    the module's subscription, so what waited for it goes out (the hub is told at once)."""
+    client = _module_client(site)
+    inputs = client.receiver(f"/devices/{GATEWAY}/modules/{MODULE}/messages/events")
+    probe = f"devices/{GATEWAY}/modules/{MODULE}/inputs/x"
+    client.run_until(lambda: site.call(lambda: site.srv.sessions[MODULE_ID].subscribed(probe)),
+                     "the inputs link attached")
+    assert site.handler.subscribed == [MODULE_ID]
+    acked: list[int] = []
+    site.call(site.srv.sessions[MODULE_ID].deliver,
+              f"devices/{GATEWAY}/modules/{MODULE}/inputs/in1/kind=temp", b"21.5", 1,
+              lambda: acked.append(1))
+    dlv, msg = client.run_until(lambda: _incoming(inputs), "the input message")
+    assert msg.body == b"21.5" and msg.properties == {"kind": "temp"}
+    assert msg.annotations == {"x-opt-input-name": "in1"}
+    dlv.update(Delivery.ACCEPTED)
+    dlv.settle()
+    client.poll()
+    wait_until(lambda: acked, what="the hub's acknowledgement of the input")
+
+
+def test_a_module_cannot_attach_another_modules_links(site, caplog):
+    client = _module_client(site)
+    other = client.sender(f"/devices/{GATEWAY}/modules/other/messages/events")
+    client.run_until(lambda: other.remote_condition, "the refusal")
+    assert other.remote_condition.name == "amqp:not-found"
+    assert not site.handler.publishes
