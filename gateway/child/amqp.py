@@ -6,10 +6,14 @@ and no thread. The SASL layer in front of it is this module's own (three small f
 no frame of SASL's reaches the engine and no AMQP frame comes before SASL's outcome. ANONYMOUS,
 or no SASL layer at all (an AMQP header first: the Node SDK's rhea), is followed by a CBS
 put-token on `$cbs` (the SDKs' SAS path), and nothing but `$cbs` is served before it, within
-listen.connect_timeout_secs; PLAIN carries `{device}@sas.{hub}` and the token. Both are decided
-by the handler's authenticate(), with the offline rules of the MQTT path, through the server's
+listen.connect_timeout_secs; PLAIN carries `{device}@sas.{hub}` and the token. An X.509 child
+(listen.client_ca_file set, its certificate presented in the TLS handshake) needs no token: with
+EXTERNAL (offered only to a peer with a certificate), ANONYMOUS or no SASL layer, its first link
+names the identity (the Node SDK sends no put-token and no SASL for X.509) and the certificate's
+thumbprint decides it; an authzid in EXTERNAL's response names it at once. All are decided by
+the handler's authenticate(), with the offline rules of the MQTT path, through the server's
 admit() (the connection cap, takeover). A new put-token renews the token; one that lapses closes
-the connection.
+the connection (a certificate has no lapse here: its validity is the TLS handshake's).
 
 Everything else is the MQTT path's: each AMQP request becomes the PUBLISH an MQTT child would
 have sent (amqp_dialect.py), handed to the same Handler, and what the hub delivers to a topic
@@ -62,6 +66,7 @@ IDLE_TIMEOUT_SECS = 120.0  # the engine closes a peer silent for this long (hear
 READ_CHUNK = 65536
 WRITE_BUFFER_MAX = 1 << 20
 MECHANISMS = ("ANONYMOUS", "PLAIN")
+CERT_MECHANISM = "EXTERNAL"  # offered to a TLS peer that presented a client certificate
 SASL_OK, SASL_AUTH = 0, 1
 PUT_TOKEN_TYPES = ("servicebus.windows.net:sastoken", "azure-devices.net:sastoken")
 CORRELATION = "com.microsoft:channel-correlation-id"
@@ -69,6 +74,10 @@ CORRELATION = "com.microsoft:channel-correlation-id"
 
 class Refusal(PeerError):
     """The peer broke a rule of the head; the connection closes with one journal line."""
+
+
+class _Logged(dia.AmqpRefused):
+    """A refusal whose journal line is written already (the handler's verdict)."""
 
 
 class AmqpConnection:
@@ -240,7 +249,7 @@ class AmqpConnection:
         if head != SASL_HEADER:
             raise Refusal(f"not AMQP with SASL: the connection began with {head!r}")
         del self._buf[:8]
-        self._write(SASL_HEADER + _sasl_frame(0x40, _mechanisms))
+        self._write(SASL_HEADER + _sasl_frame(0x40, _mechanisms(self._offered())))
         self._phase = "init"
 
     def _sasl_init(self) -> None:
@@ -254,9 +263,12 @@ class AmqpConnection:
             ok = True  # who it is comes with the put-token, within connect_timeout_secs
         elif mechanism == "PLAIN":
             ok = self._plain(response)
+        elif mechanism == CERT_MECHANISM and mechanism in self._offered():
+            ok = self._external(response)
         else:
             self._write(_sasl_frame(0x44, _outcome(SASL_AUTH)))
-            raise Refusal(f"SASL mechanism {mechanism!r} refused; offered: {', '.join(MECHANISMS)}")
+            raise Refusal(f"SASL mechanism {mechanism!r} refused; offered: "
+                          f"{', '.join(self._offered())}")
         self._write(_sasl_frame(0x44, _outcome(SASL_OK if ok else SASL_AUTH)))
         if not ok:
             self._phase = "closed"
@@ -271,12 +283,35 @@ class AmqpConnection:
         audience = dia.parse_plain_user(user, token)
         return self._authenticate(audience, token)
 
+    def _offered(self) -> tuple[str, ...]:
+        return (*MECHANISMS, CERT_MECHANISM) if self._peer_cert() else MECHANISMS
+
+    def _external(self, response: bytes) -> bool:
+        """EXTERNAL: the TLS client certificate is the credential. An authzid (the identity)
+        is decided now; without one the first link names the identity."""
+        who = response.decode("utf-8", "replace").strip()
+        return self._authenticate_cert(who) if who else True
+
     # -- authentication ----------------------------------------------------------------------
 
-    def _authenticate(self, audience: dia.Audience, token: str) -> bool:
-        """A first token admits the connection (cap, handler, takeover); a later one for the
-        same identity renews it. One identity per connection."""
-        connect = Connect(audience.identity, audience.username, token.encode())
+    def _authenticate_cert(self, who: str) -> bool:
+        """An X.509 child: `who` is authenticated by the TLS client certificate alone."""
+        return self._authenticate(dia.Audience(self._hub_host(), who), None)
+
+    def _hub_host(self) -> str:
+        """The username's host for a token-less identity: the hub the gateway serves (the
+        handler's; the AMQP open names the gateway host the child dialled instead)."""
+        host = getattr(self._server.handler, "hub_hostname", "")
+        if not host and self._conn is not None:
+            host = self._conn.remote_hostname or ""
+        return host
+
+    def _authenticate(self, audience: dia.Audience, token: str | None) -> bool:
+        """A first token (or, with None, the client certificate) admits the connection (cap,
+        handler, takeover); a later token for the same identity renews it. One identity per
+        connection."""
+        connect = Connect(audience.identity, audience.username,
+                          None if token is None else token.encode())
         if self.device_id:
             if audience.identity != self.device_id:
                 self._server.log_limited(
@@ -302,10 +337,12 @@ class AmqpConnection:
                     device_id=audience.identity, cause=verdict.reason.split(":")[0][:32])
                 return False
             self.device_id = audience.identity
+            how = "" if token is not None else ", X.509"
             event(Event.CHILD_CONNECTED,
-                  f"child {self.device_id}: connected from {self.peer} ({self.listener})",
+                  f"child {self.device_id}: connected from {self.peer} ({self.listener}{how})",
                   device_id=self.device_id)
-        self._watch_expiry(token)
+        if token is not None:
+            self._watch_expiry(token)
         return True
 
     def _watch_expiry(self, token: str) -> None:
@@ -422,14 +459,14 @@ class AmqpConnection:
                 raise dia.AmqpRefused("amqp:resource-limit-exceeded",
                                       f"more than {MAX_LINKS} links on one connection")
             if address != dia.CBS and not self.device_id:
-                raise dia.AmqpRefused("amqp:unauthorized-access",
-                                      f"link to {address!r} before a put-token on $cbs")
+                self._link_authenticates(address)
             role = dia.link_role(self.device_id, address, link.is_receiver)
         except dia.AmqpRefused as exc:
-            self._server.log_limited(
-                Event.AMQP_REFUSED,
-                f"child {self.device_id or 'peer ' + self.peer}: link refused: {exc}",
-                device_id=self.device_id, cause=exc.condition)
+            if not isinstance(exc, _Logged):
+                self._server.log_limited(
+                    Event.AMQP_REFUSED,
+                    f"child {self.device_id or 'peer ' + self.peer}: link refused: {exc}",
+                    device_id=self.device_id, cause=exc.condition)
             link.open()
             link.condition = Condition(exc.condition, str(exc))
             link.close()
@@ -443,6 +480,20 @@ class AmqpConnection:
             self._pending_out.setdefault(link, [])
         if role == dia.C2D:  # what waited (C2D, a module's inputs) goes out now, as after a SUBACK
             self._server.handler.on_subscribed(self)
+
+    def _link_authenticates(self, address: str) -> None:
+        """The first link of a child with a client certificate and no put-token names who
+        it is (an X.509 child); without a certificate, a link before a put-token is refused."""
+        if self._peer_cert() is None:
+            raise dia.AmqpRefused("amqp:unauthorized-access",
+                                  f"link to {address!r} before a put-token on $cbs")
+        who = dia.address_identity(address)
+        if not who:
+            raise dia.AmqpRefused("amqp:unauthorized-access",
+                                  f"link to {address!r} names no device before a put-token")
+        if not self._authenticate_cert(who):
+            raise _Logged("amqp:unauthorized-access",
+                          f"client certificate refused for {who!r} (see the journal)")
 
     def _detach(self, link: Link) -> None:
         role = self._roles.pop(link, None)
@@ -741,12 +792,14 @@ def _query_pairs(topic: str) -> list[tuple[str, str]]:
 # -- SASL frames ---------------------------------------------------------------------------
 
 
-def _mechanisms(d: Data) -> None:
-    d.put_array(False, Data.SYMBOL)
-    d.enter()
-    for name in MECHANISMS:
-        d.put_symbol(symbol(name))
-    d.exit()
+def _mechanisms(names: tuple[str, ...]) -> Callable[[Data], None]:
+    def fill(d: Data) -> None:
+        d.put_array(False, Data.SYMBOL)
+        d.enter()
+        for name in names:
+            d.put_symbol(symbol(name))
+        d.exit()
+    return fill
 
 
 def _outcome(code: int) -> Callable[[Data], None]:

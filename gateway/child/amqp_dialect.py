@@ -97,6 +97,18 @@ def token_expiry(token: str) -> int | None:
     return int(se) if se.isdigit() else None
 
 
+def address_identity(address: str) -> str:
+    """Whom a link address speaks for: `/devices/{id}/...` or `/devices/{gw}/modules/{m}/...`
+    ("" for anything else). An X.509 child sends no put-token (the Node SDK goes straight to
+    its links), so its first link is where its identity comes from; link_role then holds it
+    to that identity."""
+    parts = address.strip("/").split("/")
+    if len(parts) < 3 or parts[0] != "devices" or not parts[1]:
+        return ""
+    who, _rest = identity.from_path(parts[1:])
+    return who
+
+
 def link_role(device_id: str, address: str, child_sends: bool) -> str:
     """What a link attached by `device_id` at `address` is for; AmqpRefused if nothing here,
     or if it names another identity (a child speaks only for itself, as in IoT Hub)."""

@@ -74,6 +74,12 @@ class ChildHandler(Handler):
                                         self.check_token)
 
     @property
+    def hub_hostname(self) -> str:
+        """The hub this gateway serves: the AMQP head names an X.509 child's identity with it
+        (no token or username of the child's carries it)."""
+        return self._hub_hostname
+
+    @property
     def hub(self) -> LocalHub:
         if self._hub is None:
             raise RuntimeError("no local hub bound: the listeners started before the wiring")

@@ -2,16 +2,19 @@
 loop in a thread), and Qpid Proton's own client engine (Connection, Transport) on the other end,
 or hand-made bytes where a client would never send them.
 
-What must hold: SASL comes first (ANONYMOUS then a CBS put-token, or PLAIN), and nothing of the
-dialect is served before it; telemetry reaches the handler as the PUBLISH an MQTT child sends,
-with its property bag, and its accepted disposition leaves only when the handler releases it;
-the hub's deliveries go out on the links that carry them (cloud-to-device: accept completes,
-release sends it again); every refusal has its condition and one journal line.
+What must hold: SASL comes first (ANONYMOUS then a CBS put-token, or PLAIN; for an X.509 child
+its TLS client certificate and its first link), and nothing of the dialect is served before it;
+telemetry reaches the handler as
+the PUBLISH an MQTT child sends, with its property bag, and its accepted disposition leaves only
+when the handler releases it; the hub's deliveries go out on the links that carry them
+(cloud-to-device: accept completes, release sends it again); every refusal has its condition
+and one journal line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import ssl
@@ -19,13 +22,14 @@ import threading
 from urllib.parse import parse_qsl
 
 import pytest
+from cryptography.x509 import load_pem_x509_certificate
 from proton import Delivery, Endpoint, Message
 from wsproto import WSConnection as WsConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request
 from wsproto.events import Message as WsMessage
 
-from gateway.child import amqp, server
+from gateway.child import amqp, certs, server
 from gateway.config import ListenSettings
 from gateway.log import Event
 from tests.support.amqp_client import DEVICE, HUB, TOKEN, Client
@@ -37,19 +41,29 @@ MAX_CONNECTIONS = 4
 
 
 class Recorder(server.Handler):
-    """Accepts the tokens it is told to; keeps each PUBLISH with its release, for the test to
-    call (the disposition must wait for it)."""
+    """Accepts the tokens it is told to (any `se` of theirs), or with no token a client
+    certificate of a registered thumbprint; keeps each PUBLISH with its release, for the test
+    to call (the disposition must wait for it)."""
+
+    hub_hostname = HUB
 
     def __init__(self) -> None:
         self.publishes: list = []
         self.releases: list = []
         self.connects: list = []
+        self.certs: list = []
         self.subscribed: list = []
         self.good_password = TOKEN.encode()
+        self.thumbprints: set[str] = set()
 
     def authenticate(self, connect, cert_der):
         self.connects.append(connect)
-        ok = connect.password == self.good_password
+        self.certs.append(cert_der)
+        if connect.password is None:
+            ok = cert_der is not None and hashlib.sha256(cert_der).hexdigest() in self.thumbprints
+            return server.Verdict(ok, 0 if ok else 5, "" if ok else
+                                  "client certificate matches neither thumbprint")
+        ok = _unexpiring(connect.password) == _unexpiring(self.good_password)
         return server.Verdict(ok, 0 if ok else 4, "" if ok else "bad token: wrong signature")
 
     def on_publish(self, conn, publish):
@@ -60,11 +74,17 @@ class Recorder(server.Handler):
         self.subscribed.append(conn.device_id)
 
 
+def _unexpiring(token: bytes) -> bytes:
+    return token.partition(b"&se=")[0]
+
+
 class Site:
     """The server on its own loop in a thread, so the test's sockets can block; with `ws`, the
-    443 head too (AMQP over WebSocket)."""
+    443 head too (AMQP over WebSocket); with `x509`, the server asks for a client certificate
+    (listen.client_ca_file) and `device_pem` is the registered device's, `stranger_pem` one of
+    the same CA not registered."""
 
-    def __init__(self, tmp_path, ws: bool = False) -> None:
+    def __init__(self, tmp_path, ws: bool = False, x509: bool = False) -> None:
         self.ca, cert, key = server_tls(tmp_path)
         settings = ListenSettings("127.0.0.1", 0, cert, key, None, 0, MAX_MESSAGE,
                                   MAX_CONNECTIONS, 2.0, amqp_port=_free_port(),
@@ -73,12 +93,26 @@ class Site:
         self.srv = server.ChildServer(settings, self.handler)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(str(cert), str(key))
+        if x509:
+            self._client_pki(tmp_path, tls)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         bound = self.call_async(self.srv.start(tls))
         self.port = bound[-1][1]  # the AMQP head, bound last
         self.ws_port = bound[0][1] if ws else 0
+
+    def _client_pki(self, tmp_path, tls: ssl.SSLContext) -> None:
+        ca_key, ca_cert = certs.make_ca("children CA")
+        certs.write_pem(tmp_path / "children-ca.pem", cert=ca_cert)
+        tls.load_verify_locations(cafile=str(tmp_path / "children-ca.pem"))
+        tls.verify_mode = ssl.CERT_OPTIONAL  # as the daemon with listen.client_ca_file
+        for name in ("device", "stranger"):
+            key, cert = certs.make_client_cert(ca_key, ca_cert, name, days=30)
+            certs.write_pem(tmp_path / f"{name}.pem", key=key, cert=cert)
+            setattr(self, f"{name}_pem", tmp_path / f"{name}.pem")
+            if name == "device":
+                self.handler.thumbprints.add(certs.thumbprint(certs.der(cert)))
 
     def call_async(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
@@ -89,8 +123,10 @@ class Site:
             return fn(*args)
         return self.call_async(run())
 
-    def dial(self, port: int = 0) -> ssl.SSLSocket:
+    def dial(self, port: int = 0, cert=None) -> ssl.SSLSocket:
         ctx = ssl.create_default_context(cafile=str(self.ca))
+        if cert is not None:
+            ctx.load_cert_chain(str(cert))
         sock = socket.create_connection(("127.0.0.1", port or self.port), timeout=10)
         return ctx.wrap_socket(sock, server_hostname="127.0.0.1")
 
@@ -117,6 +153,13 @@ def _free_port() -> int:
 @pytest.fixture
 def site(tmp_path):
     s = Site(tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def x509_site(tmp_path):
+    s = Site(tmp_path, x509=True)
     yield s
     s.close()
 
@@ -226,6 +269,96 @@ def test_a_bad_plain_token_fails_sasl(site):
     client = Client(site.dial(), "PLAIN", f"{DEVICE}@sas.hub", "SharedAccessSignature sr=x")
     client.run_until(lambda: client.eof or client.transport.condition, "the SASL failure")
     assert DEVICE not in site.srv.sessions
+
+
+def test_an_x509_child_is_its_certificate_and_its_first_link(x509_site):
+    """The Node SDK's X.509 way: no SASL layer, no put-token; the telemetry link names the
+    device and the TLS client certificate's thumbprint admits it."""
+    site = x509_site
+    client = Client(site.dial(cert=site.device_pem), mech="")
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit on the telemetry link")
+    connect = site.handler.connects[0]
+    assert (connect.client_id, connect.password) == (DEVICE, None)
+    assert connect.username.startswith(f"{HUB}/{DEVICE}/?")
+    assert site.handler.certs[0] == _der(site.device_pem)
+    dlv = client.send(link, Message(body=b"x509 says hi"))
+    client.poll()
+    wait_until(lambda: site.handler.publishes, what="the publish at the handler")
+    assert site.handler.publishes[0].payload == b"x509 says hi"
+    site.call(site.handler.releases[0])
+    client.run_until(lambda: dlv.remote_state, "the disposition")
+    assert dlv.remote_state == Delivery.ACCEPTED
+    assert site.srv.sessions[DEVICE]._token_timer is None  # a certificate does not lapse
+
+
+def test_sasl_external_is_offered_to_a_certificate_only(x509_site):
+    site = x509_site
+    with_cert = _raw_mechanisms(site.dial(cert=site.device_pem))
+    assert amqp.CERT_MECHANISM in with_cert and "PLAIN" in with_cert
+    assert amqp.CERT_MECHANISM not in _raw_mechanisms(site.dial())
+
+
+def test_sasl_external_with_an_authzid_admits_at_once(x509_site):
+    """EXTERNAL's response naming the device: decided in SASL, before any link."""
+    site = x509_site
+    sock = site.dial(cert=site.device_pem)
+    _raw_mechanisms(sock)
+    init = amqp._sasl_frame(0x41, lambda d: (d.put_symbol(amqp.symbol("EXTERNAL")),
+                                            d.put_binary(DEVICE.encode())))
+    sock.sendall(init)
+    assert _sasl_outcome(sock) == amqp.SASL_OK
+    wait_until(lambda: DEVICE in site.srv.sessions, what="the session")
+    assert site.handler.connects[0].password is None
+
+
+def test_a_certificate_not_registered_is_refused_with_one_line(x509_site, caplog):
+    site = x509_site
+    client = Client(site.dial(cert=site.stranger_pem), mech="")
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link refused")
+    assert link.remote_condition.name == "amqp:unauthorized-access"
+    assert DEVICE not in site.srv.sessions
+    refused = [r.getMessage() for r in caplog.records
+               if getattr(r, "gw_event", None) is Event.CHILD_REFUSED]
+    assert len(refused) == 1 and "thumbprint" in refused[0]
+    assert not any("link refused" in line for line in _amqp_lines(caplog))
+
+
+def test_without_a_certificate_a_link_still_needs_the_put_token(x509_site):
+    site = x509_site
+    client = Client(site.dial(), mech="")
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.state & Endpoint.REMOTE_CLOSED, "the link refused")
+    assert "before a put-token" in link.remote_condition.description
+    assert site.handler.connects == []
+
+
+def _der(pem_path) -> bytes:
+    return certs.der(load_pem_x509_certificate(pem_path.read_bytes()))
+
+
+def _raw_mechanisms(sock) -> list[str]:
+    """The SASL header out, the server's sasl-mechanisms frame's names back."""
+    sock.sendall(amqp.SASL_HEADER)
+    buf = bytearray()
+    while (body := amqp._take_frame(buf, amqp.SASL_FRAME_MAX) if len(buf) > 8 else None) is None:
+        data = sock.recv(65536)
+        assert data, "closed before sasl-mechanisms"
+        buf += data
+        if buf.startswith(amqp.SASL_HEADER):
+            del buf[:8]
+    fields = amqp._described(body, 0x40, "sasl-mechanisms")
+    return [str(n) for n in getattr(fields[0], "elements", [fields[0]])]
+
+
+def _sasl_outcome(sock) -> int:
+    buf = bytearray()
+    while (body := amqp._take_frame(buf, amqp.SASL_FRAME_MAX)) is None:
+        data = sock.recv(65536)
+        assert data, "closed before sasl-outcome"
+        buf += data
+    return amqp._described(body, 0x44, "sasl-outcome")[0]
 
 
 # -- telemetry -----------------------------------------------------------------------------
