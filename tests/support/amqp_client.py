@@ -37,6 +37,8 @@ class Client:
         self.session = self.conn.session()
         self.session.open()
         self.eof = False
+        self._cbs: tuple | None = None  # the $cbs sender and receiver, once attached
+        self._put_tokens = 0
 
     def run_until(self, condition, what: str, timeout: float = 10.0):
         deadline = time.monotonic() + timeout
@@ -109,15 +111,19 @@ class Client:
         return dlv
 
     def put_token(self, token: str = TOKEN, name: str = f"{HUB}/devices/{DEVICE}"):
-        """The SDKs' CBS exchange; returns the answer's application properties."""
-        requests = self.sender("$cbs", "cbs-s")
-        answers = self.receiver("$cbs", "cbs-r")
-        msg = Message(id="put-1", reply_to="cbs", address="$cbs", body=token, properties={
+        """The SDKs' CBS exchange; returns the answer's application properties. A second
+        call renews the token on the same $cbs links, as the SDKs do."""
+        if self._cbs is None:
+            self._cbs = self.sender("$cbs", "cbs-s"), self.receiver("$cbs", "cbs-r")
+        requests, answers = self._cbs
+        self._put_tokens += 1
+        mid = f"put-{self._put_tokens}"
+        msg = Message(id=mid, reply_to="cbs", address="$cbs", body=token, properties={
             "operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": name})
         self.run_until(lambda: requests.credit > 0, "credit on $cbs")
-        self.send(requests, msg)
+        self.send(requests, msg, mid.encode())
         answer = self.run_until(lambda: _received(answers), "the put-token answer")
-        assert answer.correlation_id == "put-1"
+        assert answer.correlation_id == mid
         return answer.properties
 
 

@@ -4,7 +4,7 @@ or hand-made bytes where a client would never send them.
 
 What must hold: SASL comes first (ANONYMOUS then a CBS put-token, or PLAIN; for an X.509 child
 its TLS client certificate and its first link), and nothing of the dialect is served before it;
-telemetry reaches the handler as
+a renewed token keeps the connection, a lapsed one closes it; telemetry reaches the handler as
 the PUBLISH an MQTT child sends, with its property bag, and its accepted disposition leaves only
 when the handler releases it; the hub's deliveries go out on the links that carry them
 (cloud-to-device: accept completes, release sends it again); every refusal has its condition
@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from urllib.parse import parse_qsl
 
 import pytest
@@ -76,6 +77,10 @@ class Recorder(server.Handler):
 
 def _unexpiring(token: bytes) -> bytes:
     return token.partition(b"&se=")[0]
+
+
+def _token(se: int) -> str:
+    return _unexpiring(TOKEN.encode()).decode() + f"&se={se}"
 
 
 class Site:
@@ -359,6 +364,53 @@ def _sasl_outcome(sock) -> int:
         assert data, "closed before sasl-outcome"
         buf += data
     return amqp._described(body, 0x44, "sasl-outcome")[0]
+
+
+# -- token renewal and lapse -----------------------------------------------------------------
+
+
+def test_a_renewed_token_keeps_the_connection_past_the_first_ones_expiry(site):
+    first_se = int(time.time()) + 2
+    client = Client(site.dial())
+    assert client.put_token(_token(first_se))["status-code"] == 200
+    assert client.put_token(_token(first_se + 3600))["status-code"] == 200
+    assert [c.client_id for c in site.handler.connects] == [DEVICE, DEVICE]
+    # the first token's lapse would have closed it by now; a round trip through the gateway's
+    # loop after that instant runs whatever timer was due
+    wait_until(lambda: time.time() > first_se + 1, what="the first token's expiry")
+    site.call(lambda: None)
+    link = client.sender(f"/devices/{DEVICE}/messages/events")
+    client.run_until(lambda: link.credit > 0, "credit on the telemetry link")
+    dlv = client.send(link, Message(body=b"still here"))
+    client.poll()
+    wait_until(lambda: site.handler.publishes, what="the publish at the handler")
+    site.call(site.handler.releases[0])
+    client.run_until(lambda: dlv.remote_state, "the disposition")
+    assert dlv.remote_state == Delivery.ACCEPTED
+    assert site.srv.sessions[DEVICE].is_open
+
+
+def test_a_renewal_for_another_identity_is_refused_and_the_first_kept(site, caplog):
+    client = Client(site.dial())
+    assert client.put_token()["status-code"] == 200
+    props = client.put_token(name=f"{HUB}/devices/someone-else")
+    assert props["status-code"] == 401
+    assert site.srv.sessions[DEVICE].is_open
+    assert any("one identity per AMQP connection" in line for line in _amqp_lines(caplog))
+
+
+def test_a_token_that_lapses_without_renewal_closes_the_connection(site, caplog):
+    client = Client(site.dial())
+    assert client.put_token(_token(int(time.time()) + 2))["status-code"] == 200
+    client.run_until(lambda: client.conn.state & Endpoint.REMOTE_CLOSED, "the close",
+                     timeout=30)
+    cond = client.conn.remote_condition
+    assert cond.name == "amqp:connection:forced" and "expired" in cond.description
+    client.sock.close()  # the child goes, as an SDK does on a forced close
+    wait_until(lambda: DEVICE not in site.srv.sessions, what="the session gone")
+    closed = [r.getMessage() for r in caplog.records
+              if getattr(r, "gw_event", None) is Event.CHILD_CLOSED]
+    assert any("SAS token expired" in line for line in closed)
 
 
 # -- telemetry -----------------------------------------------------------------------------
