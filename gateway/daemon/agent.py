@@ -87,6 +87,20 @@ class Agent:
         """Run the deployment in force (the cached one after a reboot offline)."""
         if self.enabled:
             self.runner.apply(self.deployment)
+        if self.deployment.modules:
+            self._applied("in force from the cache")
+
+    def _applied(self, what: str) -> None:
+        """One journal line for both runners: which version, how many modules, run how."""
+        if not self.enabled:
+            how = "not run: modules.workload_socket is not set, so they could not get tokens"
+        elif isinstance(self.runner, UnitRunner):
+            how = "run as gatewayd-module@ systemd units"
+        else:
+            how = "run as gatewayd's own child processes"
+        version = self.deployment.version
+        event(Event.DEPLOYMENT_APPLIED, f"deployment: version {version} {what}: "
+              f"{len(self.deployment.modules)} modules, {how}", version=version)
 
     def apply(self, data: bytes, then: Callable[[], None]) -> tuple[str, ...]:
         """A document from the cloud; returns the identities whose connections must close
@@ -111,16 +125,17 @@ class Agent:
         self.deployment = new
         old_identities, self._identities = self._identities, self._make_identities(new)
         if self.enabled:
-            self.runner.apply(new)  # which says so in the journal
-        else:
-            event(Event.DEPLOYMENT_APPLIED,
-                  f"deployment: version {new.version} cached, {len(new.modules)} modules not "
-                  f"run: modules.workload_socket is not set, so modules could not get tokens")
+            self.runner.apply(new)
+        self._applied("applied")
         return tuple(who for who, child in old_identities.items()
                      if child.enabled and not getattr(self._identities.get(who), "enabled", 0))
 
     def _refuse(self, version: int | None, reason: str) -> None:
-        self.runner.refused(version, reason)  # the journal line and the reported document
+        self.runner.refused(version, reason)  # for the reported document
+        event(Event.DEPLOYMENT_REFUSED,
+              f"deployment: document refused, version {self.deployment.version} stays in "
+              f"force: {reason}; fix it and publish it again (gatewayctl deploy)",
+              level=logging.WARNING)
         self.publish_reported()
 
     # -- identities and the workload API -----------------------------------------------------

@@ -95,19 +95,13 @@ class ModuleRunner:
         Returns the task doing it (await it to know it is done); applies run one at a time."""
         self._desired = deployment
         self._book.applied(deployment.version)
-        event(Event.DEPLOYMENT_APPLIED,
-              f"modules: deployment version {deployment.version} applied: "
-              f"{len(deployment.modules)} modules", version=deployment.version)
         self._changed()
         return asyncio.get_running_loop().create_task(self._reconcile(deployment))
 
     def refused(self, version: int | None, reason: str) -> None:
-        """A document was refused (by the parser or the caller); the modules in force run on."""
+        """A document was refused (by the parser or the caller); the modules in force run on.
+        Recorded for the reported document; the journal line is the agent's."""
         self._book.refused(version, reason)
-        event(Event.DEPLOYMENT_REFUSED,
-              f"modules: deployment refused, version {self._book.deployment_version} stays in "
-              f"force: {reason}; fix the document and publish it again (gatewayctl deploy)",
-              level=logging.WARNING)
         self._changed()
 
     def reported(self) -> dict:

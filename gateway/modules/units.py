@@ -187,20 +187,13 @@ class UnitRunner:
     def apply(self, deployment: Deployment) -> asyncio.Task:
         self._desired = deployment
         self._book.applied(deployment.version)
-        event(Event.DEPLOYMENT_APPLIED,
-              f"modules: deployment version {deployment.version} applied: "
-              f"{len(deployment.modules)} modules (systemd units)", version=deployment.version)
         self._on_change()
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
         return asyncio.get_running_loop().create_task(self._reconcile(deployment))
 
     def refused(self, version: int | None, reason: str) -> None:
-        self._book.refused(version, reason)
-        event(Event.DEPLOYMENT_REFUSED,
-              f"modules: deployment refused, version {self._book.deployment_version} stays in "
-              f"force: {reason}; fix the document and publish it again (gatewayctl deploy)",
-              level=logging.WARNING)
+        self._book.refused(version, reason)  # the journal line is the agent's
         self._on_change()
 
     def reported(self) -> dict:
