@@ -88,7 +88,10 @@ def test_azure_sdk_twin_methods_and_c2d_through_the_gateway(cloud, gateways, tmp
     operator.put_retained("devices/sdk-hub/twin/desired", {"$version": 2, "interval": 30})
     assert child.next("desired")["patch"] == {"$version": 2, "interval": 30}
 
-    operator.send("sdk-hub", b"open valve", [("valve", "3")])
+    sent = subprocess.run([sys.executable, "-m", "gateway.cli.gatewayctl", "send", "sdk-hub",
+                           "--payload", "open valve", "--property", "valve=3", "--cloud",
+                           cloud.url], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
     c2d = child.next("c2d")
     assert c2d["data"] == "open valve" and c2d["props"] == {"valve": "3"}
     assert child.quit() == 0

@@ -184,7 +184,10 @@ def _online_features(child: NodeChild, gw, operator: Operator, cloud, transport:
         pass  # the SDK reports the desired document it had first, then each patch
     assert patch["interval"] == 30
 
-    operator.send("node-dev", b"open valve", [("valve", "3")])
+    sent = subprocess.run([sys.executable, "-m", "gateway.cli.gatewayctl", "send", "node-dev",
+                           "--payload", "open valve", "--property", "valve=3", "--cloud",
+                           cloud.url], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
     c2d = child.next("c2d")
     assert c2d["data"] == "open valve" and c2d["props"] == {"valve": "3"}
     gw.wait_status(lambda s: s["hub"]["devicebound_waiting"] == 0 if "hub" in s else True,
