@@ -43,12 +43,28 @@ def main() -> int:
         msg.content_encoding = "utf-8"
         msg.custom_properties["temperature"] = "21.5"
         msg.custom_properties["site name"] = "north/gate"
-        client.send_message(msg)  # returns once the gateway's PUBACK came
+        send(client, msg, retry=acked is not None)  # returns once the gateway's PUBACK came
         if acked is not None:
             append(acked, str(i))
             time.sleep(0.02)  # a sensor's pace, not synchronisation
     client.shutdown()
     return 0
+
+
+def send(client, msg, retry: bool) -> None:
+    """Send; with retry on, a send the SDK gives up on while the gateway restarts (its own
+    reconnect can lose that race: ConnectionFailedError) is sent again, as a device
+    application does. Nothing is recorded acknowledged until a send has returned."""
+    from azure.iot.device.exceptions import ConnectionDroppedError, ConnectionFailedError
+
+    for attempt in range(30 if retry else 1):
+        try:
+            client.send_message(msg)
+            return
+        except (ConnectionFailedError, ConnectionDroppedError):
+            if not retry or attempt == 29:
+                raise
+            time.sleep(1)  # the application's back-off before trying again
 
 
 if __name__ == "__main__":

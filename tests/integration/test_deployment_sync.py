@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.upstream.cloud_contract import agent_topic
 from tests.support.clients import CloudVerifier, publish_retained
 from tests.support.synced import synced_gateway
+from tests.support.wait import wait_until
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 CRASHER = [sys.executable, "-c", "import sys; sys.exit(3)"]
@@ -57,8 +58,9 @@ def test_policies_refusals_and_the_cached_deployment(cloud, gateways, tmp_path):
     def last_report(raw) -> dict:
         return json.loads(raw[-1].payload) if raw else {}
 
-    reported.wait_for(lambda _m: last_report(reported.raw).get("lastDesiredStatus", {}).get(
-        "code") == 400, what="the refusal in agent/reported")
+    wait_until(lambda: last_report(list(reported.raw)),
+               lambda r: r.get("lastDesiredStatus", {}).get("code") == 400,
+               what="the refusal in agent/reported")
     refusal = last_report(reported.raw)
     assert "modules.keep.type" in refusal["lastDesiredStatus"]["description"]
     assert refusal["deploymentVersion"] == 1
