@@ -53,16 +53,25 @@ def main() -> int:
 
 def send(client, msg, retry: bool) -> None:
     """Send; with retry on, a send the SDK gives up on while the gateway restarts (its own
-    reconnect can lose that race: ConnectionFailedError) is sent again, as a device
-    application does. Nothing is recorded acknowledged until a send has returned."""
-    from azure.iot.device.exceptions import ConnectionDroppedError, ConnectionFailedError
+    reconnect can lose that race: ConnectionFailedError, or NoConnectionError when the send
+    is issued between its disconnect and its reconnect) is sent again, as a device application
+    does. Nothing is recorded acknowledged until a send has returned."""
+    from azure.iot.device.exceptions import (
+        ConnectionDroppedError,
+        ConnectionFailedError,
+        NoConnectionError,
+        OperationCancelled,
+        OperationTimeout,
+    )
 
-    for attempt in range(30 if retry else 1):
+    gave_up = (ConnectionFailedError, ConnectionDroppedError, NoConnectionError,
+               OperationCancelled, OperationTimeout)
+    for attempt in range(60 if retry else 1):
         try:
             client.send_message(msg)
             return
-        except (ConnectionFailedError, ConnectionDroppedError):
-            if not retry or attempt == 29:
+        except gave_up:
+            if not retry or attempt == 59:
                 raise
             time.sleep(1)  # the application's back-off before trying again
 
