@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from gateway import identity
-from gateway.cli.operator import (
+from gateway.config import load_config
+from gateway.operator import (
     CloudSession,
     CloudTarget,
     OperatorError,
@@ -34,7 +35,6 @@ from gateway.cli.operator import (
     merge_desired,
     set_ttl,
 )
-from gateway.config import load_config
 from gateway.upstream import cloud_contract as contract
 
 

@@ -26,7 +26,8 @@ ALLOWED = {
     "modules": {"mqtt", "storage"},
     "hub": {"mqtt", "storage", "upstream", "child", "modules"},
     "daemon": {"mqtt", "storage", "upstream", "child", "modules", "hub"},
-    "cli": {"mqtt", "storage", "upstream", "child", "modules", "hub", "daemon"},
+    "operator": {"mqtt", "storage", "upstream", "child", "modules", "hub"},
+    "cli": {"mqtt", "storage", "upstream", "child", "modules", "hub", "daemon", "operator"},
 }
 # the one edge against the flow, and why it is there
 EXCEPTIONS = {

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gateway.child.auth import parse_registry
-from gateway.cli.operator import (
+from gateway.operator import (
     OperatorError,
     add_children,
     change_children,
@@ -70,15 +70,15 @@ def _deployment(**over) -> bytes:
 
 
 def test_deploy_takes_the_next_version_when_the_file_has_none():
-    from gateway.cli.operator import deployment_document
+    from gateway.operator import deployment_document
     assert deployment_document(_deployment(), "d.json", None)["version"] == 0
     assert deployment_document(_deployment(), "d.json", {"version": 7})["version"] == 8
     assert deployment_document(_deployment(version=9), "d.json", {"version": 7})["version"] == 9
 
 
 def test_deploy_refuses_a_bad_file_or_an_old_version_naming_the_file():
-    from gateway.cli.operator import deployment_document
     from gateway.modules.deployment import DeploymentError
+    from gateway.operator import deployment_document
     bad = json.dumps({"modules": {"filter": {"type": "process", "settings": {"command": []}}}})
     with pytest.raises(DeploymentError, match=r"^d.json: refused, nothing published: "
                                               r"modules.filter.settings.command"):

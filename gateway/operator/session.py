@@ -1,19 +1,12 @@
-"""The operator's side of the cloud contract: what `gatewayctl` does against the cloud broker.
+"""One MQTT 5 connection to the cloud broker: retained reads and writes, methods, C2D.
 
-IoT Edge operators manage children with `az iot hub device-identity ...`; here the cloud is an
-MQTT broker, so the same jobs are retained documents and MQTT 5 request/response on the topics of
-docs/cloud-contract.md. Document edits are read-modify-write of retained documents, checked
-before anything is written, so a refused command changes nothing.
-
-The registry rules an operator can break are checked here because the gateway cannot see other
-gateways: a child has one parent, and a gateway is not anyone's child.
+Here the cloud is an MQTT broker, so every operator job is retained documents and MQTT 5
+request/response on the topics of docs/cloud-contract.md.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import ssl
 import threading
 import uuid
@@ -24,27 +17,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.child.auth import normalize_thumbprint, parse_registry
-from gateway.errors import EX_UNAVAILABLE, EX_USAGE, GatewayError, RegistryError
-from gateway.hub.settings import MAX_TTL_SECS
-from gateway.modules.deployment import DeploymentError, parse_deployment
+from gateway.operator.errors import CloudUnavailable, OperatorError, OperatorUsageError
+from gateway.operator.registry import empty_registry
 from gateway.upstream import cloud_contract as contract
-
-
-class OperatorError(GatewayError):
-    """A refused operator command; the message is the one line to print."""
-
-
-class OperatorUsageError(OperatorError):
-    """A flag of the command is wrong; nothing was sent."""
-
-    exit_code = EX_USAGE
-
-
-class CloudUnavailable(OperatorError):
-    """The cloud broker cannot be reached or does not answer; nothing was changed by us."""
-
-    exit_code = EX_UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -67,136 +42,6 @@ class CloudTarget:
                 f"--cloud: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
         tls = parts.scheme == "mqtts"
         return CloudTarget(parts.hostname, parts.port or (8883 if tls else 1883), tls, **kwargs)
-
-
-def new_sas_key() -> str:
-    """A 256-bit key, base64, as IoT Hub generates them."""
-    return base64.b64encode(os.urandom(32)).decode()
-
-
-def connection_string(hub_hostname: str, device_id: str, key: str, gateway_host: str) -> str:
-    """What the device SDKs take: HostName is the SAS audience, GatewayHostName where to dial."""
-    return (f"HostName={hub_hostname};DeviceId={device_id};SharedAccessKey={key};"
-            f"GatewayHostName={gateway_host}")
-
-
-# -- registry documents (pure) -------------------------------------------------------------------
-
-
-def empty_registry() -> dict:
-    return {"version": 0, "children": []}
-
-
-def check_new_children(gateway_id: str, devices: list[str], registries: dict[str, dict],
-                       gateways: set[str]) -> None:
-    """Refuse second parents, gateways as children, and duplicates, naming the device."""
-    if len(set(devices)) != len(devices):
-        raise OperatorError("the same device is named twice")
-    for device in devices:
-        if device in gateways or device == gateway_id:
-            raise OperatorError(f"{device} is a gateway; a gateway cannot be a child device")
-        for parent, doc in registries.items():
-            if any(c.get("deviceId") == device for c in doc.get("children", [])):
-                if parent == gateway_id:
-                    raise OperatorError(f"{device} is already a child of {gateway_id}")
-                raise OperatorError(
-                    f"{device} already has a parent, {parent}; remove it there first "
-                    f"(gatewayctl children remove {parent} {device})")
-
-
-def add_children(doc: dict, devices: list[str], thumbprint: str | None) -> tuple[dict, dict]:
-    """A new registry document with the devices added; returns it and each device's key."""
-    keys: dict[str, str] = {}
-    children = list(doc.get("children", []))
-    for device in devices:
-        if thumbprint:
-            try:
-                auth = {"type": "x509", "primaryThumbprint": normalize_thumbprint(thumbprint)}
-            except ValueError as exc:
-                raise OperatorError(f"--x509-thumbprint: {exc}") from None
-        else:
-            keys[device] = new_sas_key()
-            auth = {"type": "sas", "primaryKey": keys[device]}
-        children.append({"deviceId": device, "status": "enabled", "auth": auth})
-    return _next_version(doc, children), keys
-
-
-def change_children(doc: dict, devices: list[str], action: str) -> dict:
-    """remove, enable or disable; every named device must be a child already."""
-    known = {c.get("deviceId") for c in doc.get("children", [])}
-    missing = [d for d in devices if d not in known]
-    if missing:
-        raise OperatorError(f"not children of this gateway: {', '.join(missing)}")
-    children = []
-    for child in doc.get("children", []):
-        if child.get("deviceId") not in devices:
-            children.append(child)
-        elif action != "remove":
-            children.append(dict(child, status="enabled" if action == "enable" else "disabled"))
-    return _next_version(doc, children)
-
-
-def _next_version(doc: dict, children: list[dict]) -> dict:
-    new = dict(doc, version=int(doc.get("version", 0)) + 1, children=children)
-    try:
-        parse_registry(json.dumps(new).encode())  # what the gateway will check, checked first
-    except RegistryError as exc:
-        raise OperatorError(
-            f"the new registry would be refused by the gateway: {exc.message}"
-        ) from None
-    return new
-
-
-def merge_desired(doc: dict | None, patch: dict) -> dict:
-    """The operator's desired patch on the full document: null deletes, $version goes up."""
-    from gateway.hub.twins import merge_patch  # the same merge rules as the gateway's
-
-    new = dict(doc or {"$version": 0})
-    version = int(new.pop("$version", 0))
-    patch = {k: v for k, v in patch.items() if k != "$version"}
-    merge_patch(new, patch)
-    new["$version"] = version + 1
-    return new
-
-
-def set_ttl(doc: dict | None, ttl: int) -> dict:
-    if isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECS:
-        raise OperatorUsageError(f"--ttl: expected 1..{MAX_TTL_SECS} seconds, got {ttl}")
-    new = dict(doc or {"schemaVersion": "1.0", "routes": {}})
-    new.setdefault("schemaVersion", "1.0")
-    section = dict(new.get("storeAndForwardConfiguration") or {})
-    section["timeToLiveSecs"] = ttl
-    new["storeAndForwardConfiguration"] = section
-    new["$version"] = int(new.get("$version", 0)) + 1
-    return new
-
-
-def deployment_document(text: bytes, source: str, current: dict | None) -> dict:
-    """The document to publish: FILE's, with the next version if it has none, checked by the
-    gateway's own parser. A version not newer than the one in the cloud is refused, since the
-    gateway would ignore it."""
-    try:
-        doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DeploymentError(f"{source}: not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise DeploymentError(f"{source}: expected a JSON object")
-    in_cloud = (current or {}).get("version")
-    in_cloud = in_cloud if type(in_cloud) is int else -1
-    if "version" not in doc:
-        doc = {**doc, "version": in_cloud + 1}
-    try:
-        parse_deployment(json.dumps(doc).encode())
-    except DeploymentError as exc:
-        raise DeploymentError(f"{source}: refused, nothing published: {exc.message}") from None
-    if doc["version"] <= in_cloud:
-        raise OperatorError(f"{source}: version {doc['version']} is not newer than version "
-                            f"{in_cloud} in the cloud, so the gateway would ignore it; raise it "
-                            f"or leave version out (the next one is then used)")
-    return doc
-
-
-# -- the broker ----------------------------------------------------------------------------------
 
 
 class CloudSession:

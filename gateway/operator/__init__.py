@@ -1,0 +1,24 @@
+"""The operator's side of the cloud contract: the Python API that gatewayctl's cloud commands use.
+
+IoT Edge operators manage children with `az iot hub device-identity ...`; here the cloud is an
+MQTT broker, so the same jobs are retained documents and MQTT 5 request/response on the topics of
+docs/cloud-contract.md. The names exported here are the public, stable API.
+"""
+
+from gateway.operator.documents import deployment_document, merge_desired, set_ttl
+from gateway.operator.errors import CloudUnavailable, OperatorError, OperatorUsageError
+from gateway.operator.registry import (
+    add_children,
+    change_children,
+    check_new_children,
+    connection_string,
+    empty_registry,
+    new_sas_key,
+)
+from gateway.operator.session import CloudSession, CloudTarget
+
+__all__ = [
+    "CloudSession", "CloudTarget", "CloudUnavailable", "OperatorError", "OperatorUsageError",
+    "add_children", "change_children", "check_new_children", "connection_string",
+    "deployment_document", "empty_registry", "merge_desired", "new_sas_key", "set_ttl",
+]
