@@ -47,6 +47,7 @@ from proton import (
 )
 from proton import Event as PnEvent
 
+from gateway import sockets
 from gateway.child import amqp_dialect as dia
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.errors import PeerError
@@ -188,7 +189,7 @@ class AmqpConnection:
             self.flush()
             self._writer.close()
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        self._writer.transport.abort()
+        sockets.abort(self._writer.transport)
         if self.device_id and self.close_reason:
             event(Event.CHILD_CLOSED, f"child {self.device_id}: disconnected: {self.close_reason}",
                   device_id=self.device_id)
@@ -739,7 +740,8 @@ class AmqpConnection:
         waiting = self._pending_out.get(link)
         while waiting and link.credit > 0:
             msg, on_settled = waiting.pop(0)
-            dlv = link.delivery(str(next(self._keys)).encode())
+            # a str tag: what both proton 0.37 (Debian's, in the .deb) and 0.40 take
+            dlv = link.delivery(str(next(self._keys)))
             dlv.context = on_settled  # type: ignore[attr-defined]
             link.send(msg.encode())
             link.advance()
@@ -768,7 +770,7 @@ class AmqpConnection:
         if self._writer.transport.get_write_buffer_size() > 2 * WRITE_BUFFER_MAX:
             self._refuse(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self._phase = "closed"
-            self._writer.transport.abort()
+            sockets.abort(self._writer.transport)
             return
         self._writer.write(data)
 

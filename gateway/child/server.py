@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway import sockets
 from gateway.child import amqp, https, websocket
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
@@ -245,7 +246,7 @@ class ChildConnection:
             await asyncio.wait_for(self._writer.wait_closed(), 2.0)
         # close() waits for unread output to flush; a peer that never reads would keep the socket
         # and its buffer for ever.
-        self._writer.transport.abort()
+        sockets.abort(self._writer.transport)
         if self.device_id and self.close_reason:
             event(
                 Event.CHILD_CLOSED,
@@ -293,7 +294,7 @@ class ChildConnection:
         if self._unsent_bytes() > 2 * WRITE_BUFFER_MAX:
             self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self.close(self.close_reason)
-            self._writer.transport.abort()
+            sockets.abort(self._writer.transport)
             return
         self._out.append(data)
         self._out_bytes += len(data)
@@ -449,7 +450,7 @@ class ChildServer:
                     "(listen.max_connections and those still handshaking)",
                     cause="connections",
                 )
-                writer.transport.abort()
+                sockets.abort(writer.transport)
                 return
             if name == amqp.LISTENER:
                 head = amqp.AmqpConnection(self, reader, writer)
@@ -500,7 +501,7 @@ class ChildServer:
         except _HttpsRefused as exc:
             self._refuse_http(exchange, exc.refusal, kind="https", request=exc.request)
         except (TimeoutError, ConnectionError, ssl.SSLError):
-            writer.transport.abort()
+            sockets.abort(writer.transport)
             return None
         finally:
             self._http_open -= 1
@@ -616,7 +617,7 @@ async def _close_after_flush(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(writer.wait_closed(), 2.0)
-    writer.transport.abort()
+    sockets.abort(writer.transport)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

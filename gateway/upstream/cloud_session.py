@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway import sockets
 from gateway.mqtt import mqtt5
 
 
@@ -123,8 +124,7 @@ class CloudSession(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection at once, with nothing more sent."""
         self._closing = True
-        if self._transport is not None:
-            self._transport.abort()
+        sockets.abort(self._transport)
 
     # -- receiving -------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ class Client:
         link.flow(credit)
         return link
 
-    def send(self, link, msg: Message, tag: bytes = b"t"):
+    def send(self, link, msg: Message, tag: str = "t"):
         dlv = link.delivery(tag)
         link.send(msg.encode())
         link.advance()
@@ -121,7 +121,7 @@ class Client:
         msg = Message(id=mid, reply_to="cbs", address="$cbs", body=token, properties={
             "operation": "put-token", "type": "servicebus.windows.net:sastoken", "name": name})
         self.run_until(lambda: requests.credit > 0, "credit on $cbs")
-        self.send(requests, msg, mid.encode())
+        self.send(requests, msg, mid)
         answer = self.run_until(lambda: _received(answers), "the put-token answer")
         assert answer.correlation_id == mid
         return answer.properties
