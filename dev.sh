@@ -38,6 +38,13 @@ venv() {
     fi
 }
 
+binfmt_arm64() {
+    # arm64 binaries run here through binfmt_misc (mounted on a bare machine, not always)
+    [ -f /proc/sys/fs/binfmt_misc/status ] \
+        || as_root mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    [ -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || as_root update-binfmts --enable qemu-aarch64
+}
+
 case "${1:-}" in
 run)
     shift
@@ -52,7 +59,11 @@ test)
     apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
     # tests/system: the .deb under a real systemd in qemu, and the image build
     apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
-        dosfstools mtools fdisk
+        dosfstools mtools fdisk openssh-client
+    # the Pi: an arm64 image built here (its packages' scripts run under qemu-user through
+    # binfmt) and booted under qemu-system-aarch64; the .deb's Python takes Debian's proton
+    apt_install qemu-system-arm qemu-user-static binfmt-support python3-qpid-proton
+    binfmt_arm64
     venv .venv -e '.[test]'
     # The Azure IoT device SDK pins paho-mqtt < 2, so the real child SDK gets its own venv.
     venv .venv-sdk 'azure-iot-device==2.14.0'

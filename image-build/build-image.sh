@@ -39,6 +39,7 @@ mmdebstrap --architectures="$arch" --variant=minbase --components="$components" 
     --customize-hook="copy-in $work/gatewayd.deb /tmp" \
     --customize-hook='chroot "$1" dpkg -i /tmp/gatewayd.deb' \
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
+    --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/gatewayd/ca.* "$1"/etc/gatewayd/gateway.*' \
     --customize-hook="sync-in $here/files /" \
     --customize-hook='chroot "$1" systemctl enable gatewayd-firstboot.service systemd-networkd systemd-resolved' \
     --customize-hook='chroot "$1" systemctl mask swap.target' \

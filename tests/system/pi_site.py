@@ -1,0 +1,113 @@
+"""What the image tests share: building the .deb and the image, and one gateway site around a
+booted guest (the cloud on the host, a child dialling in through the forwarded port)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.support.clients import Child, new_key, publish_retained, registry_doc
+from tests.support.wait import wait_until
+from tests.system.guest import (
+    HOST_FROM_GUEST,
+    Guest,
+    authorize_key,
+    boot_files,
+    extract,
+    partitions,
+    run,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY_ID = "pi-gw"
+CHILD_PORT = 1883  # gatewayd's plain port in the guest, forwarded to the host
+TOOLS = ("mmdebstrap", "dpkg-buildpackage", "mkfs.vfat", "mcopy", "sfdisk", "debugfs", "ssh")
+
+
+def missing_tools(*extra: str) -> list[str]:
+    return [t for t in (*TOOLS, *extra) if shutil.which(t) is None]
+
+
+def build_deb(arch: str, out: Path) -> Path:
+    """debian/build-deb.sh --arch ARCH, the .deb copied to `out`."""
+    printed = run([str(ROOT / "debian" / "build-deb.sh"), "--arch", arch], timeout=900)
+    deb = Path(printed.strip().splitlines()[-1])
+    return Path(shutil.copy(deb, out))
+
+
+def build_image(arch: str, deb: Path, out: Path, size: str) -> Path:
+    print(run([str(ROOT / "image-build" / "build-image.sh"), "--arch", arch, "--deb", str(deb),
+               "--out", str(out), "--size", size], timeout=2400))
+    return out
+
+
+def site_config(cloud_port: int) -> str:
+    """The gatewayd.toml an operator puts in the boot partition's gatewayd/ folder."""
+    return "\n".join([
+        "[gateway]", f'id = "{GATEWAY_ID}"', 'hub_hostname = "hub.example.net"', "",
+        "[listen]", 'host = "0.0.0.0"', "port = 8883", f"plain_port = {CHILD_PORT}",
+        'tls_cert = "/etc/gatewayd/gateway.pem"', 'tls_key = "/etc/gatewayd/gateway.key"', "",
+        "[storage]", 'path = "/var/lib/gatewayd"', "time_to_live_secs = 604800", "",
+        "[cloud]", f'url = "mqtt://{HOST_FROM_GUEST}:{cloud_port}"', "reconnect_max_secs = 2",
+        "",
+    ])
+
+
+def prepare_guest(image: Path, workdir: Path, arch: str, cloud_port: int, accel: str) -> Guest:
+    """The image's partitions as the guest's disks, with the site's settings in the boot
+    partition (as an operator puts them there from a PC) and the test's SSH key."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    boot_part, root_part = partitions(image)
+    boot = extract(image, boot_part, workdir / "boot.vfat")
+    root = extract(image, root_part, workdir / "root.ext4")
+    conf = workdir / "gatewayd.toml"
+    conf.write_text(site_config(cloud_port))
+    run(["mcopy", "-o", "-i", str(boot), str(conf), "::/gatewayd/gatewayd.toml"])
+    guest = Guest(workdir, arch, *boot_files(root, workdir), disks=[root, boot],
+                  forwards={CHILD_PORT: 0}, accel=accel)
+    authorize_key(root, guest.key.with_suffix(".pub"))
+    return guest
+
+
+def register_child(cloud_port: int, device: str = "pi-child") -> tuple[str, str]:
+    key = new_key()
+    publish_retained(cloud_port, f"gateways/{GATEWAY_ID}/registry",
+                     registry_doc(1, {device: key}))
+    return device, key
+
+
+def status(guest: Guest) -> dict:
+    return json.loads(guest.ssh("gatewayctl status --json"))
+
+
+def wait_status(guest: Guest, predicate, what: str, timeout: float = 300) -> dict:
+    def probe() -> dict:
+        out = guest.ssh("gatewayctl status --json", check=False, timeout=60)
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {}
+
+    return wait_until(probe, lambda d: bool(d) and predicate(d), timeout=timeout, interval=1,
+                      what=what)
+
+
+def backlog(doc: dict) -> int:
+    return doc["backlog"]["messages"]
+
+
+def online(doc: dict) -> bool:
+    return doc["uplink"]["state"] == "online"
+
+
+def active(guest: Guest, timeout: float = 300) -> None:
+    wait_until(lambda: guest.ssh("systemctl is-active gatewayd", check=False).strip(),
+               lambda s: s == "active", timeout=timeout, interval=1,
+               what="gatewayd active in the guest")
+
+
+def child(guest: Guest, device: str, key: str) -> Child:
+    c = Child(device, key, guest.port(CHILD_PORT))
+    assert c.connect(timeout=60) == 0
+    return c
