@@ -29,6 +29,9 @@ if [ "$arch" = arm64 ]; then
     packages="$packages,linux-image-arm64,raspi-firmware,firmware-brcm80211,wpasupplicant"
     components="main contrib non-free non-free-firmware"
 else
+    # the same tree for a PC or a VM: Debian's amd64 kernel instead of the Pi's firmware (the
+    # power-cut test boots it under qemu, with KVM where there is KVM)
+    packages="$packages,linux-image-amd64"
     components="main"
 fi
 
@@ -37,7 +40,7 @@ cp "$deb" "$work/gatewayd.deb"
 mmdebstrap --architectures="$arch" --variant=minbase --components="$components" \
     --include="$packages" \
     --customize-hook="copy-in $work/gatewayd.deb /tmp" \
-    --customize-hook='chroot "$1" dpkg -i /tmp/gatewayd.deb' \
+    --customize-hook='chroot "$1" apt-get install -y -q /tmp/gatewayd.deb' \
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/gatewayd/ca.* "$1"/etc/gatewayd/gateway.*' \
     --customize-hook="sync-in $here/files /" \

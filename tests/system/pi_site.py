@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 from tests.support.clients import Child, new_key, publish_retained, registry_doc
@@ -111,3 +112,36 @@ def child(guest: Guest, device: str, key: str) -> Child:
     c = Child(device, key, guest.port(CHILD_PORT))
     assert c.connect(timeout=60) == 0
     return c
+
+
+class Sender(threading.Thread):
+    """A child sending QoS 1 telemetry in small batches, each batch awaited, until told to stop
+    or until the gateway goes away under it (a power cut). `acked` holds the message numbers
+    whose PUBACK arrived: what the gateway promised to keep."""
+
+    def __init__(self, c: Child, first: int, batch: int = 10) -> None:
+        super().__init__(daemon=True)
+        self.c, self.next, self.batch = c, first, batch
+        self.by_mid: dict[int, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            mids = []
+            for _ in range(self.batch):
+                info = self.c.send(self.next)
+                self.by_mid[info.mid] = self.next
+                mids.append(info.mid)
+                self.next += 1
+            try:
+                self.c.wait_acked(mids, timeout=30)
+            except AssertionError:
+                return  # the gateway is gone: what was acked stays acked
+
+    def acked(self) -> set[int]:
+        with self.c._acked_changed:
+            return {self.by_mid[m] for m in self.c.acked if m in self.by_mid}
+
+    def wait_acked_count(self, n: int, timeout: float) -> None:
+        wait_until(lambda: len(self.acked()), lambda k: k >= n, timeout=timeout, interval=0.02,
+                   what=f"{n} PUBACKs")

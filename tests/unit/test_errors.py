@@ -39,7 +39,8 @@ def test_the_walk_finds_the_package_s_errors():
     names = {f"{c.__module__}.{c.__qualname__}" for c in _exception_classes()}
     # a walk that imported nothing would pass the next test vacuously
     assert {"gateway.mqtt.codec.ProtocolError", "gateway.hub.twins.TwinError",
-            "gateway.upstream.uplink.UplinkFailure", "gateway.operator.errors.OperatorError"} <= names
+            "gateway.upstream.uplink.UplinkFailure",
+            "gateway.operator.errors.OperatorError"} <= names
 
 
 def test_every_exception_class_in_the_package_derives_from_the_root():

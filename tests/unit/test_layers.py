@@ -1,9 +1,9 @@
 """The folders of gateway/ are the design's boxes, and data flows one way between them.
 
 A package may import only the packages below it in this order; the foundation modules at the top
-of gateway/ (config, errors, log, clock, identity, sockets) are open to all. A new import that goes the
-other way fails here, with the module and the import named, before it turns the tree back into a
-switchboard. docs/architecture.md explains each package.
+of gateway/ (config, errors, log, clock, identity, sockets) are open to all. A new import that
+goes the other way fails here, with the module and the import named, before it turns the tree
+back into a switchboard. docs/architecture.md explains each package.
 """
 
 from __future__ import annotations
