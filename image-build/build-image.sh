@@ -35,12 +35,17 @@ else
     components="main"
 fi
 
+# what the .deb depends on comes with the root (the chroot has no network to fetch it later)
+depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[[:space:]]//g' \
+    | grep -v '^$' | paste -sd, -)
+packages="$packages,$depends"
+
 mkdir -p "$work/root"
 cp "$deb" "$work/gatewayd.deb"
 mmdebstrap --architectures="$arch" --variant=minbase --components="$components" \
     --include="$packages" \
     --customize-hook="copy-in $work/gatewayd.deb /tmp" \
-    --customize-hook='chroot "$1" apt-get install -y -q /tmp/gatewayd.deb' \
+    --customize-hook='chroot "$1" dpkg -i /tmp/gatewayd.deb' \
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/gatewayd/ca.* "$1"/etc/gatewayd/gateway.*' \
     --customize-hook="sync-in $here/files /" \
