@@ -21,7 +21,13 @@ done
 [ -f "$deb" ] || { echo "no gatewayd .deb for $arch: run debian/build-deb.sh on $arch first" >&2; exit 1; }
 out=${out:-gatewayd-rpi-$arch.img}
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+    # a build killed mid-way (a test's timeout) may leave the chroot's /proc, /sys or /dev
+    # mounted: unmount them before removing anything, or rm would walk into the host's
+    findmnt -rn -o TARGET | grep "^$work/" | sort -r | xargs -r umount -l 2>/dev/null || true
+    rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
 
 packages="systemd-sysv,systemd,systemd-timesyncd,systemd-resolved,dbus,udev,python3,python3-venv"
 packages="$packages,python3-systemd,adduser,dosfstools,iproute2,openssh-server,ca-certificates"
