@@ -44,16 +44,33 @@ class CloudTarget:
         return CloudTarget(parts.hostname, parts.port or (8883 if tls else 1883), tls, **kwargs)
 
 
+class _Collector:
+    """The messages one read or one method call waits for, kept apart from every other's, so
+    that one session serves many callers at once (the console's pages and its actions)."""
+
+    def __init__(self, filters: list[str]) -> None:
+        self.filters = filters
+        self.messages: list[mqtt.MQTTMessage] = []
+
+    def wants(self, topic: str) -> bool:
+        return any(mqtt.topic_matches_sub(f, topic) for f in self.filters)
+
+
 class CloudSession:
-    """One MQTT 5 connection to the cloud broker, with paho's thread, for one command."""
+    """One MQTT 5 connection to the cloud broker, with paho's thread.
+
+    It holds no documents between calls: every read subscribes, takes what the broker retains
+    and unsubscribes, so a long-lived session (the console's) sees what a fresh one would, and
+    callers on several threads may share it.
+    """
 
     def __init__(self, target: CloudTarget, timeout: float = 10.0) -> None:
         self.target = target
         self.prefix = target.prefix
         self.timeout = timeout
         self._cond = threading.Condition()
-        self._messages: list[mqtt.MQTTMessage] = []
-        self._subacks = 0
+        self._collectors: list[_Collector] = []
+        self._subacks: set[int] = set()
         self._connack: int | None = None
         self.client_id = f"gatewayctl-{uuid.uuid4().hex[:10]}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -88,38 +105,58 @@ class CloudSession:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._cond:
-            self._messages.append(message)
+            for collector in self._collectors:
+                if collector.wants(message.topic):
+                    collector.messages.append(message)
             self._cond.notify_all()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._cond:
-            self._subacks += 1
+            self._subacks.add(mid)
             self._cond.notify_all()
 
     def _wait(self, predicate, timeout: float | None = None) -> bool:
         with self._cond:
             return self._cond.wait_for(predicate, timeout or self.timeout)
 
-    def _subscribe(self, filters: list[str]) -> None:
+    def _collect(self, filters: list[str]) -> _Collector:
+        """Subscribe to `filters` for one caller; its messages from now on are its own."""
+        collector = _Collector(filters)
         with self._cond:
-            want = self._subacks + 1
-        self.client.subscribe([(f, 1) for f in filters])
-        if not self._wait(lambda: self._subacks >= want):
+            self._collectors.append(collector)
+        result, mid = self.client.subscribe([(f, 1) for f in filters])
+        if result != mqtt.MQTT_ERR_SUCCESS or not self._wait(lambda: mid in self._subacks):
+            self._release(collector)
             raise CloudUnavailable("the cloud broker did not answer a SUBSCRIBE")
+        with self._cond:
+            self._subacks.discard(mid)
+        return collector
+
+    def _release(self, collector: _Collector) -> None:
+        with self._cond:
+            if collector in self._collectors:
+                self._collectors.remove(collector)
+            still = {f for c in self._collectors for f in c.filters}
+        gone = [f for f in collector.filters if f not in still]
+        if gone:
+            self.client.unsubscribe(gone)
 
     def read_retained(self, filters: list[str]) -> dict[str, bytes]:
         """Every retained document under the filters: a probe published after the SUBSCRIBE
         comes back after the retained messages, so its arrival ends the read (no fixed wait)."""
-        probe = f"{self.prefix}operators/{self.client_id}/probe"
-        self._subscribe([*filters, probe])
-        token = uuid.uuid4().bytes
-        self.client.publish(probe, token, qos=1)
-        if not self._wait(lambda: any(m.topic == probe and m.payload == token
-                                      for m in self._messages)):
-            raise CloudUnavailable("the cloud broker did not deliver the read probe")
-        with self._cond:
-            got = {m.topic: m.payload for m in self._messages if m.topic != probe and m.retain}
-        self.client.unsubscribe([*filters, probe])
+        probe = f"{self.prefix}operators/{self.client_id}/probe/{uuid.uuid4().hex}"
+        collector = self._collect([*filters, probe])
+        try:
+            token = uuid.uuid4().bytes
+            self.client.publish(probe, token, qos=1)
+            if not self._wait(lambda: any(m.topic == probe and m.payload == token
+                                          for m in collector.messages)):
+                raise CloudUnavailable("the cloud broker did not deliver the read probe")
+            with self._cond:
+                got = {m.topic: m.payload for m in collector.messages
+                       if m.topic != probe and m.retain}
+        finally:
+            self._release(collector)
         return {t: p for t, p in got.items() if p}
 
     def read_json(self, topic: str) -> dict | None:
@@ -158,24 +195,27 @@ class CloudSession:
     def invoke(self, device: str, method: str, payload: bytes, timeout: float) -> tuple[int, bytes]:
         """(status, payload); 504 from here if nobody answers within the timeout and a margin."""
         reply = f"{self.prefix}operators/{self.client_id}/methods/res/{uuid.uuid4().hex}"
-        self._subscribe([reply])
-        correlation = uuid.uuid4().bytes
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = reply
-        props.CorrelationData = correlation
-        props.UserProperty = [("timeout", f"{timeout:g}")]
-        self.client.publish(contract.method_topic(self.prefix, device, method), payload, qos=1,
-                            properties=props)
+        collector = self._collect([reply])
+        try:
+            correlation = uuid.uuid4().bytes
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply
+            props.CorrelationData = correlation
+            props.UserProperty = [("timeout", f"{timeout:g}")]
+            self.client.publish(contract.method_topic(self.prefix, device, method), payload,
+                                qos=1, properties=props)
 
-        def answered() -> bool:
-            return any(m.topic == reply and m.properties.CorrelationData == correlation
-                       for m in self._messages)
+            def answer() -> mqtt.MQTTMessage | None:
+                return next((m for m in collector.messages
+                             if m.properties.CorrelationData == correlation), None)
 
-        if not self._wait(answered, timeout + 5):
-            return 504, json.dumps({"message": f"no gateway answered for {device} within "
-                                               f"{timeout:g} s"}).encode()
-        with self._cond:
-            msg = next(m for m in self._messages if m.topic == reply)
+            if not self._wait(lambda: answer() is not None, timeout + 5):
+                return 504, json.dumps({"message": f"no gateway answered for {device} within "
+                                                   f"{timeout:g} s"}).encode()
+            with self._cond:
+                msg = answer()
+        finally:
+            self._release(collector)
         status = dict(getattr(msg.properties, "UserProperty", None) or []).get("status", "500")
         return int(status), msg.payload
 
