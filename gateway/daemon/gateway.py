@@ -129,13 +129,6 @@ class Gateway:
                        uplink=self.uplink.get, route_allows_call=router.allows_call,
                        submit=writer.submit)
         handler.bind_hub(hub)
-        reported = ReportedTwin(gateway_id=cfg.gateway.id, settings=settings, registry=registry,
-                                ingest=ingest, outbox=outbox, server=server, uplink=self.uplink)
-        self.inbox = CloudInbox(
-            gateway_id=cfg.gateway.id, file_ttl_secs=st.time_to_live_secs, registry=registry,
-            trust=trust, settings=settings, router=router, ingest=ingest, hub=hub, server=server,
-            uplink=self.uplink, reported=reported, agent=agent,
-        )
         self._bundle: str | None = None
         self._trust_bundle()
         self.workload = WorkloadApi(
@@ -150,6 +143,14 @@ class Gateway:
             outbox=outbox, dead_letters=dead_letters, salvage=salvage, disk=disk, trust=trust,
             audit=audit, hub=hub, uplink=self.uplink, rates=rates, writer=writer, store=store,
             modules=self._modules_status,
+        )
+        reported = ReportedTwin(gateway_id=cfg.gateway.id, settings=settings, registry=registry,
+                                ingest=ingest, outbox=outbox, server=server, uplink=self.uplink,
+                                site=self.status.site)
+        self.inbox = CloudInbox(
+            gateway_id=cfg.gateway.id, file_ttl_secs=st.time_to_live_secs, registry=registry,
+            trust=trust, settings=settings, router=router, ingest=ingest, hub=hub, server=server,
+            uplink=self.uplink, reported=reported, agent=agent,
         )
         self.housekeeping = Housekeeping(
             gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,

@@ -9,6 +9,7 @@ is the short form systemd shows (sd_notify STATUS=) and the hourly summary in th
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import time
 from collections.abc import Callable
@@ -102,6 +103,15 @@ class Status:
             f"backlog {self._outbox.stats.count} msgs{age}; disk free {free // 2**20} MiB"
         )
 
+    def site(self) -> dict:
+        """The few numbers the fleet view needs from every gateway (the reported twin carries
+        them): disk free, when it fills at the current rates, dead letters, software version."""
+        free = psutil.disk_usage(str(self._path)).free
+        full = projections(self._outbox.stats.count, free, self._rates.per_second())
+        return {"disk": {"freeBytes": free, "fullInSecs": full["disk_full_secs"]},
+                "deadLetters": self._dead_letters.count,
+                "softwareVersion": software_version()}
+
     def report(self) -> dict:
         stats = self._outbox.stats
         oldest = self._outbox.oldest_enqueued_ms()
@@ -111,6 +121,7 @@ class Status:
         metrics = self._endpoints.metrics
         return {
             "gateway_id": self._gateway_id,
+            "version": software_version(),
             "pid": os.getpid(),
             "uptime_secs": round(time.time() - self._started, 1),
             "listeners": [f"{h}:{p}" for h, p in self._endpoints.listeners],
@@ -191,6 +202,14 @@ class Status:
             "dropped": guard.state.dropped,
             "refused": guard.state.refused,
         }
+
+
+def software_version() -> str:
+    """The installed package's version (the .deb installs it with its metadata)."""
+    try:
+        return importlib.metadata.version("gatewayd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _tree_bytes(path) -> int:
