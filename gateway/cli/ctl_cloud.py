@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.operator import (
+    CloudSession,
     CloudTarget,
     Operator,
     OperatorUsageError,
@@ -68,6 +69,20 @@ def cloud_target(args: argparse.Namespace) -> tuple[CloudTarget, str]:
 def _operator(args: argparse.Namespace) -> Operator:
     target, hub = cloud_target(args)
     return Operator(target, hub_hostname=hub)
+
+
+class _Session:
+    """`with _Session(args) as cloud:` the bare CloudSession, closed whatever happens (for the
+    commands that read with the session's own functions, as fleet status does)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.cloud = CloudSession(cloud_target(args)[0])
+
+    def __enter__(self) -> CloudSession:
+        return self.cloud
+
+    def __exit__(self, *exc) -> None:
+        self.cloud.close()
 
 
 def _print(args: argparse.Namespace, data: object, rows: list[tuple[str, ...]]) -> None:

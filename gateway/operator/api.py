@@ -18,6 +18,7 @@ from gateway.hub.methods import MAX_TIMEOUT_SECS
 from gateway.hub.twins import MAX_TWIN_BYTES, TwinError
 from gateway.operator.documents import deployment_document, merge_desired, set_ttl
 from gateway.operator.errors import OperatorError, OperatorUsageError
+from gateway.operator.fleet import GatewayRow, fleet_status, gateway_row
 from gateway.operator.registry import (
     add_children,
     change_children,
@@ -285,6 +286,18 @@ class Operator:
             raise OperatorUsageError(f"--ttl: expected 1..{2**31 - 1} seconds, got {ttl}")
         self.check_known(device)
         self.session.send(device, data, list(properties), ttl)
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    def fleet(self) -> list[GatewayRow]:
+        """Every gateway under the prefix, worst first (offline, then oldest backlog...)."""
+        return fleet_status(self.session)
+
+    def gateway(self, gateway: str) -> GatewayRow:
+        """One gateway's row, from its status and reported twin (a row also for one never seen:
+        offline, nothing known)."""
+        status = self.session.read_json(contract.status_topic(self.prefix, gateway)) or {}
+        return gateway_row(gateway, status, self.settings(gateway).reported or {})
 
     # -- what the cloud knows ----------------------------------------------------------------
 
