@@ -36,7 +36,7 @@ STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; char
 SECURITY_HEADERS = (
     ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
     ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),  # "no-referrer" makes a form's Origin null
     ("Cache-Control", "no-store"),
 )
 
@@ -129,7 +129,7 @@ class Pages:
         extra.setdefault("form", {})
         return self._render(
             "gateway.html", status, gw=gw, row=row, registry=registry, settings=settings,
-            deployment=deployment, modules=sorted(modules), running=running,
+            deployment=deployment, modules=sorted(modules.items()), running=running,
             routes=reported.get("routes") or (settings.desired or {}).get("routes") or {},
             backlog=(reported.get("backlog") or {}), **extra)
 

@@ -24,7 +24,10 @@ function sampleBacklog() {
   if (samples.length > PLOT_SAMPLES) samples.shift();
   const top = Math.max(1, ...samples);
   const step = samples.length > 1 ? 600 / (samples.length - 1) : 0;
-  const points = samples.map((v, i) => `${(i * step).toFixed(1)},${(115 - (v / top) * 110).toFixed(1)}`);
+  const y = (v) => (115 - (v / top) * 110).toFixed(1);
+  const points = samples.length === 1
+    ? [`0,${y(samples[0])}`, `600,${y(samples[0])}`] // one sample so far: a level line
+    : samples.map((v, i) => `${(i * step).toFixed(1)},${y(v)}`);
   plot.querySelector("polyline").setAttribute("points", points.join(" "));
   plot.dataset.samples = String(samples.length);
 }
