@@ -217,7 +217,7 @@ class Pages:
             self._check(form, req)
             props = parse_properties(form.get("properties", "").split())
             ttl = _integer(form["ttl"], "--ttl") if form.get("ttl") else None
-            self.op.send(device, form.get("payload", ""), props, ttl)
+            self.op.send(device, form.get("message", ""), props, ttl)
         except GatewayError as exc:
             return self._device_refused(exc, f"send {device}", device, form)
         self._changed(f"send {device}")

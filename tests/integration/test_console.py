@@ -33,13 +33,20 @@ def console(cloud):
 
 @pytest.fixture
 def browser(tmp_path):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (
+        JavascriptException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver = chromium(tmp_path / "chromium-profile")
     def until(condition, timeout: float = 30, what: str = ""):
         try:
-            return WebDriverWait(driver, timeout).until(condition)
+            return WebDriverWait(driver, timeout, ignored_exceptions=(
+                NoSuchElementException, StaleElementReferenceException, JavascriptException,
+            )).until(condition)
         except TimeoutException:
             main = driver.find_element("tag name", "main").text
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition} "
@@ -62,18 +69,28 @@ def by_id(driver, element_id: str):
     return driver.find_element(By.ID, element_id)
 
 
+def live_text(driver, element_id: str) -> str:
+    """The text of a live part of the page, read in one script: the page's own refresh may
+    replace the element between a find and a read."""
+    return driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : '';",
+        element_id)
+
+
 def fill(driver, element_id: str, text: str) -> None:
     """Set a field's value at once (send_keys types a 40 KiB value key by key)."""
     driver.execute_script("arguments[0].value = arguments[1];", by_id(driver, element_id), text)
 
 
 def submit(driver, button_id: str) -> None:
-    """Click and wait for the page the form leads to (the old body goes stale)."""
-    from selenium.webdriver.support import expected_conditions as ec
-
-    old = by_id(driver, button_id)
-    old.click()
-    driver.until(ec.staleness_of(old))
+    """Click and wait for the page the form leads to: the old document carries a mark that the
+    new one does not (an element's staleness can be asked about mid-navigation, which chromedriver
+    answers with an error)."""
+    driver.execute_script("window.beforeSubmit = true;")
+    by_id(driver, button_id).click()
+    driver.until(lambda d: d.execute_script(
+        "return !window.beforeSubmit && document.readyState === 'complete';"),
+        what=f"the page after {button_id}")
 
 
 def banner(driver, kind: str) -> str:
@@ -103,7 +120,7 @@ def test_fleet_lists_two_gateways_and_shows_one_going_offline(cloud, gateways, c
     rows = browser.until(lambda d: (r := d.execute_script(ROWS)) and r[0][:2] == [
         "edge-2", "offline"] and r)
     assert rows[1][:2] == ["edge-1", "online"], "worst first: the offline gateway on top"
-    assert "1 offline" in by_id(browser, "fleet").text
+    assert "1 offline" in live_text(browser, "fleet")
     screenshot(browser, "fleet")
 
 
@@ -165,11 +182,15 @@ def test_a_child_added_on_the_page_authenticates_and_gets_the_operator_s_changes
 
     gw.wait_status(lambda s: s["modules"].get("deployment_version") == 0, what="deployment")
     browser.get(console.url + "/gateways/edge-1")
-    browser.until(lambda d: "stopped" in by_id(d, "modules").text, what="the module stopped")
-    assert "disabled" in by_id(browser, "children").text
+    browser.until(lambda d: "stopped" in live_text(d, "modules"), what="the module stopped")
+    assert "disabled" in live_text(browser, "children")
     screenshot(browser, "gateway")
     browser.get(console.url + "/devices/edge-1/modules/filter")
     assert by_id(browser, "parent").text == "A module of edge-1."
+    fill(browser, "desired", '{"threshold": 5}')
+    submit(browser, "set-desired")
+    assert banner(browser, "done") == "desired version 1 published"
+    assert op.twin("edge-1/filter").desired == {"threshold": 5, "$version": 1}
     screenshot(browser, "module")
 
 
@@ -210,6 +231,7 @@ def test_the_page_refuses_what_the_cli_refuses_in_its_words_and_writes_nothing(
     fill(browser, "c2d-properties", "novalue")
     submit(browser, "send")
     assert banner(browser, "error") == "--property: expected key=value, got 'novalue'"
+    assert by_id(browser, "payload").get_attribute("value") == "null", "each form keeps its own"
     screenshot(browser, "bad-input-refused")
     assert op.twin("dev-1").desired is None, "nothing written"
 

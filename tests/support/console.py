@@ -68,7 +68,7 @@ def screenshot(driver, name: str) -> Path:
     """docs/images/console/NAME.png, the whole page at 1280 px wide."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1280, max(600, min(int(height) + 40, 4000)))
+    driver.set_window_size(1280, max(600, min(int(height) + 120, 4000)))
     path = SHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(1280, 900)
