@@ -55,6 +55,7 @@ class CloudSession:
         self._messages: list[mqtt.MQTTMessage] = []
         self._subacks = 0
         self._connack: int | None = None
+        self._stream = None  # on_message(topic, payload, user_properties) for `stream`
         self.client_id = f"gatewayctl-{uuid.uuid4().hex[:10]}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=mqtt.MQTTv5)
@@ -87,6 +88,11 @@ class CloudSession:
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:
+        stream = self._stream
+        if stream is not None and not message.retain:
+            props = getattr(message.properties, "UserProperty", None) or []
+            stream(message.topic, message.payload, props)
+            return
         with self._cond:
             self._messages.append(message)
             self._cond.notify_all()
@@ -133,6 +139,13 @@ class CloudSession:
                 f"{topic} holds a document that is not JSON; fix or delete it"
             ) from None
         return doc if isinstance(doc, dict) else None
+
+    def stream(self, filters: list[str], on_message) -> None:
+        """Subscribe and hand every live (not retained) message to `on_message(topic, payload,
+        user_properties)`, on paho's thread, until the session closes: for commands that keep
+        counting (`gatewayctl verify`)."""
+        self._stream = on_message
+        self._subscribe(filters)
 
     def put_retained(self, topic: str, doc: dict) -> None:
         info = self.client.publish(topic, json.dumps(doc), qos=1, retain=True)
