@@ -49,7 +49,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _session(args: argparse.Namespace) -> CloudSession:
+def _session(args: argparse.Namespace, **options) -> CloudSession:
     hub = ""
     if args.config:
         config = load_config(args.config)
@@ -71,7 +71,7 @@ def _session(args: argparse.Namespace) -> CloudSession:
     if over:
         target = CloudTarget(**{**target.__dict__, **over})
     args.hub_from_config = hub
-    return CloudSession(target)
+    return CloudSession(target, **options)
 
 
 def _print(args: argparse.Namespace, data: object, rows: list[tuple[str, ...]]) -> None:
@@ -247,8 +247,8 @@ def _send(args: argparse.Namespace) -> int:
 class _Session:
     """`with _Session(args) as cloud:` closes the connection whatever happens."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.cloud = _session(args)
+    def __init__(self, args: argparse.Namespace, **options) -> None:
+        self.cloud = _session(args, **options)
 
     def __enter__(self) -> CloudSession:
         return self.cloud

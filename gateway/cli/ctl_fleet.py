@@ -22,6 +22,7 @@ from gateway.operator import Accounts, GatewayRow, LossAccounts, fleet_status
 from gateway.upstream import cloud_contract as contract
 
 VERIFY_TICK_SECS = 0.5
+VERIFY_SESSION_SECS = 3600
 
 
 def _fleet_status(args: argparse.Namespace) -> int:
@@ -134,7 +135,9 @@ def _verify(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with ctl_cloud._Session(args) as cloud:
+    # a session the broker keeps across a lost connection: nothing is missed while paho
+    # reconnects (the broker queues it), so a broker restart is no false loss
+    with ctl_cloud._Session(args, session_expiry=VERIFY_SESSION_SECS) as cloud:
         p = cloud.prefix
         filters = [contract.telemetry_topic(p, "+"), contract.telemetry_topic(p, "+/+")]
         filters += [contract.ledger_topic(p, gw) for gw in args.gateways]

@@ -47,7 +47,10 @@ class CloudTarget:
 class CloudSession:
     """One MQTT 5 connection to the cloud broker, with paho's thread, for one command."""
 
-    def __init__(self, target: CloudTarget, timeout: float = 10.0) -> None:
+    def __init__(self, target: CloudTarget, timeout: float = 10.0,
+                 session_expiry: int = 0) -> None:
+        """`session_expiry` > 0 keeps the broker's session (subscriptions, queued messages)
+        that long across a lost connection, which paho then resumes: for `stream`."""
         self.target = target
         self.prefix = target.prefix
         self.timeout = timeout
@@ -68,8 +71,17 @@ class CloudSession:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         where = f"{target.host}:{target.port}"
+        self._session_expiry = session_expiry
+        props = None
+        if session_expiry:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+            self.client.reconnect_delay_set(0.1, 2)
         try:
-            self.client.connect(target.host, target.port, keepalive=30)
+            # clean start false from the first CONNECT (a fresh client id has no old session):
+            # mosquitto 2.0 does not keep a clean-start session across its own restart
+            self.client.connect(target.host, target.port, keepalive=30, properties=props,
+                                clean_start=not session_expiry)
         except (OSError, ssl.SSLError) as exc:
             raise CloudUnavailable(f"cannot reach the cloud broker at {where}: {exc}") from None
         self.client.loop_start()
@@ -206,5 +218,9 @@ class CloudSession:
             raise CloudUnavailable("the cloud broker did not acknowledge the message")
 
     def close(self) -> None:
-        self.client.disconnect()
+        props = None
+        if self._session_expiry:  # the command is done: the broker need keep nothing for it
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
