@@ -133,6 +133,7 @@ class Status:
             "child_listeners": {d: c.listener for d, c in sorted(self._server.sessions.items())},
             "connections": self._server.connections_by_listener(),
             "children_refused": self._server.refused,
+            "children_admitted": self._server.admitted,
             "https_methods": {"served": self._server.https_served,
                               "refused": self._server.https_refused},
             "registry_version": self._registry.registry.version,
