@@ -49,6 +49,8 @@ test)
     shift
     # faketime: clock jumps; fuse3 + python3-pyfuse3 (Debian's python3 runs tests/support/powerfs.py)
     apt_install mosquitto e2fsprogs faketime fuse3 python3-pyfuse3
+    # promtool checks the alert rules shipped in the .deb (tests/integration/test_monitoring.py)
+    apt_install prometheus
     apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
     # tests/integration/test_console.py drives the web console in a real headless browser
     apt_install chromium chromium-driver

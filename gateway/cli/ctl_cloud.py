@@ -73,10 +73,10 @@ def _operator(args: argparse.Namespace) -> Operator:
 
 class _Session:
     """`with _Session(args) as cloud:` the bare CloudSession, closed whatever happens (for the
-    commands that read with the session's own functions, as fleet status does)."""
+    commands that read with the session's own functions, as fleet status and verify do)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.cloud = CloudSession(cloud_target(args)[0])
+    def __init__(self, args: argparse.Namespace, **options) -> None:
+        self.cloud = CloudSession(cloud_target(args)[0], **options)
 
     def __enter__(self) -> CloudSession:
         return self.cloud

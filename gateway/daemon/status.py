@@ -69,6 +69,7 @@ class Status:
         writer: Writer,
         store: Store,
         modules: Callable[[], dict] = dict,
+        ledger: Callable[[], dict] = dict,
     ) -> None:
         self._gateway_id = gateway_id
         self._path = storage_path
@@ -90,6 +91,7 @@ class Status:
         self._writer = writer
         self._store = store
         self._modules = modules  # the agent's account of the deployment and its modules
+        self._ledger = ledger  # the loss ledger's settlements (daemon/ledger_report.py)
         self._started = time.time()
         self._process = psutil.Process()
         self._io_at_start = _write_bytes(self._process)
@@ -131,6 +133,7 @@ class Status:
             "child_listeners": {d: c.listener for d, c in sorted(self._server.sessions.items())},
             "connections": self._server.connections_by_listener(),
             "children_refused": self._server.refused,
+            "children_admitted": self._server.admitted,
             "https_methods": {"served": self._server.https_served,
                               "refused": self._server.https_refused},
             "registry_version": self._registry.registry.version,
@@ -162,6 +165,7 @@ class Status:
             "store_bytes": _tree_bytes(self._path),
             "outbox": vars(stats),
             "next_seq": self._outbox.next_seq,
+            "ledger": self._ledger(),
             "store_error": self._writer.store_error,
             "writer": {
                 "commits": self._writer.commits,

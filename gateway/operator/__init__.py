@@ -20,6 +20,7 @@ from gateway.operator.api import (
 from gateway.operator.documents import deployment_document, merge_desired, set_ttl
 from gateway.operator.errors import CloudUnavailable, OperatorError, OperatorUsageError
 from gateway.operator.fleet import GatewayRow, fleet_status, gateway_row, worst_first
+from gateway.operator.ledger import Accounts, LossAccounts
 from gateway.operator.registry import (
     add_children,
     change_children,
@@ -33,8 +34,9 @@ from gateway.operator.session import CloudSession, CloudTarget
 __all__ = [
     "Child", "MethodResult", "NewChild", "Operator", "Registry", "Twin", "parse_json",
     "parse_properties",
-    "CloudSession", "CloudTarget", "CloudUnavailable", "GatewayRow", "OperatorError",
-    "OperatorUsageError", "fleet_status", "gateway_row", "worst_first",
+    "Accounts", "CloudSession", "CloudTarget", "CloudUnavailable", "GatewayRow",
+    "LossAccounts", "OperatorError", "OperatorUsageError", "fleet_status", "gateway_row",
+    "worst_first",
     "add_children", "change_children", "check_new_children", "connection_string",
     "deployment_document", "empty_registry", "merge_desired", "new_sas_key", "set_ttl",
 ]

@@ -48,9 +48,10 @@ class _Collector:
     """The messages one read or one method call waits for, kept apart from every other's, so
     that one session serves many callers at once (the console's pages and its actions)."""
 
-    def __init__(self, filters: list[str]) -> None:
+    def __init__(self, filters: list[str], on_live=None) -> None:
         self.filters = filters
         self.messages: list[mqtt.MQTTMessage] = []
+        self.on_live = on_live  # a stream's: on_live(topic, payload, user_properties)
 
     def wants(self, topic: str) -> bool:
         return any(mqtt.topic_matches_sub(f, topic) for f in self.filters)
@@ -64,7 +65,10 @@ class CloudSession:
     callers on several threads may share it.
     """
 
-    def __init__(self, target: CloudTarget, timeout: float = 10.0) -> None:
+    def __init__(self, target: CloudTarget, timeout: float = 10.0,
+                 session_expiry: int = 0) -> None:
+        """`session_expiry` > 0 keeps the broker's session (subscriptions, queued messages)
+        that long across a lost connection, which paho then resumes: for `stream`."""
         self.target = target
         self.prefix = target.prefix
         self.timeout = timeout
@@ -84,8 +88,17 @@ class CloudSession:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         where = f"{target.host}:{target.port}"
+        self._session_expiry = session_expiry
+        props = None
+        if session_expiry:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+            self.client.reconnect_delay_set(0.1, 2)
         try:
-            self.client.connect(target.host, target.port, keepalive=30)
+            # clean start false from the first CONNECT (a fresh client id has no old session):
+            # mosquitto 2.0 does not keep a clean-start session across its own restart
+            self.client.connect(target.host, target.port, keepalive=30, properties=props,
+                                clean_start=not session_expiry)
         except (OSError, ssl.SSLError) as exc:
             raise CloudUnavailable(f"cannot reach the cloud broker at {where}: {exc}") from None
         self.client.loop_start()
@@ -104,11 +117,20 @@ class CloudSession:
             self._cond.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:
+        streams = []
         with self._cond:
             for collector in self._collectors:
-                if collector.wants(message.topic):
+                if not collector.wants(message.topic):
+                    continue
+                if collector.on_live is None:
                     collector.messages.append(message)
+                elif not message.retain:
+                    streams.append(collector.on_live)
             self._cond.notify_all()
+        if streams:
+            props = getattr(message.properties, "UserProperty", None) or []
+            for on_live in streams:
+                on_live(message.topic, message.payload, props)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._cond:
@@ -119,9 +141,9 @@ class CloudSession:
         with self._cond:
             return self._cond.wait_for(predicate, timeout or self.timeout)
 
-    def _collect(self, filters: list[str]) -> _Collector:
+    def _collect(self, filters: list[str], on_live=None) -> _Collector:
         """Subscribe to `filters` for one caller; its messages from now on are its own."""
-        collector = _Collector(filters)
+        collector = _Collector(filters, on_live)
         with self._cond:
             self._collectors.append(collector)
         result, mid = self.client.subscribe([(f, 1) for f in filters])
@@ -170,6 +192,12 @@ class CloudSession:
                 f"{topic} holds a document that is not JSON; fix or delete it"
             ) from None
         return doc if isinstance(doc, dict) else None
+
+    def stream(self, filters: list[str], on_message) -> None:
+        """Subscribe and hand every live (not retained) message to `on_message(topic, payload,
+        user_properties)`, on paho's thread, until the session closes: for commands that keep
+        counting (`gatewayctl verify`)."""
+        self._collect(filters, on_message)  # never released: it lasts as long as the session
 
     def put_retained(self, topic: str, doc: dict) -> None:
         info = self.client.publish(topic, json.dumps(doc), qos=1, retain=True)
@@ -233,5 +261,9 @@ class CloudSession:
             raise CloudUnavailable("the cloud broker did not acknowledge the message")
 
     def close(self) -> None:
-        self.client.disconnect()
+        props = None
+        if self._session_expiry:  # the command is done: the broker need keep nothing for it
+            props = Properties(PacketTypes.DISCONNECT)
+            props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
