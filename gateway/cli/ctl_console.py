@@ -2,6 +2,7 @@
 
     gatewayctl console --cloud URL [--listen 127.0.0.1:8080] [--hub-hostname H]
                        [--console-password-file F] [--tls-cert C --tls-key K] [--client-ca CA]
+                       [--no-ledger]
 
 Loopback by default; any other address needs TLS and a password or client certificates.
 """
@@ -19,6 +20,8 @@ from gateway.console.pages import Pages
 from gateway.console.server import serve
 from gateway.operator import Operator
 
+LEDGER_SESSION_SECS = 3600
+
 
 def _console(args: argparse.Namespace) -> int:
     host, port = parse_listen(args.listen)
@@ -29,7 +32,11 @@ def _console(args: argparse.Namespace) -> int:
     check_listen(listen)  # before the broker is dialled: a refused address changes nothing
     target, hub = ctl_cloud.cloud_target(args)
     log.setup("info")
-    with Operator(target, hub_hostname=args.hub_hostname or hub) as op:
+    # a session the broker keeps across a lost connection, so the ledger's stream misses nothing
+    with Operator(target, hub_hostname=args.hub_hostname or hub,
+                  session_expiry=0 if args.no_ledger else LEDGER_SESSION_SECS) as op:
+        if not args.no_ledger:
+            op.watch_ledger()
         pages = Pages(op, gateway_host=args.gateway_host or "")
 
         def ready(bound: int) -> None:
@@ -50,6 +57,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     console.add_argument("--tls-cert", help="serve HTTPS with this certificate")
     console.add_argument("--tls-key")
     console.add_argument("--client-ca", help="require client certificates signed by this CA")
+    console.add_argument("--no-ledger", action="store_true",
+                         help="do not follow every gateway's telemetry for the loss ledger")
     ctl_cloud._connection(console)
     console.set_defaults(func=_console)
 

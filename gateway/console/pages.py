@@ -20,7 +20,7 @@ import jinja2
 from gateway import identity
 from gateway.child.https import HttpRequest
 from gateway.console.access import FormGuard
-from gateway.console.views import fleet_cells, twin_sides
+from gateway.console.views import fleet_cells, ledger_cells, twin_sides
 from gateway.errors import GatewayError
 from gateway.log import Event, event
 from gateway.operator import (
@@ -131,7 +131,8 @@ class Pages:
             "gateway.html", status, gw=gw, row=row, registry=registry, settings=settings,
             deployment=deployment, modules=sorted(modules.items()), running=running,
             routes=reported.get("routes") or (settings.desired or {}).get("routes") or {},
-            backlog=(reported.get("backlog") or {}), **extra)
+            backlog=(reported.get("backlog") or {}), ledger=ledger_cells(self.op.ledger(gw)),
+            **extra)
 
     def add_page(self, gw: str, status: int = 200, **extra: object) -> Answer:
         extra.setdefault("form", {"gateway_host": self.gateway_host})

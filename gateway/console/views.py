@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from gateway.operator import GatewayRow
+from gateway.operator import Accounts, GatewayRow
 
 
 @dataclass(frozen=True)
@@ -91,3 +91,22 @@ def age(secs: float) -> str:
     if secs >= 60:
         return f"{secs // 60} min {secs % 60} s"
     return f"{secs} s"
+
+
+def ledger_cells(accounts: Accounts | None) -> dict:
+    """The loss ledger's accounts as the gateway page lays them out: `state` says whether
+    there is anything to show (off, waiting for a settlement, judged)."""
+    if accounts is None:
+        return {"state": "off"}
+    if accounts.start is None:
+        return {"state": "waiting"}
+    ranges = [f"{a}" if b - a == 1 else f"{a}-{b - 1}" for a, b in accounts.unaccounted_seqs]
+    return {"state": "judged", "start": accounts.start, "settled_below": accounts.settled_below,
+            "counts": [("issued", accounts.issued), ("delivered", accounts.delivered),
+                       ("duplicates", accounts.duplicates), ("expired", accounts.expired),
+                       ("dropped", accounts.dropped), ("dead letters", accounts.dead_lettered),
+                       ("reordered", accounts.reordered), ("unaccounted", accounts.unaccounted),
+                       ("pending", accounts.pending), ("never issued", accounts.never_issued)],
+            "unaccounted": accounts.unaccounted,
+            "unaccounted_seqs": ", ".join(ranges[:20]) + (
+                f" and {len(ranges) - 20} more" if len(ranges) > 20 else "")}

@@ -21,6 +21,7 @@ from gateway.operator.documents import deployment_document, merge_desired, set_t
 from gateway.operator.errors import CloudUnavailable, OperatorError, OperatorUsageError
 from gateway.operator.fleet import GatewayRow, fleet_status, gateway_row, worst_first
 from gateway.operator.ledger import Accounts, LossAccounts
+from gateway.operator.ledger_watch import LedgerWatch
 from gateway.operator.registry import (
     add_children,
     change_children,
@@ -35,8 +36,8 @@ __all__ = [
     "Child", "MethodResult", "NewChild", "Operator", "Registry", "Twin", "parse_json",
     "parse_properties",
     "Accounts", "CloudSession", "CloudTarget", "CloudUnavailable", "GatewayRow",
-    "LossAccounts", "OperatorError", "OperatorUsageError", "fleet_status", "gateway_row",
-    "worst_first",
+    "LedgerWatch", "LossAccounts", "OperatorError", "OperatorUsageError", "fleet_status",
+    "gateway_row", "worst_first",
     "add_children", "change_children", "check_new_children", "connection_string",
     "deployment_document", "empty_registry", "merge_desired", "new_sas_key", "set_ttl",
 ]

@@ -19,6 +19,8 @@ from gateway.hub.twins import MAX_TWIN_BYTES, TwinError
 from gateway.operator.documents import deployment_document, merge_desired, set_ttl
 from gateway.operator.errors import OperatorError, OperatorUsageError
 from gateway.operator.fleet import GatewayRow, fleet_status, gateway_row
+from gateway.operator.ledger import Accounts
+from gateway.operator.ledger_watch import LedgerWatch
 from gateway.operator.registry import (
     add_children,
     change_children,
@@ -112,12 +114,16 @@ class Operator:
     may be called from several threads: changes to one document are made one at a time.
     """
 
-    def __init__(self, target: CloudTarget, hub_hostname: str = "", timeout: float = 10.0):
+    def __init__(self, target: CloudTarget, hub_hostname: str = "", timeout: float = 10.0,
+                 session_expiry: int = 0):
+        """`session_expiry` > 0 asks the broker to keep this connection's session across a
+        lost connection (for `watch_ledger`: nothing is missed while paho reconnects)."""
         self.target = target
         self.hub_hostname = hub_hostname
-        self.session = CloudSession(target, timeout)
+        self.session = CloudSession(target, timeout, session_expiry=session_expiry)
         self.prefix = target.prefix
         self._writing = threading.Lock()  # read-modify-writes from this process, one at a time
+        self._ledger: LedgerWatch | None = None
 
     @classmethod
     def connect(cls, url: str, hub_hostname: str = "", **target: str) -> Operator:
@@ -298,6 +304,17 @@ class Operator:
         offline, nothing known)."""
         status = self.session.read_json(contract.status_topic(self.prefix, gateway)) or {}
         return gateway_row(gateway, status, self.settings(gateway).reported or {})
+
+    def watch_ledger(self, since: int | None = None) -> LedgerWatch:
+        """Start keeping every gateway's loss-ledger accounts, from now (or from seq `since`):
+        settlements are not retained, so only a listener has them."""
+        if self._ledger is None:
+            self._ledger = LedgerWatch(since).start(self.session)
+        return self._ledger
+
+    def ledger(self, gateway: str) -> Accounts | None:
+        """The gateway's accounts since `watch_ledger`, or None when nothing is watching."""
+        return None if self._ledger is None else self._ledger.accounts(gateway)
 
     # -- what the cloud knows ----------------------------------------------------------------
 

@@ -20,6 +20,9 @@ pytestmark = needs_chromium
 
 ROWS = """return Array.from(document.querySelectorAll('table.fleet tbody tr[data-gateway]'))
   .map(r => [r.dataset.gateway, r.className, r.querySelector('.state').textContent]);"""
+LEDGER = """const cells = document.querySelectorAll('#ledger td[data-count]');
+  return cells.length ? Object.fromEntries(Array.from(cells)
+    .map(c => [c.dataset.count, c.textContent])) : null;"""
 TWIN = """return Object.fromEntries(Array.from(document.querySelectorAll('table.twin tr[data-key]'))
   .map(r => [r.dataset.key, [r.cells[1].textContent, r.cells[2].textContent]]));"""
 
@@ -126,7 +129,8 @@ def test_fleet_lists_two_gateways_and_shows_one_going_offline(cloud, gateways, c
 
 def test_a_child_added_on_the_page_authenticates_and_gets_the_operator_s_changes(
         cloud, gateways, console, browser, op):
-    gw = gateways("edge-1", cloud_url=cloud.url, gateway_id="edge-1")
+    gw = gateways("edge-1", cloud_url=cloud.url, gateway_id="edge-1",
+                  cloud={"ledger_interval_secs": 0.5})
     gw.start()
     gw.wait_status(lambda s: s["uplink"]["state"] == "online", what="online")
 
@@ -148,6 +152,17 @@ def test_a_child_added_on_the_page_authenticates_and_gets_the_operator_s_changes
     child = HubChild("dev-1", key_of(conn), gw.plain_port)
     assert child.connect() == 0, "the connection string from the page authenticates"
     child.subscribe_all()
+
+    # the loss ledger: judged from the first settlement the console hears, then every seq
+    browser.get(console.url + "/gateways/edge-1")
+    child.wait_acked([child.send(i).mid for i in range(3)])
+    first = browser.until(lambda d: d.execute_script(LEDGER), what="a first settlement")
+    child.wait_acked([child.send(i).mid for i in range(3, 8)])
+    want = int(first["delivered"]) + 5  # the first three too, if issued after that settlement
+    counts = browser.until(lambda d: (c := d.execute_script(LEDGER))
+                           and int(c["delivered"]) >= want and c["pending"] == "0" and c,
+                           what="five more messages settled")
+    assert counts["unaccounted"] == "0" and counts["issued"] == counts["delivered"]
 
     browser.get(console.url + "/devices/dev-1")
     fill(browser, "desired", '{"rate": 7, "mode": "eco"}')
