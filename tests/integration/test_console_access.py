@@ -104,3 +104,32 @@ def test_a_form_from_another_origin_or_without_the_token_changes_nothing(cloud):
         journal = console.stop()
     assert "console: children add edge-1 refused: a form from http://evil.example" in journal
     assert "console: children add edge-1 dev-1" in journal
+
+
+def test_beyond_loopback_a_client_certificate_from_the_named_ca_is_required(cloud, tmp_path):
+    from gateway.child import certs
+
+    ca, cert, key = server_tls(tmp_path)
+    client_ca_key, client_ca = certs.make_ca("operators' CA")
+    certs.write_pem(tmp_path / "operators.pem", cert=client_ca)
+    for name, signer in (("operator", (client_ca_key, client_ca)), ("stranger", (None, None))):
+        k, c = certs.make_client_cert(*signer, name)
+        certs.write_pem(tmp_path / f"{name}.pem", cert=c)
+        certs.write_pem(tmp_path / f"{name}.key", key=k)
+    console = Console(cloud.url, "--client-ca", str(tmp_path / "operators.pem"), "--tls-cert",
+                      str(cert), "--tls-key", str(key), listen="0.0.0.0:0")
+    try:
+        url = f"https://127.0.0.1:{console.url.rsplit(':', 1)[1]}/fleet"
+
+        def fetch(who: str | None) -> int:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            if who:
+                ctx.load_cert_chain(str(tmp_path / f"{who}.pem"), str(tmp_path / f"{who}.key"))
+            return urllib.request.urlopen(url, context=ctx, timeout=30).status
+
+        assert fetch("operator") == 200
+        for who in (None, "stranger"):
+            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                fetch(who)
+    finally:
+        console.stop()
