@@ -22,7 +22,7 @@ from gateway.child.https import HttpRequest
 from gateway.console.access import FormGuard
 from gateway.console.views import fleet_cells, ledger_cells, twin_sides
 from gateway.errors import GatewayError
-from gateway.log import Event, event
+from gateway.log import LOGGER, Event, event
 from gateway.operator import (
     CloudUnavailable,
     Operator,
@@ -86,6 +86,10 @@ class Pages:
             return route(req)
         except CloudUnavailable as exc:
             return self._render("missing.html", 503, path=req.path, error=exc.message)
+        except Exception:  # a bug: the browser still gets an answer, the journal the trace
+            LOGGER.exception("console: %s %s failed", req.method, req.path)
+            return Answer(500, b"the console failed on this request; see its journal\n",
+                          "text/plain; charset=utf-8")
 
     def _route(self, method: str, seg: list[str]) -> Callable[[HttpRequest], Answer] | None:
         """GET pages and POST actions by the path's segments."""

@@ -20,6 +20,7 @@ from gateway.console.pages import Answer, Pages
 from gateway.log import Event, event
 
 BODY_MAX = 256 * 1024  # a form: a deployment document or a 32 KiB twin patch, url-encoded
+READ_SECS = 30.0  # a request's head and body; a client that trickles bytes is cut off
 
 
 class ConsoleServer:
@@ -40,13 +41,14 @@ class ConsoleServer:
         exchange = Exchange(reader, writer)
         peer = writer.get_extra_info("peername")
         try:
-            head = await exchange.head()
-            if not password_ok(self.listen, headers_of(head).get("authorization", "")):
-                exchange.answer(401, b"the console's password is needed\n",
-                                (("WWW-Authenticate", 'Basic realm="gatewayd console"'),),
-                                "text/plain; charset=utf-8")
-                return
-            body = await exchange.body(head, BODY_MAX)
+            async with asyncio.timeout(READ_SECS):
+                head = await exchange.head()
+                if not password_ok(self.listen, headers_of(head).get("authorization", "")):
+                    exchange.answer(401, b"the console's password is needed\n",
+                                    (("WWW-Authenticate", 'Basic realm="gatewayd console"'),),
+                                    "text/plain; charset=utf-8")
+                    return
+                body = await exchange.body(head, BODY_MAX)
             request = http_request(head, body, str(peer[0]) if peer else "")
             answer: Answer = await asyncio.to_thread(self.pages.handle, request)
             exchange.answer(answer.status, answer.body, answer.headers, answer.content_type)

@@ -200,6 +200,7 @@ class CloudSession:
         self._collect(filters, on_message)  # never released: it lasts as long as the session
 
     def put_retained(self, topic: str, doc: dict) -> None:
+        self._connected()
         info = self.client.publish(topic, json.dumps(doc), qos=1, retain=True)
         info.wait_for_publish(self.timeout)
         if not info.is_published():
@@ -230,6 +231,7 @@ class CloudSession:
             props.ResponseTopic = reply
             props.CorrelationData = correlation
             props.UserProperty = [("timeout", f"{timeout:g}")]
+            self._connected()
             self.client.publish(contract.method_topic(self.prefix, device, method), payload,
                                 qos=1, properties=props)
 
@@ -254,11 +256,19 @@ class CloudSession:
             props.UserProperty = properties
         if ttl is not None:
             props.MessageExpiryInterval = ttl
+        self._connected()
         info = self.client.publish(contract.devicebound_topic(self.prefix, device), payload,
                                    qos=1, properties=props)
         info.wait_for_publish(self.timeout)
         if not info.is_published():
             raise CloudUnavailable("the cloud broker did not acknowledge the message")
+
+    def _connected(self) -> None:
+        """Refuse a write while paho is reconnecting: it would queue the message and send it
+        after we had said that nothing was written."""
+        if not self.client.is_connected():
+            raise CloudUnavailable(f"the connection to the cloud broker at {self.target.host}:"
+                                   f"{self.target.port} is down (reconnecting); nothing was sent")
 
     def close(self) -> None:
         props = None

@@ -133,3 +133,27 @@ def test_beyond_loopback_a_client_certificate_from_the_named_ca_is_required(clou
                 fetch(who)
     finally:
         console.stop()
+
+
+def test_the_console_outlives_a_broker_restart(cloud):
+    from tests.support.wait import wait_until
+
+    console = Console(cloud.url)
+
+    def fleet() -> tuple[int, str]:
+        try:
+            answer = urllib.request.urlopen(console.url + "/fleet", timeout=60)
+            return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        assert fleet()[0] == 200
+        cloud.stop()
+        code, text = fleet()
+        assert code == 503 and "The cloud broker does not answer" in text
+        cloud.start()
+        wait_until(fleet, lambda answer: answer[0] == 200, timeout=60,
+                   what="the console's pages once the broker is back")
+    finally:
+        console.stop()
