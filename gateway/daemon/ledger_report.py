@@ -67,4 +67,5 @@ class LedgerReport:
         ledger = self._outbox.ledger
         return {"settled_below": ledger.settled, "unsettled": ledger.pending(),
                 "published": self.published, "published_bytes": self.published_bytes,
-                "acknowledged": self.acknowledged}
+                "acknowledged": self.acknowledged, "state_writes": ledger.state_writes,
+                "state_bytes": ledger.state_bytes}

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 from dataclasses import dataclass, field
 
+from gateway.log import Event, event
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Batch, Store
 
@@ -83,6 +85,8 @@ class Ledger:
         self.open = {kind: Ranges() for kind in KINDS}
         self.settled = 0  # every seq below it is in a settlement the broker acknowledged
         self.dirty = False
+        self.state_writes = 0  # what the ledger costs the card: its puts and their bytes
+        self.state_bytes = 0
         self._issued_below: int | None = None  # written by a clean stop
         self._load(store.meta.get(ks.LEDGER))
 
@@ -148,8 +152,11 @@ class Ledger:
     def put_state(self, batch: Batch) -> None:
         """Into a batch being written anyway: the outbox's commits and deletes carry it."""
         if self.dirty:
-            batch.put(self._store.meta, ks.LEDGER, self.encode())
+            value = self.encode()
+            batch.put(self._store.meta, ks.LEDGER, value)
             self.dirty = False
+            self.state_writes += 1
+            self.state_bytes += len(ks.LEDGER) + len(value)
 
     def write_now(self) -> None:
         """An unsynced write of its own (start-up and stop, not on the serving loop's path)."""
@@ -176,7 +183,11 @@ class Ledger:
             issued_below = state.get("issuedBelow")
             open_ = {kind: [[int(a), int(b), int(t)] for a, b, t in items]
                      for kind, items in state.get("open", {}).items() if kind in self.open}
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError) as exc:
+            event(Event.LEDGER_RESET,
+                  f"ledger: the stored accounts cannot be read ({exc!r}); starting afresh, so "
+                  f"the cloud side finds the accounts not yet acknowledged unaccounted; nothing "
+                  f"else is affected", level=logging.WARNING)
             return
         self.settled = settled
         self._issued_below = int(issued_below) if issued_below is not None else None
