@@ -7,20 +7,22 @@ ranges expired (with their TTL), were dropped by the disk guard, were dead-lette
 issued; every other one was acknowledged by the broker". `to` is the lowest seq still queued, so
 a settlement never speaks of a message that may still go out.
 
-What it costs the card: nothing of its own. A policy outcome is recorded in memory where it
+What it costs the card: next to nothing. A policy outcome is recorded in memory where it
 happens and written in the same batch as the delete of the message it accounts for (the outbox
 puts the ledger's state with its counters), so a kill -9 loses the account only together with the
 delete, and the message is then accounted again when it expires or drops after the restart.
 Deliveries are not recorded at all: the broker has them. The settlement published is rebuilt
 from that state until the broker's PUBACK for it arrives, and only then does `settled` move (in
-memory; written by the next batch that is written anyway), so an outage or a kill -9 only makes
-a settlement be published again, which the cloud side takes as the same facts.
+memory; written by the next batch that is written anyway, or else once a minute in the same
+write as the offline trust's), so an outage or a kill -9 only makes a settlement be published
+again, which the cloud side takes as the same facts.
 
 After a kill -9 the gateway cannot tell a number it handed out and the broker acknowledged from
 one it never handed out (deliveries are not written down): from the last settlement the broker
-acknowledged to the first number of the new block is then *skipped*, which the cloud side counts
-as delivered where it has the message and as never issued where it has not. A clean stop writes
-the next unissued number, so that after it only the block's remainder is skipped.
+acknowledged (as written, at most a minute old) to the first number of the new block is then
+*skipped*, which the cloud side counts as delivered where it has the message and as never issued
+where it has not. A clean stop writes the next unissued number, so that after it only the
+block's remainder is skipped.
 """
 
 from __future__ import annotations
@@ -159,7 +161,8 @@ class Ledger:
             self.state_bytes += len(ks.LEDGER) + len(value)
 
     def write_now(self) -> None:
-        """An unsynced write of its own (start-up and stop, not on the serving loop's path)."""
+        """An unsynced write of its own, when dirty: at start-up and stop, and once a minute
+        beside another small write (daemon/ledger_report.py); never a sync."""
         batch = Batch()
         self.put_state(batch)
         if len(batch):
