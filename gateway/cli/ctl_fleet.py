@@ -142,6 +142,9 @@ def _verify(args: argparse.Namespace) -> int:
         filters = [contract.telemetry_topic(p, "+"), contract.telemetry_topic(p, "+/+")]
         filters += [contract.ledger_topic(p, gw) for gw in args.gateways]
         cloud.stream(filters, verifier.on_message)
+        print(f"gatewayctl verify: listening for {', '.join(args.gateways)}; judging "
+              + (f"from seq {args.since}" if args.since is not None
+                 else "from the next settlement's issued"), file=sys.stderr, flush=True)
         deadline = time.monotonic() + args.timeout
         shown: list[dict] | None = None
         while not stop.wait(VERIFY_TICK_SECS):

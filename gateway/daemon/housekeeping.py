@@ -142,7 +142,8 @@ class Housekeeping:
             self._rates.add(Sample(now, self._ingest.accepted, self._ingest.accepted_bytes,
                                    self._outbox.stats.delivered))
             self._disk.check()
-            self._trust.refresh(self._uplink.online())
+            if self._trust.refresh(self._uplink.online()) and self._ledger is not None:
+                self._ledger.persist()  # in the same WAL page as the trust's minute write
             self.publish_audit()
             if self._ledger is not None:
                 self._ledger.tick(now)

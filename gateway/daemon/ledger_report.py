@@ -63,8 +63,16 @@ class LedgerReport:
             self.published += 1
             self.published_bytes += len(payload)
 
+    def persist(self) -> None:
+        """The settled point, once a minute while online, beside the offline trust's write:
+        after a kill -9 the span the gateway cannot tell delivered from never issued then
+        starts at most a minute before the kill, not at the start of the run (a healthy
+        gateway writes no batch that would carry it)."""
+        self._outbox.ledger.write_now()
+
     def status(self) -> dict:
         ledger = self._outbox.ledger
         return {"settled_below": ledger.settled, "unsettled": ledger.pending(),
                 "published": self.published, "published_bytes": self.published_bytes,
-                "acknowledged": self.acknowledged}
+                "acknowledged": self.acknowledged, "state_writes": ledger.state_writes,
+                "state_bytes": ledger.state_bytes}

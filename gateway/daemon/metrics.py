@@ -95,6 +95,9 @@ def render(s: dict) -> str:
                "loss ledger settlements published", ledger["published"])
         metric("gatewayd_ledger_bytes_total", "counter",
                "bytes of loss ledger settlements published", ledger["published_bytes"])
+        metric("gatewayd_ledger_state_bytes_total", "counter",
+               "bytes of the ledger's state put into the store's batches (its cost on the card)",
+               ledger["state_bytes"])
         for kind, count in sorted(ledger["unsettled"].items()):
             metric("gatewayd_ledger_unsettled", "gauge",
                    "accounts not yet acknowledged by the broker, per outcome", count,

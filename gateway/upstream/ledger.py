@@ -7,28 +7,32 @@ ranges expired (with their TTL), were dropped by the disk guard, were dead-lette
 issued; every other one was acknowledged by the broker". `to` is the lowest seq still queued, so
 a settlement never speaks of a message that may still go out.
 
-What it costs the card: nothing of its own. A policy outcome is recorded in memory where it
+What it costs the card: next to nothing. A policy outcome is recorded in memory where it
 happens and written in the same batch as the delete of the message it accounts for (the outbox
 puts the ledger's state with its counters), so a kill -9 loses the account only together with the
 delete, and the message is then accounted again when it expires or drops after the restart.
 Deliveries are not recorded at all: the broker has them. The settlement published is rebuilt
 from that state until the broker's PUBACK for it arrives, and only then does `settled` move (in
-memory; written by the next batch that is written anyway), so an outage or a kill -9 only makes
-a settlement be published again, which the cloud side takes as the same facts.
+memory; written by the next batch that is written anyway, or else once a minute in the same
+write as the offline trust's), so an outage or a kill -9 only makes a settlement be published
+again, which the cloud side takes as the same facts.
 
 After a kill -9 the gateway cannot tell a number it handed out and the broker acknowledged from
 one it never handed out (deliveries are not written down): from the last settlement the broker
-acknowledged to the first number of the new block is then *skipped*, which the cloud side counts
-as delivered where it has the message and as never issued where it has not. A clean stop writes
-the next unissued number, so that after it only the block's remainder is skipped.
+acknowledged (as written, at most a minute old) to the first number of the new block is then
+*skipped*, which the cloud side counts as delivered where it has the message and as never issued
+where it has not. A clean stop writes the next unissued number, so that after it only the
+block's remainder is skipped.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
+import logging
 from dataclasses import dataclass, field
 
+from gateway.log import Event, event
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Batch, Store
 
@@ -83,6 +87,8 @@ class Ledger:
         self.open = {kind: Ranges() for kind in KINDS}
         self.settled = 0  # every seq below it is in a settlement the broker acknowledged
         self.dirty = False
+        self.state_writes = 0  # what the ledger costs the card: its puts and their bytes
+        self.state_bytes = 0
         self._issued_below: int | None = None  # written by a clean stop
         self._load(store.meta.get(ks.LEDGER))
 
@@ -148,11 +154,15 @@ class Ledger:
     def put_state(self, batch: Batch) -> None:
         """Into a batch being written anyway: the outbox's commits and deletes carry it."""
         if self.dirty:
-            batch.put(self._store.meta, ks.LEDGER, self.encode())
+            value = self.encode()
+            batch.put(self._store.meta, ks.LEDGER, value)
             self.dirty = False
+            self.state_writes += 1
+            self.state_bytes += len(ks.LEDGER) + len(value)
 
     def write_now(self) -> None:
-        """An unsynced write of its own (start-up and stop, not on the serving loop's path)."""
+        """An unsynced write of its own, when dirty: at start-up and stop, and once a minute
+        beside another small write (daemon/ledger_report.py); never a sync."""
         batch = Batch()
         self.put_state(batch)
         if len(batch):
@@ -176,7 +186,11 @@ class Ledger:
             issued_below = state.get("issuedBelow")
             open_ = {kind: [[int(a), int(b), int(t)] for a, b, t in items]
                      for kind, items in state.get("open", {}).items() if kind in self.open}
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError) as exc:
+            event(Event.LEDGER_RESET,
+                  f"ledger: the stored accounts cannot be read ({exc!r}); starting afresh, so "
+                  f"the cloud side finds the accounts not yet acknowledged unaccounted; nothing "
+                  f"else is affected", level=logging.WARNING)
             return
         self.settled = settled
         self._issued_below = int(issued_below) if issued_below is not None else None

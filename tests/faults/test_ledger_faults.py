@@ -48,6 +48,10 @@ def _settled(gw, verify) -> dict:
                 what=f"everything below {issued} settled")
     code, final = verify.finish()
     assert code == (1 if final["unaccounted"] else 0), final
+    ledger = gw.status()["ledger"]
+    print(f"\nledger: {ledger['state_writes']} state puts, {ledger['state_bytes']} B in the "
+          f"store's batches, {ledger['published']} settlements of {ledger['published_bytes']} B "
+          f"for {final['issued']} messages")
     return final
 
 
@@ -230,6 +234,7 @@ def test_messages_the_cloud_broker_loses_are_named_exactly(tmp_path, gateways):
             send(i)
         seq_of = {m.i: m.seq for m in reference.messages}
         final = _settled(gw, verify)
+        print(f"\nverify on a lossy broker: {final}")
         lost = {s for a, b in final["unaccountedSeqs"] for s in range(a, b + 1)}
         paused = {seq_of[i] for i in range(10, 40)}
         assert lost <= paused, "only what arrived while verify did not read can be lost"

@@ -100,3 +100,15 @@ def test_a_clean_stop_says_where_issuing_ended_so_only_the_block_is_skipped(tmp_
     assert doc["skipped"] == [[seqs[-1] + 1, outbox.next_seq - 1]]
     assert doc["to"] == outbox.next_seq
     store.close()
+
+
+def test_an_unreadable_state_starts_the_ledger_afresh_with_one_journal_line(tmp_path, caplog):
+    from gateway.storage import keyspace as ks
+
+    store = Store(tmp_path / "s")
+    store.put(store.meta, ks.LEDGER, b"{not json", sync=True)
+    with caplog.at_level("WARNING"):
+        outbox = Outbox(store)
+    assert [r for r in caplog.records if "stored accounts cannot be read" in r.getMessage()]
+    assert outbox.ledger.settled == 1 and outbox.ledger.open["skipped"].items == []
+    store.close()
