@@ -57,7 +57,11 @@ test)
     # faketime: clock jumps; fuse3 + python3-pyfuse3 (Debian's python3 runs tests/support/powerfs.py)
     apt_install mosquitto e2fsprogs faketime fuse3 python3-pyfuse3
     apt_install groff-base  # tests/unit/test_manpages.py renders debian/man with groff
+    # promtool checks the alert rules shipped in the .deb (tests/integration/test_monitoring.py)
+    apt_install prometheus
     apt_install gcc python3-dev  # python-qpid-proton (the AMQP head) builds from its sdist
+    # tests/integration/test_console.py drives the web console in a real headless browser
+    apt_install chromium chromium-driver
     # tests/system: the .deb under a real systemd in qemu, and the image build
     apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
         dosfstools mtools fdisk openssh-client

@@ -241,6 +241,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
         timeline = [(counter.first - d0, 0)] + [(t - d0, n) for t, n in counter.timeline]
         out["peak_rss_mib"] = peak_rss_mib(system.pids)
     counter.close()
+    out.update(_ledger_cost(system, total))
     started = next((t for t, n in timeline if n > 0), 0.0)
     out["time_to_empty_secs"] = d1 - d0
     out["drain_msgs_per_sec"] = total / max(1e-6, (d1 - d0) - started)
@@ -283,12 +284,24 @@ def wear_online(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem,
             counter.close()
             return {"wear_online": (dev1 - dev0) / (n * PAYLOAD_BYTES),
                     "flushes_per_sec": (flush1 - flush0) / (t1 - t0),
-                    "msgs_per_sec": n / (t1 - t0)}
+                    "msgs_per_sec": n / (t1 - t0), **_ledger_cost(system, n)}
 
         return asyncio.run(go())
     finally:
         system.stop()
         cloud.stop()
+
+
+def _ledger_cost(system, messages: int) -> dict:
+    """The loss ledger's own bytes in the store's batches per message (issue 17); its state
+    rides in batches written anyway, so this is all it adds. gatewayd with a ledger only."""
+    if not hasattr(system, "gw"):
+        return {}
+    ledger = system.gw.status().get("ledger")
+    if not ledger:
+        return {}
+    return {"ledger_state_bytes_per_msg": ledger["state_bytes"] / max(1, messages),
+            "ledger_settlement_bytes_per_msg": ledger["published_bytes"] / max(1, messages)}
 
 
 def preload(store_path: Path, count: int, batch: int = 20000) -> None:

@@ -94,6 +94,7 @@ class CloudSettings:
     max_refusals: int = 3  # cloud refusals of one message before it goes to the dead letters
     max_publish_rate: float = 0.0  # messages per second to the cloud; 0: unlimited
     dns_servers: tuple[str, ...] = ()  # pinned resolvers for the cloud host; (): the system's
+    ledger_interval_secs: float = 10.0  # the loss ledger's cadence (upstream/ledger.py)
     scheme: str = ""
     host: str = ""
     port: int = 0
@@ -309,6 +310,7 @@ SCHEMA: Mapping[str, Mapping[str, Key]] = {
         "max_refusals": Key(integer(1, 100), 3),
         "max_publish_rate": Key(number(0), 0.0),
         "dns_servers": Key(ip_list(), ()),
+        "ledger_interval_secs": Key(number(0.5, 3600), 10.0),
     },
     "control": {
         "socket": Key(path(optional=True), ""),

@@ -57,6 +57,10 @@ class Event(Enum):
     WEBSOCKET_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000070"
     HTTPS_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000080"
     AMQP_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d000090"
+    LEDGER_RESET = "5b0a0e1c2f4c4d6a9a7e2f3c1d0000a0"
+    CONSOLE_STARTED = "5b0a0e1c2f4c4d6a9a7e2f3c1d0000b0"
+    CONSOLE_CHANGED = "5b0a0e1c2f4c4d6a9a7e2f3c1d0000b1"
+    CONSOLE_REFUSED = "5b0a0e1c2f4c4d6a9a7e2f3c1d0000b2"
 
 
 def event(kind: Event, message: str, *, level: int = logging.INFO, **fields: object) -> None:

@@ -33,16 +33,19 @@ class OfflineTrust:
         self.fresh_at = ks.read_u64(raw) / 1000 if raw else None
         self._persisted_at = 0.0
 
-    def refresh(self, online: bool) -> None:
-        """Called every second: online means the registry subscription is live."""
+    def refresh(self, online: bool) -> bool:
+        """Called every second: online means the registry subscription is live. True when it
+        wrote (others' small state may join that write: one page to the card, not two)."""
         if not online:
-            return
+            return False
         now = self._clock()
         self.fresh_at = now
         if now - self._persisted_at >= FRESH_PERSIST_SECS:  # one small write a minute
             self._persisted_at = now
             self._store.put(self._store.meta, ks.REGISTRY_FRESH_AT, ks.u64(int(now * 1000)),
                             sync=False)
+            return True
+        return False
 
     def synced(self) -> None:
         self.fresh_at = None

@@ -412,6 +412,7 @@ class ChildServer:
         self.https_served = 0  # HTTPS requests answered (a direct method's result)
         self.https_refused = 0
         self.refused = 0
+        self.admitted = 0  # CONNECTs accepted since start: a flapping child makes it climb
         self.last_refusal: dict | None = None
 
     async def start(self, tls: ssl.SSLContext | None) -> list[tuple[str, int]]:
@@ -575,6 +576,7 @@ class ChildServer:
         if old is not None:
             old.close("session taken over by a new connection with the same client id")
         self.sessions[connect.client_id] = conn
+        self.admitted += 1
         return verdict
 
     def _forget(self, conn: ChildConnection) -> None:

@@ -19,23 +19,15 @@ import json
 import sys
 from pathlib import Path
 
-from gateway import identity
 from gateway.config import load_config
 from gateway.operator import (
     CloudSession,
     CloudTarget,
-    OperatorError,
+    Operator,
     OperatorUsageError,
-    add_children,
-    change_children,
-    check_new_children,
-    connection_string,
-    deployment_document,
-    empty_registry,
-    merge_desired,
-    set_ttl,
+    parse_json,
+    parse_properties,
 )
-from gateway.upstream import cloud_contract as contract
 
 
 def _connection(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +41,8 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _session(args: argparse.Namespace) -> CloudSession:
+def cloud_target(args: argparse.Namespace) -> tuple[CloudTarget, str]:
+    """Where the broker is, and the hub host name from --config (or ""); flags win."""
     hub = ""
     if args.config:
         config = load_config(args.config)
@@ -67,11 +60,29 @@ def _session(args: argparse.Namespace) -> CloudSession:
     else:
         raise OperatorUsageError("say where the cloud broker is: --cloud URL or --config FILE")
     over = {k: getattr(args, k) for k in ("username", "password", "ca_file", "prefix")
-            if getattr(args, k) is not None}
+            if getattr(args, k, None) is not None}
     if over:
         target = CloudTarget(**{**target.__dict__, **over})
-    args.hub_from_config = hub
-    return CloudSession(target)
+    return target, hub
+
+
+def _operator(args: argparse.Namespace) -> Operator:
+    target, hub = cloud_target(args)
+    return Operator(target, hub_hostname=hub)
+
+
+class _Session:
+    """`with _Session(args) as cloud:` the bare CloudSession, closed whatever happens (for the
+    commands that read with the session's own functions, as fleet status and verify do)."""
+
+    def __init__(self, args: argparse.Namespace, **options) -> None:
+        self.cloud = CloudSession(cloud_target(args)[0], **options)
+
+    def __enter__(self) -> CloudSession:
+        return self.cloud
+
+    def __exit__(self, *exc) -> None:
+        self.cloud.close()
 
 
 def _print(args: argparse.Namespace, data: object, rows: list[tuple[str, ...]]) -> None:
@@ -83,31 +94,15 @@ def _print(args: argparse.Namespace, data: object, rows: list[tuple[str, ...]]) 
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _json_arg(text: str, what: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise OperatorUsageError(f"{what}: not valid JSON ({exc})") from None
-
-
 # -- children ------------------------------------------------------------------------------------
 
 
 def _children_add(args: argparse.Namespace) -> int:
-    with _Session(args) as cloud:
-        hub = args.hub_hostname or args.hub_from_config
-        if not hub and not args.x509_thumbprint:
-            raise OperatorUsageError("--hub-hostname is needed for the connection strings (the "
-                                     "gateway's gateway.hub_hostname), or use --config")
-        registries, gateways = cloud.gateways()
-        check_new_children(args.gateway, args.devices, registries, gateways)
-        doc = registries.get(args.gateway) or empty_registry()
-        new, keys = add_children(doc, args.devices, args.x509_thumbprint)
-        cloud.put_retained(contract.registry_topic(cloud.prefix, args.gateway), new)
-    host = args.gateway_host or args.gateway
-    out = [{"deviceId": d, "gateway": args.gateway, "registryVersion": new["version"],
-            "connectionString": connection_string(hub, d, keys[d], host) if d in keys else None}
-           for d in args.devices]
+    with _operator(args) as op:
+        added = op.add_children(args.gateway, args.devices, x509_thumbprint=args.x509_thumbprint,
+                                gateway_host=args.gateway_host, hub_hostname=args.hub_hostname)
+    out = [{"deviceId": n.device_id, "gateway": n.gateway, "registryVersion": n.registry_version,
+            "connectionString": n.connection_string} for n in added]
     rows = [("DEVICE", "CONNECTION STRING")]
     rows += [(o["deviceId"], o["connectionString"] or "x509 (thumbprint registered)")
              for o in out]
@@ -116,80 +111,61 @@ def _children_add(args: argparse.Namespace) -> int:
 
 
 def _children_list(args: argparse.Namespace) -> int:
-    with _Session(args) as cloud:
-        doc = cloud.read_json(contract.registry_topic(cloud.prefix, args.gateway))
-    if doc is None:
-        raise OperatorError(f"gateway {args.gateway} has no registry in the cloud")
+    with _operator(args) as op:
+        registry = op.children(args.gateway)
     rows = [("DEVICE", "STATUS", "AUTH")]
-    rows += [(c["deviceId"], c.get("status", "?"), c.get("auth", {}).get("type", "?"))
-             for c in doc.get("children", [])]
-    safe = {"version": doc.get("version"), "children": [
-        {k: v for k, v in c.items() if k != "auth"} | {"auth": c.get("auth", {}).get("type")}
-        for c in doc.get("children", [])]}
+    rows += [(c.device_id, c.status, c.auth) for c in registry.children]
+    safe = {"version": registry.version, "children": [
+        {"deviceId": c.device_id, "status": c.status, "auth": c.auth} for c in registry.children]}
     _print(args, safe, rows)
     return 0
 
 
 def _children_change(args: argparse.Namespace) -> int:
-    with _Session(args) as cloud:
-        topic = contract.registry_topic(cloud.prefix, args.gateway)
-        doc = cloud.read_json(topic)
-        if doc is None:
-            raise OperatorError(f"gateway {args.gateway} has no registry in the cloud")
-        new = change_children(doc, args.devices, args.action)
-        cloud.put_retained(topic, new)
-    _print(args, {"gateway": args.gateway, "registryVersion": new["version"],
+    with _operator(args) as op:
+        version = op.change_children(args.gateway, args.devices, args.action)
+    _print(args, {"gateway": args.gateway, "registryVersion": version,
                   "devices": args.devices, "action": args.action},
-           [(f"{args.action}: {', '.join(args.devices)} (registry version {new['version']})",)])
+           [(f"{args.action}: {', '.join(args.devices)} (registry version {version})",)])
     return 0
 
 
 # -- twins and settings --------------------------------------------------------------------------
 
 
-def _show_twin(args: argparse.Namespace, topic_of, owner: tuple[str, str]) -> int:
-    """Print a twin's two retained halves; `topic_of(prefix, part)` names their topics."""
-    with _Session(args) as cloud:
-        desired = cloud.read_json(topic_of(cloud.prefix, "desired"))
-        reported = cloud.read_json(topic_of(cloud.prefix, "reported"))
+def _show_twin(args: argparse.Namespace, twin, owner: tuple[str, str]) -> int:
     if args.json:
-        doc = {owner[0]: owner[1], "desired": desired, "reported": reported}
+        doc = {owner[0]: owner[1], "desired": twin.desired, "reported": twin.reported}
         print(json.dumps(doc, indent=2, sort_keys=True))
     else:
-        print(f"desired   {json.dumps(desired, sort_keys=True)}")
-        print(f"reported  {json.dumps(reported, sort_keys=True)}")
+        print(f"desired   {json.dumps(twin.desired, sort_keys=True)}")
+        print(f"reported  {json.dumps(twin.reported, sort_keys=True)}")
     return 0
 
 
 def _twin_show(args: argparse.Namespace) -> int:
-    return _show_twin(
-        args, lambda prefix, part: contract.device_twin_topic(prefix, args.device, part),
-        ("deviceId", args.device))
+    with _operator(args) as op:
+        twin = op.twin(args.device)
+    return _show_twin(args, twin, ("deviceId", args.device))
 
 
 def _twin_set(args: argparse.Namespace) -> int:
-    patch = _json_arg(args.desired, "--desired")
-    if not isinstance(patch, dict):
-        raise OperatorUsageError("--desired: expected a JSON object")
-    with _Session(args) as cloud:
-        topic = contract.device_twin_topic(cloud.prefix, args.device, "desired")
-        new = merge_desired(cloud.read_json(topic), patch)
-        cloud.put_retained(topic, new)
+    patch = parse_json(args.desired, "--desired")
+    with _operator(args) as op:
+        new = op.set_desired(args.device, patch)
     _print(args, new, [(f"desired version {new['$version']}: {json.dumps(new, sort_keys=True)}",)])
     return 0
 
 
 def _settings_show(args: argparse.Namespace) -> int:
-    return _show_twin(
-        args, lambda prefix, part: contract.gateway_twin_topic(prefix, args.gateway, part),
-        ("gateway", args.gateway))
+    with _operator(args) as op:
+        twin = op.settings(args.gateway)
+    return _show_twin(args, twin, ("gateway", args.gateway))
 
 
 def _settings_set(args: argparse.Namespace) -> int:
-    with _Session(args) as cloud:
-        topic = contract.gateway_twin_topic(cloud.prefix, args.gateway, "desired")
-        new = set_ttl(cloud.read_json(topic), args.ttl)
-        cloud.put_retained(topic, new)
+    with _operator(args) as op:
+        new = op.set_ttl(args.gateway, args.ttl)
     _print(args, new, [(f"{args.gateway}: desired version {new['$version']}, time to live "
                         f"{args.ttl} s",)])
     return 0
@@ -203,10 +179,8 @@ def _deploy(args: argparse.Namespace) -> int:
         text = Path(args.file).read_bytes()
     except OSError as exc:
         raise OperatorUsageError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
-    with _Session(args) as cloud:
-        topic = contract.agent_topic(cloud.prefix, args.gateway, "desired")
-        doc = deployment_document(text, args.file, cloud.read_json(topic))
-        cloud.put_retained(topic, doc)
+    with _operator(args) as op:
+        doc = op.deploy(args.gateway, text, args.file)
     _print(args, doc, [(f"{args.gateway}: deployment version {doc['version']} published, "
                         f"{len(doc.get('modules', {}))} modules",)])
     return 0
@@ -216,45 +190,20 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _invoke(args: argparse.Namespace) -> int:
-    payload = json.dumps(_json_arg(args.payload, "--payload")).encode()
-    with _Session(args) as cloud:
-        status, body = cloud.invoke(args.device, args.method, payload, args.timeout)
-    try:
-        answer = json.loads(body) if body else None
-    except ValueError:
-        answer = body.decode(errors="replace")
-    _print(args, {"status": status, "payload": answer},
-           [(f"status {status}", json.dumps(answer))])
-    return 0 if 200 <= status < 300 else 1
+    payload = parse_json(args.payload, "--payload")
+    with _operator(args) as op:
+        result = op.invoke(args.device, args.method, payload, args.timeout)
+    _print(args, {"status": result.status, "payload": result.payload},
+           [(f"status {result.status}", json.dumps(result.payload))])
+    return 0 if result.ok else 1
 
 
 def _send(args: argparse.Namespace) -> int:
-    if identity.is_module(args.device):
-        raise OperatorUsageError(f"{args.device} is a module: modules get no cloud-to-device "
-                                 f"messages (as in IoT Hub); route messages to its inputs")
-    props = []
-    for item in args.property or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise OperatorUsageError(f"--property: expected key=value, got {item!r}")
-        props.append((key, value))
-    with _Session(args) as cloud:
-        cloud.send(args.device, args.payload.encode(), props, args.ttl)
+    props = parse_properties(args.property or [])
+    with _operator(args) as op:
+        op.send(args.device, args.payload.encode(), props, args.ttl)
     _print(args, {"device": args.device, "sent": True}, [(f"sent to {args.device}",)])
     return 0
-
-
-class _Session:
-    """`with _Session(args) as cloud:` closes the connection whatever happens."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.cloud = _session(args)
-
-    def __enter__(self) -> CloudSession:
-        return self.cloud
-
-    def __exit__(self, *exc) -> None:
-        self.cloud.close()
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

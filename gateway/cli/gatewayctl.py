@@ -4,6 +4,8 @@
     gatewayctl config check [FILE]               validate a configuration without starting anything
     gatewayctl dlq list|resend|drop [SEQ|all]    messages the cloud refused, set aside
     gatewayctl children|twin|settings|invoke|send  the cloud side (see gateway/cli/ctl_cloud.py)
+    gatewayctl fleet status|verify             the fleet from the cloud (gateway/cli/ctl_fleet.py)
+    gatewayctl console --cloud URL             the web console (gateway/cli/ctl_console.py)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.cli import ctl_cloud, exits
+from gateway.cli import ctl_cloud, ctl_console, ctl_fleet, exits
 from gateway.config import load_config
 from gateway.daemon.control import request
 from gateway.errors import GatewayError, UnavailableError
@@ -190,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     dlq.add_argument("--config", default=DEFAULT_CONFIG)
     dlq.set_defaults(func=_dlq)
     ctl_cloud.add_commands(sub)
+    ctl_fleet.add_commands(sub)
+    ctl_console.add_commands(sub)
     args = parser.parse_args(argv)
     return exits.run("gatewayctl", lambda: args.func(args))
 

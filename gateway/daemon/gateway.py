@@ -36,6 +36,7 @@ from gateway.daemon.agent import Agent, Identities
 from gateway.daemon.cloud_inbox import CloudInbox, ttl_in_force
 from gateway.daemon.control import ControlServer
 from gateway.daemon.housekeeping import DiskPolicy, Housekeeping
+from gateway.daemon.ledger_report import LedgerReport
 from gateway.daemon.metrics import MetricsServer
 from gateway.daemon.rates import Rates
 from gateway.daemon.reported_twin import ReportedTwin
@@ -129,13 +130,6 @@ class Gateway:
                        uplink=self.uplink.get, route_allows_call=router.allows_call,
                        submit=writer.submit)
         handler.bind_hub(hub)
-        reported = ReportedTwin(gateway_id=cfg.gateway.id, settings=settings, registry=registry,
-                                ingest=ingest, outbox=outbox, server=server, uplink=self.uplink)
-        self.inbox = CloudInbox(
-            gateway_id=cfg.gateway.id, file_ttl_secs=st.time_to_live_secs, registry=registry,
-            trust=trust, settings=settings, router=router, ingest=ingest, hub=hub, server=server,
-            uplink=self.uplink, reported=reported, agent=agent,
-        )
         self._bundle: str | None = None
         self._trust_bundle()
         self.workload = WorkloadApi(
@@ -143,19 +137,29 @@ class Gateway:
             owner_of=agent.runner.owner_of,
         ) if agent.enabled else None
         rates = Rates()
+        self.ledger = LedgerReport(cfg.gateway.id, outbox, self.uplink,
+                                   cfg.cloud.ledger_interval_secs)
         self.endpoints = Endpoints()
         self.status = Status(
             gateway_id=cfg.gateway.id, storage_path=st.path, endpoints=self.endpoints,
             server=server, registry=registry, settings=settings, router=router, ingest=ingest,
             outbox=outbox, dead_letters=dead_letters, salvage=salvage, disk=disk, trust=trust,
             audit=audit, hub=hub, uplink=self.uplink, rates=rates, writer=writer, store=store,
-            modules=self._modules_status,
+            modules=self._modules_status, ledger=self.ledger.status,
+        )
+        reported = ReportedTwin(gateway_id=cfg.gateway.id, settings=settings, registry=registry,
+                                ingest=ingest, outbox=outbox, server=server, uplink=self.uplink,
+                                site=self.status.site)
+        self.inbox = CloudInbox(
+            gateway_id=cfg.gateway.id, file_ttl_secs=st.time_to_live_secs, registry=registry,
+            trust=trust, settings=settings, router=router, ingest=ingest, hub=hub, server=server,
+            uplink=self.uplink, reported=reported, agent=agent,
         )
         self.housekeeping = Housekeeping(
             gateway_id=cfg.gateway.id, clock=clock, notify=self._notifier.notify,
             status_line=self.status.line, outbox=outbox, ingest=ingest, hub=hub,
             disk=disk_policy, rates=rates, trust=trust, audit=audit, reported=reported,
-            uplink=self.uplink,
+            uplink=self.uplink, ledger=self.ledger,
         )
         def dlq(action: str = "list", which: str = "all") -> dict:
             return dead_letters.command(action, which, ingest.accept)
@@ -199,6 +203,8 @@ class Gateway:
         await self.writer.aclose()
         if not ballast.is_disk_full(self.writer.store_error):  # else RocksDB refuses writes
             self.outbox.flush_deletes()
+            if not self.writer.store_error:  # all committed: the ledger may say so
+                self.outbox.stopped()
 
     def _modules_status(self) -> dict:
         """The agent's account, and the workload API's counters when it serves."""
@@ -249,6 +255,7 @@ class Gateway:
         """The one place an uplink is made and put in force (start-up, and each reload)."""
         if not cloud.enabled:
             return
+        self.ledger.interval_secs = cloud.ledger_interval_secs
         uplink = Uplink(
             cloud,
             self.config.gateway.id,

@@ -3,9 +3,10 @@
 Once a second: the systemd watchdog keep-alive (at half of WatchdogSec), the expiry sweep of the
 outbox and of the children's queues, the rates, the disk guard, the offline-trust clock, the
 audit trail to the cloud once it is back, and STATUS= for `systemctl status`. Less often: the
-gateway's reported twin (a minute), a summary line in the journal (an hour), and the line
-counting expired messages, at most once a minute however many expire in between, so that a
-long outage leaves a few lines in the journal and not thousands.
+loss ledger's settlement (cloud.ledger_interval_secs), the gateway's reported twin (a minute), a
+summary line in the journal (an hour), and the line counting expired messages, at most once a
+minute however many expire in between, so that a long outage leaves a few lines in the journal
+and not thousands.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from gateway.child.offline_trust import AuditLog, OfflineTrust
+from gateway.daemon.ledger_report import LedgerReport
 from gateway.daemon.rates import Rates, Sample
 from gateway.daemon.reported_twin import ReportedTwin
 from gateway.daemon.uplink_slot import UplinkSlot
@@ -98,8 +100,10 @@ class Housekeeping:
         audit: AuditLog,
         reported: ReportedTwin,
         uplink: UplinkSlot,
+        ledger: LedgerReport | None = None,
     ) -> None:
         self._gateway_id = gateway_id
+        self._ledger = ledger
         self._clock = clock
         self._notify = notify
         self._status_line = status_line
@@ -138,8 +142,11 @@ class Housekeeping:
             self._rates.add(Sample(now, self._ingest.accepted, self._ingest.accepted_bytes,
                                    self._outbox.stats.delivered))
             self._disk.check()
-            self._trust.refresh(self._uplink.online())
+            if self._trust.refresh(self._uplink.online()) and self._ledger is not None:
+                self._ledger.persist()  # in the same WAL page as the trust's minute write
             self.publish_audit()
+            if self._ledger is not None:
+                self._ledger.tick(now)
             self._notify("STATUS=" + self._status_line())
 
     def sweep_expired(self) -> None:

@@ -21,12 +21,16 @@ def render(s: dict) -> str:
     lines: list[str] = []
     described: set[str] = set()
 
-    def metric(name: str, kind: str, help_text: str, value: float | None,
-               labels: str = "") -> None:
+    def declare(name: str, kind: str, help_text: str) -> None:
+        """A family's HELP and TYPE, once: also for a family with no sample (yet)."""
         if name not in described:
             described.add(name)
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
+
+    def metric(name: str, kind: str, help_text: str, value: float | None,
+               labels: str = "") -> None:
+        declare(name, kind, help_text)
         lines.append(f"{name}{labels} {0 if value is None else value}")
 
     metric("gatewayd_uplink_up", "gauge", "1 when the cloud connection is up",
@@ -37,6 +41,10 @@ def render(s: dict) -> str:
                count, f'{{listener="{listener}"}}')
     metric("gatewayd_children_refused_total", "counter", "CONNECTs refused",
            s["children_refused"])
+    metric("gatewayd_children_connects_total", "counter",
+           "CONNECTs accepted (a child that flaps makes it climb)", s.get("children_admitted", 0))
+    metric("gatewayd_uplink_connects_total", "counter", "connections made to the cloud broker",
+           up.get("connects", 0))
     for outcome, count in s.get("https_methods", {}).items():
         metric("gatewayd_https_requests_total", "counter",
                "modules' HTTPS method calls on the 443 head, answered or refused", count,
@@ -57,6 +65,11 @@ def render(s: dict) -> str:
            s["outbox"]["delivered"])
     metric("gatewayd_messages_expired_total", "counter", "messages dropped unsent at their TTL",
            s["outbox"]["expired"])
+    metric("gatewayd_messages_dropped_total", "counter",
+           "messages the disk guard dropped (storage.full_policy = drop-oldest)",
+           s["outbox"].get("dropped_full", 0))
+    metric("gatewayd_time_to_live_seconds", "gauge", "the time to live given to new messages",
+           s.get("time_to_live_secs"))
     metric("gatewayd_messages_refused_total", "counter", "refusals by the cloud broker",
            up.get("refused", 0))
     metric("gatewayd_dead_letters", "gauge", "messages set aside after refusals",
@@ -70,6 +83,25 @@ def render(s: dict) -> str:
            s["process_write_bytes"])
     metric("gatewayd_registry_version", "gauge", "registry version in force",
            s["registry_version"])
+    modules = sorted((s.get("modules") or {}).get("modules", {}).items())
+    declare("gatewayd_module_restarts", "gauge",
+            "restarts of a module by its policy since its spec was deployed")  # none deployed
+    for name, module in modules:
+        metric("gatewayd_module_restarts", "gauge", "", module.get("restartCount", 0),
+               f'{{module="{name}"}}')
+    ledger = s.get("ledger") or {}
+    if ledger:
+        metric("gatewayd_ledger_settlements_total", "counter",
+               "loss ledger settlements published", ledger["published"])
+        metric("gatewayd_ledger_bytes_total", "counter",
+               "bytes of loss ledger settlements published", ledger["published_bytes"])
+        metric("gatewayd_ledger_state_bytes_total", "counter",
+               "bytes of the ledger's state put into the store's batches (its cost on the card)",
+               ledger["state_bytes"])
+        for kind, count in sorted(ledger["unsettled"].items()):
+            metric("gatewayd_ledger_unsettled", "gauge",
+                   "accounts not yet acknowledged by the broker, per outcome", count,
+                   f'{{kind="{kind}"}}')
     return "\n".join(lines) + "\n"
 
 

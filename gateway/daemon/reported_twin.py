@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildServer
@@ -33,6 +34,7 @@ class ReportedTwin:
         outbox: Outbox,
         server: ChildServer,
         uplink: UplinkSlot,
+        site: Callable[[], dict] = dict,
     ) -> None:
         self._gateway_id = gateway_id
         self._settings = settings
@@ -41,6 +43,7 @@ class ReportedTwin:
         self._outbox = outbox
         self._server = server
         self._uplink = uplink
+        self._site = site  # disk, dead letters, version: Status.site, for the fleet view
 
     def document(self) -> dict:
         settings = self._settings.settings
@@ -71,6 +74,8 @@ class ReportedTwin:
             },
             "childrenConnected": len(self._server.sessions),
             "lastChildRefusal": self._server.last_refusal,
+            **self._site(),
+            "reportedAt": iso(time.time()),
         }
 
     def publish(self) -> None:

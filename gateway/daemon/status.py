@@ -9,6 +9,7 @@ is the short form systemd shows (sd_notify STATUS=) and the hourly summary in th
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ class Status:
         writer: Writer,
         store: Store,
         modules: Callable[[], dict] = dict,
+        ledger: Callable[[], dict] = dict,
     ) -> None:
         self._gateway_id = gateway_id
         self._path = storage_path
@@ -89,6 +91,7 @@ class Status:
         self._writer = writer
         self._store = store
         self._modules = modules  # the agent's account of the deployment and its modules
+        self._ledger = ledger  # the loss ledger's settlements (daemon/ledger_report.py)
         self._started = time.time()
         self._process = psutil.Process()
         self._io_at_start = _write_bytes(self._process)
@@ -102,6 +105,15 @@ class Status:
             f"backlog {self._outbox.stats.count} msgs{age}; disk free {free // 2**20} MiB"
         )
 
+    def site(self) -> dict:
+        """The few numbers the fleet view needs from every gateway (the reported twin carries
+        them): disk free, when it fills at the current rates, dead letters, software version."""
+        free = psutil.disk_usage(str(self._path)).free
+        full = projections(self._outbox.stats.count, free, self._rates.per_second())
+        return {"disk": {"freeBytes": free, "fullInSecs": full["disk_full_secs"]},
+                "deadLetters": self._dead_letters.count,
+                "softwareVersion": software_version()}
+
     def report(self) -> dict:
         stats = self._outbox.stats
         oldest = self._outbox.oldest_enqueued_ms()
@@ -111,6 +123,7 @@ class Status:
         metrics = self._endpoints.metrics
         return {
             "gateway_id": self._gateway_id,
+            "version": software_version(),
             "pid": os.getpid(),
             "uptime_secs": round(time.time() - self._started, 1),
             "listeners": [f"{h}:{p}" for h, p in self._endpoints.listeners],
@@ -120,6 +133,7 @@ class Status:
             "child_listeners": {d: c.listener for d, c in sorted(self._server.sessions.items())},
             "connections": self._server.connections_by_listener(),
             "children_refused": self._server.refused,
+            "children_admitted": self._server.admitted,
             "https_methods": {"served": self._server.https_served,
                               "refused": self._server.https_refused},
             "registry_version": self._registry.registry.version,
@@ -151,6 +165,7 @@ class Status:
             "store_bytes": _tree_bytes(self._path),
             "outbox": vars(stats),
             "next_seq": self._outbox.next_seq,
+            "ledger": self._ledger(),
             "store_error": self._writer.store_error,
             "writer": {
                 "commits": self._writer.commits,
@@ -191,6 +206,14 @@ class Status:
             "dropped": guard.state.dropped,
             "refused": guard.state.refused,
         }
+
+
+def software_version() -> str:
+    """The installed package's version (the .deb installs it with its metadata)."""
+    try:
+        return importlib.metadata.version("gatewayd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _tree_bytes(path) -> int:

@@ -130,6 +130,10 @@ DEPLOYMENT = b"agent_desired"  # the deployment in force (modules/deployment.py'
 MODULE_SECRET = b"module_secret"  # 32 random bytes: every module key is derived from it
 DNS_PREFIX = b"dns/"  # + host name: the addresses that worked last (JSON list)
 
+# -- meta family: the loss ledger's accounts not yet acknowledged (upstream/ledger.py, JSON) --
+
+LEDGER = b"ledger"
+
 
 def dns_key(host: str) -> bytes:
     return DNS_PREFIX + host.encode()
@@ -137,6 +141,6 @@ def dns_key(host: str) -> bytes:
 
 # what the tests check for collisions: names read alone, and prefixes that are scanned
 FIXED_META_KEYS = (SEQ_CEILING, DISK_COUNT, DISK_BYTES, DEVICEBOUND_SEQ, REGISTRY_FRESH_AT,
-                   REGISTRY, SETTINGS, DEPLOYMENT, MODULE_SECRET)
+                   REGISTRY, SETTINGS, DEPLOYMENT, MODULE_SECRET, LEDGER)
 SCANNED_META_PREFIXES = (DLQ_PREFIX, TWIN_PREFIX, AUDIT_PREFIX)
 OTHER_META_PREFIXES = (_LANE_COUNT, DNS_PREFIX)  # read key by key, never scanned

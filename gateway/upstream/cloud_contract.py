@@ -30,6 +30,11 @@ def status_topic(prefix: str, gateway_id: str) -> str:
     return f"{prefix}gateways/{gateway_id}/status"
 
 
+def ledger_topic(prefix: str, gateway_id: str) -> str:
+    """The loss ledger's settlements (upstream/ledger.py), QoS 1, not retained."""
+    return f"{prefix}gateways/{gateway_id}/ledger"
+
+
 def telemetry_user_properties(
     gateway_id: str, seq: int, msg: Message
 ) -> list[tuple[str, str]]:

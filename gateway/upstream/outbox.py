@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Batch, Store
 from gateway.storage.writes import Submit, Writes
+from gateway.upstream.ledger import Ledger
 from gateway.upstream.message import (
     DEFAULT_PRIORITY,
     PRIORITIES,
@@ -102,6 +103,11 @@ class Outbox:
         self._lanes = sorted(p for p, first in firsts.items() if first is not None)
         self._next = max(ks.read_u64(meta.get(ks.SEQ_CEILING), 1), self._last_disk_seq() + 1)
         self._ceiling = self._next
+        # how every seq ended, for the cloud (upstream/ledger.py); its state rides on our writes
+        self.ledger = Ledger(store)
+        stored = [_key_seq(first[0]) for first in firsts.values() if first is not None]
+        self.ledger.opened(self._next, min(stored) if stored else None)
+        self.ledger.write_now()  # made durable by the synced reservation that follows
         self._reserve()
         self._refresh_totals()
 
@@ -141,6 +147,25 @@ class Outbox:
     @property
     def next_seq(self) -> int:
         return self._next
+
+    def settled_below(self) -> int:
+        """The lowest seq still queued (in memory or stored), else the next to be handed out:
+        every seq below it has ended, delivered or otherwise (what a settlement may cover)."""
+        low = self._next
+        if self._mem:
+            low = min(low, next(iter(self._mem)))
+        for priority in self._lanes:
+            for key, _ in self._lane_from_floor(priority):
+                seq = _key_seq(key)
+                if seq not in self._deletes:
+                    low = min(low, seq)
+                    break
+        return low
+
+    def stopped(self) -> None:
+        """A clean stop, once everything is committed: the ledger learns where issuing ended."""
+        self.ledger.stopped(self._next)
+        self.ledger.write_now()
 
     # -- ingest -----------------------------------------------------------------------------
 
@@ -276,6 +301,7 @@ class Outbox:
         batch.put(meta, ks.DISK_BYTES, ks.u64(self._disk_bytes))
         for priority in self._lanes:
             batch.put(meta, ks.lane_count_key(priority), ks.u64(self._lane_disk[priority]))
+        self.ledger.put_state(batch)  # the accounts of the deletes in this very batch
 
     def backlog_by_priority(self) -> dict[int, int]:
         """Messages waiting per priority (the operator's table; counters, no scan)."""
@@ -386,6 +412,7 @@ class Outbox:
             return False
         self._deletes[seq] = (msg.priority, msg.size())
         self.stats.expired += 1
+        self.ledger.record("expired", seq, _ttl_secs(msg))
         self.stats.count = max(self.stats.count - 1, 0)
         self.stats.bytes = max(self.stats.bytes - msg.size(), 0)
         if seq == self._floor[msg.priority]:
@@ -398,6 +425,7 @@ class Outbox:
             self.ack(seq, msg.size(), msg.priority, delivered=False)
             self.stats.acked_before_commit -= 1
             self.stats.expired += 1
+            self.ledger.record("expired", seq, _ttl_secs(msg))
 
     def expire(self, now_ms: int, max_scan: int = 10000) -> int:
         """Drop expired messages from the head of each priority; returns how many went."""
@@ -455,6 +483,7 @@ class Outbox:
                     if msg is not None:
                         size = msg.size()
                         self.ack(seq, size, priority, delivered=False)
+                        self.ledger.record("dropped", seq)
                         dropped += 1
                         dropped_bytes += size
             if dropped >= budget:
@@ -469,6 +498,7 @@ class Outbox:
         if in_memory:
             self.stats.acked_before_commit -= 1
         self.stats.dead_lettered += 1
+        self.ledger.record("deadLettered", seq)
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -481,3 +511,8 @@ class Outbox:
         self.commit_now()
         self.flush_deletes()
 
+
+
+def _ttl_secs(msg: Message) -> int:
+    """The time to live the message was given (what the ledger says applied)."""
+    return max(0, round((msg.expires_ms - msg.enqueued_ms) / 1000))

@@ -117,6 +117,15 @@ def test_unreachable_broker_and_bad_input_give_one_line(cloud):
     cloud.start()
     bad_json = ctl(cloud, "twin", "set", "dev-a", "--desired", "{nope")
     assert bad_json.returncode == 64 and "--desired: not valid JSON" in bad_json.stderr
+    ghost = ctl(cloud, "send", "ghost", "--payload", "hi")
+    assert ghost.returncode == 1 and "unknown device ghost: no gateway has it as a child" in (
+        ghost.stderr)
+    module = ctl(cloud, "twin", "set", "edge-1/nope", "--desired", "{}")
+    assert module.returncode == 1 and "unknown module edge-1/nope" in module.stderr
+    big = ctl(cloud, "send", "ghost", "--payload", "x" * 70000)
+    assert big.returncode == 64 and "over the 65536-byte limit" in big.stderr
+    zero = ctl(cloud, "invoke", "dev-a", "m", "--timeout", "0")
+    assert zero.returncode == 64 and "--timeout: expected more than 0" in zero.stderr
     no_cloud = subprocess.run([sys.executable, "-m", "gateway.cli.gatewayctl", "twin", "show",
                                "dev-a"], capture_output=True, text=True, timeout=60)
     assert no_cloud.returncode == 64 and "--cloud URL or --config FILE" in no_cloud.stderr

@@ -51,7 +51,8 @@ def free_port() -> int:
 class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None,
                  acl: list[str] | None = None, tls: tuple[Path, Path] | None = None,
-                 password_file: Path | None = None) -> None:
+                 password_file: Path | None = None,
+                 options: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -75,8 +76,8 @@ class Mosquitto:
             "persistence true",
             f"persistence_location {self.workdir}/",
             "autosave_interval 0",
-            "max_queued_messages 0",
-            "max_inflight_messages 0",
+            f"max_queued_messages {(options or {}).get('max_queued_messages', 0)}",
+            f"max_inflight_messages {(options or {}).get('max_inflight_messages', 0)}",
             "log_dest stderr",
             *(f"log_type {kind}" for kind in ("error", "warning", "notice", "information")),
         ]

@@ -27,7 +27,9 @@ ALLOWED = {
     "hub": {"mqtt", "storage", "upstream", "child", "modules"},
     "daemon": {"mqtt", "storage", "upstream", "child", "modules", "hub"},
     "operator": {"mqtt", "storage", "upstream", "child", "modules", "hub"},
-    "cli": {"mqtt", "storage", "upstream", "child", "modules", "hub", "daemon", "operator"},
+    "console": {"mqtt", "storage", "upstream", "child", "modules", "hub", "operator"},
+    "cli": {"mqtt", "storage", "upstream", "child", "modules", "hub", "daemon", "operator",
+            "console"},
 }
 # the one edge against the flow, and why it is there
 EXCEPTIONS = {
