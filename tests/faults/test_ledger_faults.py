@@ -6,13 +6,15 @@ itself loses messages, verify must name exactly those."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 
+from gateway.upstream.cloud_contract import gateway_twin_topic
 from tests.faults.delivery import check_delivery, connect_children, sender
 from tests.support.broker import Mosquitto
-from tests.support.clients import Child, CloudVerifier, new_key
+from tests.support.clients import Child, CloudVerifier, new_key, publish_retained
 from tests.support.synced import synced_gateway
 from tests.support.tcpproxy import TcpProxy
 from tests.support.verify import Verify
@@ -71,6 +73,13 @@ def test_ttl_expiry_is_accounted_with_its_ttl(cloud, gateways):
         child.wait_acked([child.send(i).mid for i in range(20)])
         gw.wait_status(lambda s: s["outbox"]["expired"] == 20, what="all 20 expired")
         cloud.start()
+        # the fresh ones get a long TTL: with 1 s, the broker itself may expire them (MQTT 5
+        # message expiry) while verify's session waits for it to reconnect, a real cloud loss
+        publish_retained(cloud.port, gateway_twin_topic("", "edge-1", "desired"),
+                         json.dumps({"$version": 1, "schemaVersion": "1.0", "routes": {},
+                                     "storeAndForwardConfiguration":
+                                         {"timeToLiveSecs": 3600}}).encode())
+        gw.wait_status(lambda s: s["time_to_live_secs"] == 3600, what="the new TTL")
         child.wait_acked([child.send(i).mid for i in range(20, 25)])
         final = _settled(gw, verify)
         _assert_outcomes(final, expired=20)
@@ -230,6 +239,10 @@ def test_messages_the_cloud_broker_loses_are_named_exactly(tmp_path, gateways):
         for i in range(10, 40):
             send(i)
         verify.resume()
+        # a settlement past the paused ones comes after the queue verify had: once verify has
+        # it, the broker's queue for it is empty again and the next messages are not dropped
+        last_paused = next(m.seq for m in reference.messages if m.i == 39)
+        verify.wait(lambda a: a["settledBelow"] > last_paused, what="verify caught up")
         for i in range(40, 50):
             send(i)
         seq_of = {m.i: m.seq for m in reference.messages}
