@@ -105,7 +105,7 @@ class Guest:
             console = "ttyS0"
         return [*machine, "-accel", self.accel, "-smp", "2", "-m", str(self.memory_mb),
                 "-kernel", str(self.kernel), "-initrd", str(self.initrd),
-                "-append", f"root=LABEL=gwroot ro console={console} systemd.show_status=0",
+                "-append", f"root=LABEL=gwroot ro console={console} quiet systemd.show_status=0",
                 *drives, "-nic", nic, "-serial", f"file:{self.serial}", "-monitor", "none",
                 "-display", "none"]
 

@@ -4,6 +4,7 @@ booted guest (the cloud on the host, a child dialling in through the forwarded p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -35,6 +36,14 @@ def build_deb(arch: str, out: Path) -> Path:
     printed = run([str(ROOT / "debian" / "build-deb.sh"), "--arch", arch], timeout=900)
     deb = Path(printed.strip().splitlines()[-1])
     return Path(shutil.copy(deb, out))
+
+
+def prebuilt(arch: str) -> Path | None:
+    """GATEWAYD_TEST_IMAGES=DIR with gatewayd-ARCH.img in it skips the build (for a developer
+    re-running a boot test; CI always builds)."""
+    folder = os.environ.get("GATEWAYD_TEST_IMAGES")
+    image = Path(folder) / f"gatewayd-{arch}.img" if folder else None
+    return image if image is not None and image.exists() else None
 
 
 def build_image(arch: str, deb: Path, out: Path, size: str) -> Path:

@@ -30,6 +30,8 @@ EM_AARCH64 = 183  # ELF e_machine
 
 @pytest.fixture(scope="module")
 def pi_image(tmp_path_factory):
+    if pi_site.prebuilt("arm64"):
+        return pi_site.prebuilt("arm64")
     started = time.monotonic()
     out = tmp_path_factory.mktemp("pi")
     deb = pi_site.build_deb("arm64", out)
