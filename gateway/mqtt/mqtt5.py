@@ -196,7 +196,7 @@ class Publish:
     props: Properties
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per PUBACK from the broker: not frozen (its __init__ costs 4x)
 class Ack:
     """PUBACK, SUBACK or UNSUBACK: the packet id and its reason code(s)."""
 

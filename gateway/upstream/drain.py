@@ -46,7 +46,7 @@ class Counters(Protocol):
     inflight: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per message sent: not frozen, as Message
 class _Sent:
     seq: int
     size: int

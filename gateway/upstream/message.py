@@ -26,7 +26,9 @@ class RecordError(DataError):
     """A stored record cannot be decoded: the store holds bytes this release does not understand."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per message on the hot path, and a frozen __init__ sets each field
+# through object.__setattr__ (2.1 against 0.5 µs for six fields). Nothing changes one.
+@dataclass(slots=True)
 class Message:
     """One child message bound for the cloud.
 
