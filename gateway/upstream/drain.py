@@ -205,8 +205,7 @@ class Drain:
     ) -> None:
         pid = packet_id()
         encoder = self._encoder
-        out.append(mqtt5.publish(encoder.topic(msg.device_id), pid,
-                                 encoder.properties(seq, msg, now_ms), msg.payload))
+        out.append(encoder.publish(pid, seq, msg, now_ms))
         self._bucket.take()
         sent = self._inflight[pid] = _Sent(seq, msg.size(), msg.priority, live)
         if self._first_on_connection is None:
