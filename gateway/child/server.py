@@ -337,7 +337,7 @@ class ChildConnection:
         self._out_bytes += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._server.flush_soon(self)
 
     def flush(self) -> None:
         """Hand what _write() queued to the transport: once per loop turn, and before a drain
@@ -450,6 +450,7 @@ class ChildServer:
         self.https_refused = 0
         self.refused = 0
         self.last_refusal: dict | None = None
+        self._unflushed: list[ChildConnection] = []  # connections with output this loop turn
 
     async def start(self, tls: ssl.SSLContext | None) -> list[tuple[str, int]]:
         """Bind the listeners; returns the bound (host, port) pairs (port 0 picks a free one)."""
@@ -463,6 +464,19 @@ class ChildServer:
         if self._cfg.amqp_port and tls is not None:
             bound.append(await self._listen(self._cfg.amqp_port, tls, amqp.LISTENER))
         return bound
+
+    def flush_soon(self, conn: ChildConnection) -> None:
+        """Write `conn`'s output at the end of this loop turn, with every other connection's:
+        one callback per turn for all of them instead of one per connection (a commit or a
+        read of the cloud's PUBACKs answers many children at once)."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush_all)
+        self._unflushed.append(conn)
+
+    def _flush_all(self) -> None:
+        conns, self._unflushed = self._unflushed, []
+        for conn in conns:
+            conn.flush()
 
     @property
     def open_connections(self) -> int:
