@@ -21,8 +21,9 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gateway.child import amqp, https, websocket
+from gateway.child import https, websocket
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
 from gateway.errors import PeerError
@@ -39,6 +40,9 @@ from gateway.mqtt.session import (
     Reply,
     SubscribeReceived,
 )
+
+if TYPE_CHECKING:
+    from gateway.child import amqp
 
 READ_CHUNK = 65536
 WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
@@ -451,6 +455,7 @@ class ChildServer:
         self.refused = 0
         self.last_refusal: dict | None = None
         self._unflushed: list[ChildConnection] = []  # connections with output this loop turn
+        self._amqp_listener: str | None = None  # amqp.LISTENER once the 5671 head is bound
 
     async def start(self, tls: ssl.SSLContext | None) -> list[tuple[str, int]]:
         """Bind the listeners; returns the bound (host, port) pairs (port 0 picks a free one)."""
@@ -462,7 +467,8 @@ class ChildServer:
         if self._cfg.https_port and tls is not None:
             bound.append(await self._listen(self._cfg.https_port, tls, WS_LISTENER))
         if self._cfg.amqp_port and tls is not None:
-            bound.append(await self._listen(self._cfg.amqp_port, tls, amqp.LISTENER))
+            self._amqp_listener = _amqp().LISTENER
+            bound.append(await self._listen(self._cfg.amqp_port, tls, self._amqp_listener))
         return bound
 
     def flush_soon(self, conn: ChildConnection) -> None:
@@ -503,8 +509,8 @@ class ChildServer:
                 )
                 writer.transport.abort()
                 return
-            if name == amqp.LISTENER:
-                head = amqp.AmqpConnection(self, reader, writer)
+            if name == self._amqp_listener:
+                head = _amqp().AmqpConnection(self, reader, writer)
                 self._all.add(head)
                 await head.serve()
                 return
@@ -514,7 +520,8 @@ class ChildServer:
                     return
                 protocol, (reader, writer) = upgraded
                 if protocol == websocket.AMQP_SUBPROTOCOL:
-                    head = amqp.AmqpConnection(self, reader, writer, amqp.WS_LISTENER)
+                    amqp_head = _amqp()
+                    head = amqp_head.AmqpConnection(self, reader, writer, amqp_head.WS_LISTENER)
                     self._all.add(head)
                     await head.serve()
                     return
@@ -661,6 +668,14 @@ class ChildServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 3.0)
+
+
+def _amqp():
+    """The AMQP head's module, imported once a listener or a connection needs it: Qpid Proton
+    costs ~3 MiB of RSS that a gateway without the AMQP head never needs (issue 18)."""
+    from gateway.child import amqp
+
+    return amqp
 
 
 async def _close_after_flush(writer: asyncio.StreamWriter) -> None:
