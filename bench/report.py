@@ -56,7 +56,7 @@ def table(rounds: dict) -> str:
     if rounds["relay"]:
         out += ["### Online relay (QoS 1, 200-byte JSON, window 100)", "",
                 "| children | system | msg/s | PUBACK p50 ms | p99 ms | CPU µs/msg | peak RSS MiB "
-                "| gatewayd/system msg/s |", "|---|---|---|---|---|---|---|---|"]
+                "| idle RSS MiB | gatewayd/system msg/s |", "|---|---|---|---|---|---|---|---|---|"]
         for n, kinds in rounds["relay"].items():
             gw = median(kinds.get("gatewayd", []), "msgs_per_sec")
             for kind, runs in kinds.items():
@@ -64,7 +64,8 @@ def table(rounds: dict) -> str:
                 out.append(f"| {n} | {kind} | {_f(rate, 4)} | {_f(median(runs, 'puback_p50_ms'))} "
                            f"| {_f(median(runs, 'puback_p99_ms'))} "
                            f"| {_f(median(runs, 'cpu_us_per_msg'))} "
-                           f"| {_f(median(runs, 'peak_rss_mib'))} | {_ratio(gw, rate)} |")
+                           f"| {_f(median(runs, 'peak_rss_mib'))} "
+                           f"| {_f(median(runs, 'idle_rss_mib'))} | {_ratio(gw, rate)} |")
         out.append("")
     if rounds["outage"]:
         out += [f"### Outage and drain ({rounds['sizes']['outage']:,} messages)", "",

@@ -22,6 +22,7 @@ from bench.systems import (
     child_keys,
     cpu_seconds,
     peak_rss_mib,
+    rss_mib,
 )
 from gateway.storage.store import Store
 from gateway.upstream.message import Message
@@ -127,6 +128,7 @@ async def _relay(system, cloud: Cloud, keys: dict[str, str], total: int) -> dict
     await counter.connect()
     children = await _children(system.port, keys, max(1, WINDOW // len(keys)), system)
     total -= total % len(children)
+    idle_rss = rss_mib(system.pids)  # the children connected, nothing sent or stored yet
     cpu0, t0 = cpu_seconds(system.pids), time.perf_counter()
     await _send(children, total)
     t1 = await counter.wait_for(total, timeout=600)
@@ -139,7 +141,7 @@ async def _relay(system, cloud: Cloud, keys: dict[str, str], total: int) -> dict
             "puback_p50_ms": percentile(latencies, 0.5) * 1000,
             "puback_p99_ms": percentile(latencies, 0.99) * 1000,
             "cpu_us_per_msg": (cpu1 - cpu0) / total * 1e6,
-            "peak_rss_mib": peak_rss_mib(system.pids)}
+            "peak_rss_mib": peak_rss_mib(system.pids), "idle_rss_mib": idle_rss}
 
 
 def outage(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem | None = None,

@@ -47,6 +47,16 @@ def peak_rss_mib(pid: int | list[int]) -> float:
     return float("nan")
 
 
+def rss_mib(pid: int | list[int]) -> float:
+    """VmRSS: the resident set now (summed over a system's processes)."""
+    if isinstance(pid, list):
+        return sum(rss_mib(p) for p in pid)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 class Cloud(Mosquitto):
     """The cloud broker: the project's test mosquitto, persistence on as a real cloud has it."""
 

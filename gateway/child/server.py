@@ -21,9 +21,10 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway import sockets
-from gateway.child import amqp, https, websocket
+from gateway.child import https, websocket
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
 from gateway.errors import PeerError
@@ -40,6 +41,9 @@ from gateway.mqtt.session import (
     Reply,
     SubscribeReceived,
 )
+
+if TYPE_CHECKING:
+    from gateway.child import amqp
 
 READ_CHUNK = 65536
 WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
@@ -131,10 +135,17 @@ class ChildConnection:
         self._out: list[bytes] = []  # bytes not yet handed to the transport
         self._out_bytes = 0
         self._flush_scheduled = False
+        # the read timeout (see _read_more): the deadline of the read under way (0: none),
+        # the one timer that watches it, and the task to wake when it passes
+        self._read_deadline = 0.0
+        self._watch: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task | None = None
+        self._timed_out = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def serve(self) -> None:
+        self._task = asyncio.current_task()
         try:
             await self._loop()
         except (Refusal, websocket.WebSocketRefusal) as exc:
@@ -202,12 +213,40 @@ class ChildConnection:
                 raise Refusal(
                     f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
                 ) from None
-        timeout = self._session.read_timeout(time.monotonic())
+        now = time.monotonic()
+        self._read_deadline = now + self._session.read_timeout(now)
+        watch = self._watch
+        if watch is None or watch.when() > self._read_deadline:  # none, or a later one (CONNECT's)
+            if watch is not None:
+                watch.cancel()
+            self._watch = asyncio.get_running_loop().call_at(self._read_deadline, self._check_read)
         try:
-            data = await asyncio.wait_for(self._reader.read(READ_CHUNK), timeout)
-        except TimeoutError:
+            data = await self._reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            if self._task is not None:
+                self._task.uncancel()
             raise Refusal(self._session.expire().reason) from None
+        finally:
+            self._read_deadline = 0.0
         self._session.receive_data(data)
+
+    def _check_read(self) -> None:
+        """The read timeout, watched by one timer per connection that follows the deadline
+        instead of an asyncio.wait_for per read: that made a task and a timer for every read,
+        which with one message per read (100 children, one in flight each) was a third of the
+        child side's cost. Past the deadline the reading task is woken by a cancel."""
+        self._watch = None
+        deadline = self._read_deadline
+        if not deadline:
+            return  # not reading now: the next read sets the timer again
+        if time.monotonic() < deadline:
+            self._watch = asyncio.get_running_loop().call_at(deadline, self._check_read)
+            return
+        if self._task is not None and not self._task.done():
+            self._timed_out = True
+            self._task.cancel()
 
     def _dispatch(self, ev: object) -> None:
         if isinstance(ev, PublishReceived):
@@ -237,6 +276,9 @@ class ChildConnection:
         self._writer.close()
 
     async def _finish(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         self._session.close()
         self._room.set()
         self._server._forget(self)
@@ -300,7 +342,7 @@ class ChildConnection:
         self._out_bytes += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._server.flush_soon(self)
 
     def flush(self) -> None:
         """Hand what _write() queued to the transport: once per loop turn, and before a drain
@@ -414,6 +456,8 @@ class ChildServer:
         self.refused = 0
         self.admitted = 0  # CONNECTs accepted since start: a flapping child makes it climb
         self.last_refusal: dict | None = None
+        self._unflushed: list[ChildConnection] = []  # connections with output this loop turn
+        self._amqp_listener: str | None = None  # amqp.LISTENER once the 5671 head is bound
 
     async def start(self, tls: ssl.SSLContext | None) -> list[tuple[str, int]]:
         """Bind the listeners; returns the bound (host, port) pairs (port 0 picks a free one)."""
@@ -425,8 +469,22 @@ class ChildServer:
         if self._cfg.https_port and tls is not None:
             bound.append(await self._listen(self._cfg.https_port, tls, WS_LISTENER))
         if self._cfg.amqp_port and tls is not None:
-            bound.append(await self._listen(self._cfg.amqp_port, tls, amqp.LISTENER))
+            self._amqp_listener = _amqp().LISTENER
+            bound.append(await self._listen(self._cfg.amqp_port, tls, self._amqp_listener))
         return bound
+
+    def flush_soon(self, conn: ChildConnection) -> None:
+        """Write `conn`'s output at the end of this loop turn, with every other connection's:
+        one callback per turn for all of them instead of one per connection (a commit or a
+        read of the cloud's PUBACKs answers many children at once)."""
+        if not self._unflushed:
+            asyncio.get_running_loop().call_soon(self._flush_all)
+        self._unflushed.append(conn)
+
+    def _flush_all(self) -> None:
+        conns, self._unflushed = self._unflushed, []
+        for conn in conns:
+            conn.flush()
 
     @property
     def open_connections(self) -> int:
@@ -453,8 +511,8 @@ class ChildServer:
                 )
                 sockets.abort(writer.transport)
                 return
-            if name == amqp.LISTENER:
-                head = amqp.AmqpConnection(self, reader, writer)
+            if name == self._amqp_listener:
+                head = _amqp().AmqpConnection(self, reader, writer)
                 self._all.add(head)
                 await head.serve()
                 return
@@ -464,7 +522,8 @@ class ChildServer:
                     return
                 protocol, (reader, writer) = upgraded
                 if protocol == websocket.AMQP_SUBPROTOCOL:
-                    head = amqp.AmqpConnection(self, reader, writer, amqp.WS_LISTENER)
+                    amqp_head = _amqp()
+                    head = amqp_head.AmqpConnection(self, reader, writer, amqp_head.WS_LISTENER)
                     self._all.add(head)
                     await head.serve()
                     return
@@ -612,6 +671,14 @@ class ChildServer:
         for server in self._servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 3.0)
+
+
+def _amqp():
+    """The AMQP head's module, imported once a listener or a connection needs it: Qpid Proton
+    costs ~3 MiB of RSS that a gateway without the AMQP head never needs (issue 18)."""
+    from gateway.child import amqp
+
+    return amqp
 
 
 async def _close_after_flush(writer: asyncio.StreamWriter) -> None:

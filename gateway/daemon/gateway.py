@@ -242,7 +242,8 @@ class Gateway:
             f"gatewayd {self.config.gateway.id} ready: listening on {listeners}; store "
             f"{self.config.storage.path} holds {self.outbox.stats.count} messages; registry "
             f"version {registry.version} with {len(registry.children)} children; cloud "
-            f"{self.config.cloud.url or 'not configured (offline)'}",
+            f"{self.config.cloud.url or 'not configured (offline)'}; event loop "
+            f"{_loop_name()}",
         )
 
     def _install_signals(self) -> None:
@@ -313,3 +314,8 @@ def _server_tls(listen) -> ssl.SSLContext | None:
         ctx.load_verify_locations(cafile=str(listen.client_ca_file))
         ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
+
+
+def _loop_name() -> str:
+    """Which event loop gatewayd.py chose, uvloop or asyncio (GATEWAYD_EVENT_LOOP)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]

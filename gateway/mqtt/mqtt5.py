@@ -196,7 +196,7 @@ class Publish:
     props: Properties
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per PUBACK from the broker: not frozen (its __init__ costs 4x)
 class Ack:
     """PUBACK, SUBACK or UNSUBACK: the packet id and its reason code(s)."""
 
@@ -240,16 +240,20 @@ class Reader:
         self._buf = bytearray()
         self._max = max_packet_bytes
 
-    def feed(self, data: bytes) -> list[Packet]:
+    def feed(self, data: bytes, acks_as_ids: bool = False) -> list[Packet | int]:
+        """The packets now complete. With `acks_as_ids`, a PUBACK with reason 0 and no
+        properties (nearly every packet an uplink gets) is its packet id alone, an int: no
+        object per relayed message."""
         buf = self._buf
         buf += data
-        out: list[Packet] = []
+        out: list[Packet | int] = []
         pos = 0
         end = len(buf)
         while pos < end:
             first = buf[pos]
             if first == 0x40 and pos + 4 <= end and buf[pos + 1] == 2:  # the common PUBACK
-                out.append(Ack(PUBACK, (buf[pos + 2] << 8) | buf[pos + 3], b""))
+                packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
+                out.append(packet_id if acks_as_ids else Ack(PUBACK, packet_id, b""))
                 pos += 4
                 continue
             header = _varint(buf, pos + 1)

@@ -44,6 +44,13 @@ PRE_AUTH_MAX_BYTES = 8192  # a CONNECT with a SAS token or a will fits; nothing 
 MAX_KEEPALIVE_SECS = 1200
 _MAX_PACKET_ID = 65535
 _PINGRESP = codec.encode(PingResp())
+_PUBACK_HEADER = codec.encode(PubAck(1))[:2]
+
+
+def _puback(packet_id: int) -> bytes:
+    """codec.encode(PubAck(packet_id)) without the packet object and the encoder's checks: the
+    id is one the child sent us and the decoder checked (1..65535). One per message."""
+    return _PUBACK_HEADER + packet_id.to_bytes(2, "big")
 
 
 class State(enum.Enum):
@@ -347,7 +354,7 @@ class ChildSession:
             for topic, payload in done.replies:
                 out.append(codec.encode(Publish(topic, payload)))
             if done.packet_id is not None:
-                out.append(codec.encode(PubAck(done.packet_id)))
+                out.append(_puback(done.packet_id))
         return b"" if self.state is State.CLOSED else b"".join(out)
 
     @property

@@ -6,6 +6,7 @@ uplink, the sync code, gatewayctl and the tests must all agree on it.
 
 from __future__ import annotations
 
+import struct
 from urllib.parse import parse_qsl
 
 from gateway import identity
@@ -57,7 +58,9 @@ class TelemetryEncoder:
     """telemetry_topic and telemetry_user_properties, already in MQTT 5 wire form.
 
     Runs once per forwarded message: the topic and the child's property bag are encoded once and
-    kept (children reuse the same few bags), so a message costs four small fields and a join.
+    kept (children reuse the same few bags), and so are the names of the per-message properties
+    and the ten `prio` ones, so a message costs two numbers formatted and one join (15 calls
+    of the mqtt5 helpers per message before: 20 against 6 µs measured on the bench machine).
     """
 
     CACHE_LIMIT = 4096
@@ -67,6 +70,7 @@ class TelemetryEncoder:
         self._gw = mqtt5.user_property("gw", gateway_id)
         self._topics: dict[str, bytes] = {}
         self._bags: dict[str, bytes] = {}
+        self._prio = {p: mqtt5.user_property("prio", str(p)) for p in range(10)}
 
     def topic(self, device_id: str) -> bytes:
         encoded = self._topics.get(device_id)
@@ -77,22 +81,52 @@ class TelemetryEncoder:
                 telemetry_topic(self._prefix, device_id))
         return encoded
 
-    def properties(self, seq: int, msg: Message, now_ms: int) -> bytes:
-        bag = self._bags.get(msg.properties)
+    def _bag(self, properties: str) -> bytes:
+        bag = self._bags.get(properties)
         if bag is None:
             if len(self._bags) >= self.CACHE_LIMIT:
                 self._bags.clear()
-            pairs = parse_qsl(msg.properties, keep_blank_values=True)
-            bag = self._bags[msg.properties] = b"".join(
-                mqtt5.user_property(k, v) for k, v in pairs)
-        return mqtt5.properties(
-            bag,
-            self._gw,
-            mqtt5.user_property("seq", str(seq)),
-            mqtt5.user_property("enq", str(msg.enqueued_ms)),
-            mqtt5.user_property("prio", str(msg.priority)),
-            mqtt5.message_expiry(expiry_left_secs(msg, now_ms)),
-        )
+            pairs = parse_qsl(properties, keep_blank_values=True)
+            bag = self._bags[properties] = b"".join(mqtt5.user_property(k, v) for k, v in pairs)
+        return bag
+
+    def _props(self, seq: int, msg: Message, now_ms: int) -> bytes:
+        """The properties without their length."""
+        bag = self._bags.get(msg.properties)
+        if bag is None:
+            bag = self._bag(msg.properties)
+        prio = self._prio.get(msg.priority) or mqtt5.user_property("prio", str(msg.priority))
+        seq_s = b"%d" % seq
+        enq_s = b"%d" % msg.enqueued_ms
+        expiry = max(1, -(-(msg.expires_ms - now_ms) // 1000))  # expiry_left_secs, inlined
+        return b"".join((bag, self._gw, _SEQ, _U16(len(seq_s)), seq_s, _ENQ, _U16(len(enq_s)),
+                         enq_s, prio, _EXPIRY, _U32(min(expiry, 0xFFFFFFFF))))
+
+    def properties(self, seq: int, msg: Message, now_ms: int) -> bytes:
+        body = self._props(seq, msg, now_ms)
+        return _length(len(body)) + body
+
+    def publish(self, packet_id: int, seq: int, msg: Message, now_ms: int) -> bytes:
+        """The whole QoS 1 PUBLISH of one stored message (mqtt5.publish of the topic and the
+        properties, in one join)."""
+        topic = self._topics.get(msg.device_id)
+        if topic is None:
+            topic = self.topic(msg.device_id)
+        props = self._props(seq, msg, now_ms)
+        props_length = _length(len(props))
+        payload = msg.payload
+        size = len(topic) + 2 + len(props_length) + len(props) + len(payload)
+        return b"".join((_PUBLISH_QOS1, _length(size), topic, _U16(packet_id), props_length,
+                         props, payload))
+
+
+_U16 = struct.Struct(">H").pack
+_U32 = struct.Struct(">I").pack
+_SEQ = mqtt5.user_property("seq", "")[:-2]  # the property id and the name, before the value
+_ENQ = mqtt5.user_property("enq", "")[:-2]
+_EXPIRY = mqtt5.message_expiry(0)[:1]
+_PUBLISH_QOS1 = mqtt5.publish(b"\x00\x00", 1, b"\x00", b"")[:1]
+_length = mqtt5.remaining_length_bytes
 
 
 def expiry_left_secs(msg: Message, now_ms: int) -> int:

@@ -65,14 +65,19 @@ class CloudSession(asyncio.Protocol):
         self._last_in = time.monotonic()
         self._ping_sent_at = 0.0
         try:
-            packets = self._reader.feed(data)
+            packets = self._reader.feed(data, acks_as_ids=True)
         except mqtt5.MalformedPacket as exc:
             self._fail(f"the broker sent a malformed packet: {exc}")
             return
+        in_use, on_puback = self.in_use, self._cb.on_puback
         for packet in packets:
             if self._closing:
                 return
-            self._dispatch(packet)
+            if packet.__class__ is int:  # a plain PUBACK, the hot path
+                in_use.discard(packet)
+                on_puback(packet, 0)
+            else:
+                self._dispatch(packet)
         self._cb.on_read_done()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -18,6 +18,7 @@ RECORD_VERSION = 2
 _HEADER = struct.Struct(">BQQHHI")
 # version 2 appends the priority after the header (version 1 records read as DEFAULT_PRIORITY)
 _PRIORITY = struct.Struct(">B")
+_V2_HEAD = struct.Struct(">BQQHHIB")  # the header and the priority of a version 2 record
 DEFAULT_PRIORITY = 9  # routes without a priority, and every message when no routes are set
 PRIORITIES = range(10)  # 0 is the highest
 
@@ -26,7 +27,9 @@ class RecordError(DataError):
     """A stored record cannot be decoded: the store holds bytes this release does not understand."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per message on the hot path, and a frozen __init__ sets each field
+# through object.__setattr__ (2.1 against 0.5 µs for six fields). Nothing changes one.
+@dataclass(slots=True)
 class Message:
     """One child message bound for the cloud.
 
@@ -56,6 +59,15 @@ def encode_record(msg: Message) -> bytes:
 
 
 def decode_record(data: bytes) -> Message:
+    # what this release writes, as RocksDB gives it: one unpack
+    if data.__class__ is bytes and len(data) >= _V2_HEAD.size and data[0] == 2:
+        _, enq, exp, dlen, plen, blen, priority = _V2_HEAD.unpack_from(data)
+        pos = _V2_HEAD.size
+        if pos + dlen + plen + blen == len(data):
+            dend = pos + dlen
+            pend = dend + plen
+            return Message(data[pos:dend].decode(), enq, exp, data[dend:pend].decode(),
+                           data[pend:], priority)
     if len(data) < _HEADER.size:
         raise RecordError(f"record of {len(data)} bytes is shorter than its header")
     version, enq, exp, dlen, plen, blen = _HEADER.unpack_from(data)

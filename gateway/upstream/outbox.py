@@ -85,6 +85,12 @@ class Outbox:
         self._store = store
         self.on_safe = on_safe or (lambda seqs: None)
         self._mem: dict[int, Message] = {}
+        # no message in memory expires before this (a lower bound: read() checks it per fill)
+        self._mem_expiry_floor = 1 << 63
+        # commits so far, and per priority the (commits, first key) of a scan that found the
+        # lane empty from that key on: until the next commit, no scan from there finds anything
+        self._commits = 0
+        self._lane_empty: dict[int, tuple[int, int]] = {}
         self._committing: CommitBatch | None = None
         self._acked_while_committing: dict[int, int] = {}  # seq -> priority
         self._deletes: dict[int, tuple[int, int]] = {}  # seq -> (priority, size) to delete
@@ -179,6 +185,8 @@ class Outbox:
         seq = self._next
         self._next += 1
         self._mem[seq] = msg
+        if msg.expires_ms < self._mem_expiry_floor:
+            self._mem_expiry_floor = msg.expires_ms
         if msg.priority not in self._lanes:
             self._lanes = sorted({*self._lanes, msg.priority})
         self.stats.count += 1
@@ -247,6 +255,7 @@ class Outbox:
             elif self._mem.pop(seq, None) is not None:
                 safe.append(seq)
         self._acked_while_committing.clear()
+        self._commits += 1
         self.stats.committed_batches += 1
         self.stats.committed_messages += len(commit.seqs)
         if safe:
@@ -367,9 +376,17 @@ class Outbox:
     def _read_disk(
         self, priority: int, start: int, stop: int | None, limit: int, now_ms: int, out: list
     ) -> None:
+        """The lane's stored messages from `start` on. A lane found empty is not scanned
+        again until the next commit: with a healthy uplink nothing is stored, and an iterator
+        per fill was a RocksDB seek for nothing, several times per message."""
         if len(out) >= limit:
             return
+        empty = self._lane_empty.get(priority)
+        if empty is not None and empty[0] == self._commits and empty[1] <= start:
+            return
+        found = False
         for key, value in self._store.outbox.scan(ks.lane(priority), ks.seq_key(start, priority)):
+            found = True
             seq = _key_seq(key)
             if stop is not None and seq >= stop:
                 break
@@ -379,15 +396,34 @@ class Outbox:
                     out.append((seq, msg))
                     if len(out) >= limit:
                         break
+        if not found:
+            self._lane_empty[priority] = (self._commits, start)
 
     def _read_mem(
         self, priority: int, after: int, below: int | None, limit: int, out: list
     ) -> None:
-        for seq, msg in self._mem.items():
-            if len(out) >= limit or (below is not None and seq >= below):
-                break
-            if seq > after and msg.priority == priority:
+        """Messages in memory after `after`. Sequence numbers are consecutive, so the ones
+        after the cursor are looked up by number instead of walking every message in memory
+        (those in flight are behind the cursor): a fill costs what it takes, not the window."""
+        mem = self._mem
+        if not mem or len(out) >= limit:
+            return
+        start = max(after + 1, next(iter(mem)))
+        end = self._next if below is None else min(below, self._next)
+        if end - start > 2 * len(mem) + limit:  # sparse (acked ones between): walk the dict
+            for seq, msg in mem.items():
+                if len(out) >= limit or seq >= end:
+                    break
+                if seq >= start and msg.priority == priority:
+                    out.append((seq, msg))
+            return
+        get = mem.get
+        for seq in range(start, end):
+            msg = get(seq)
+            if msg is not None and msg.priority == priority:
                 out.append((seq, msg))
+                if len(out) >= limit:
+                    break
 
     def get(self, seq: int, priority: int) -> Message | None:
         """One message by its sequence number (memory or disk), or None if it is gone."""
@@ -420,6 +456,12 @@ class Outbox:
         return True
 
     def _expire_mem(self, now_ms: int) -> None:
+        """Drop the messages in memory whose TTL has passed; walks them only when the
+        earliest expiry is due (read() asks on every fill)."""
+        if now_ms < self._mem_expiry_floor:
+            return
+        self._mem_expiry_floor = min((m.expires_ms for m in self._mem.values()
+                                      if m.expires_ms > now_ms), default=1 << 63)
         for seq in [s for s, m in self._mem.items() if m.expires_ms <= now_ms]:
             msg = self._mem[seq]
             self.ack(seq, msg.size(), msg.priority, delivered=False)

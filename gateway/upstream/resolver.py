@@ -14,9 +14,6 @@ import ipaddress
 import json
 import socket
 
-import dns.exception
-import dns.resolver
-
 from gateway.errors import UnavailableError
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
@@ -64,6 +61,11 @@ class CloudResolver:
         return json.loads(raw) if raw else []
 
     def _pinned(self) -> list[str]:
+        # dnspython only when cloud.dns_servers is set: importing it costs ~4 MiB of RSS that a
+        # gateway using the system's resolver never needs (issue 18)
+        import dns.exception
+        import dns.resolver
+
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = self.dns_servers
         resolver.timeout = TIMEOUT_SECS
