@@ -55,7 +55,7 @@ mmdebstrap --architectures="$arch" --variant=minbase --components="$components" 
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/gatewayd/ca.* "$1"/etc/gatewayd/gateway.*' \
     --customize-hook="sync-in $here/files /" \
-    --customize-hook='chroot "$1" systemctl enable gatewayd-firstboot.service systemd-networkd systemd-resolved' \
+    --customize-hook='chroot "$1" systemctl enable gatewayd-firstboot.service gatewayd-store-disk.service systemd-networkd systemd-resolved' \
     --customize-hook='chroot "$1" systemctl mask swap.target' \
     --customize-hook='echo gatewayd > "$1/etc/hostname"' \
     bookworm "$work/root" >"$work/mmdebstrap.log" 2>&1 \
