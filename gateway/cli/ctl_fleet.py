@@ -19,6 +19,7 @@ import time
 from gateway.cli import ctl_cloud
 from gateway.errors import EX_TEMPFAIL
 from gateway.operator import Accounts, GatewayRow, LossAccounts, fleet_status
+from gateway.operator.fleet import age, stamp
 from gateway.upstream import cloud_contract as contract
 
 VERIFY_TICK_SECS = 0.5
@@ -45,39 +46,24 @@ def fleet_line(row: GatewayRow, now: float) -> tuple[str, ...]:
     if row.online:
         uplink = "online"
     elif row.since is not None:
-        uplink = f"offline since {_stamp(row.since)}"
+        uplink = f"offline since {stamp(row.since)}"
     else:
         uplink = "offline (last will)"
     return (
         row.gateway,
         uplink,
         _or_dash(row.backlog_messages, lambda n: f"{n} msgs"),
-        _or_dash(row.oldest_age_secs, _age),
+        _or_dash(row.oldest_age_secs, age),
         _or_dash(row.disk_free_bytes, lambda b: f"{b // 2**20} MiB"),
-        _or_dash(row.disk_full_secs, _age),
+        _or_dash(row.disk_full_secs, age),
         _or_dash(row.dead_letters, str),
         row.version or "-",
-        _or_dash(row.last_seen, lambda t: f"{_stamp(t)} ({_age(max(0.0, now - t))} ago)"),
+        _or_dash(row.last_seen, lambda t: f"{stamp(t)} ({age(max(0.0, now - t))} ago)"),
     )
 
 
 def _or_dash(value, fmt) -> str:
     return "-" if value is None else fmt(value)
-
-
-def _stamp(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
-
-
-def _age(secs: float) -> str:
-    secs = int(secs)
-    if secs >= 86400:
-        return f"{secs // 86400} d {secs % 86400 // 3600} h"
-    if secs >= 3600:
-        return f"{secs // 3600} h {secs % 3600 // 60} min"
-    if secs >= 60:
-        return f"{secs // 60} min {secs % 60} s"
-    return f"{secs} s"
 
 
 # -- verify --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.operator import Accounts, GatewayRow
+from gateway.operator.fleet import age, stamp
 
 
 @dataclass(frozen=True)
@@ -76,21 +77,6 @@ def twin_sides(desired: dict | None, reported: dict | None) -> list[TwinRow]:
 
 def _show(doc: dict, key: str) -> str:
     return json.dumps(doc[key], sort_keys=True) if key in doc else ""
-
-
-def stamp(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
-
-
-def age(secs: float) -> str:
-    secs = int(secs)
-    if secs >= 86400:
-        return f"{secs // 86400} d {secs % 86400 // 3600} h"
-    if secs >= 3600:
-        return f"{secs // 3600} h {secs % 3600 // 60} min"
-    if secs >= 60:
-        return f"{secs // 60} min {secs % 60} s"
-    return f"{secs} s"
 
 
 def ledger_cells(accounts: Accounts | None) -> dict:

@@ -133,3 +133,20 @@ def _parse_iso(value: object) -> float | None:
         return float(calendar.timegm(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")))
     except ValueError:
         return None
+
+
+def stamp(t: float) -> str:
+    """A moment as every fleet view prints it: UTC, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t))
+
+
+def age(secs: float) -> str:
+    """A duration in the two largest units, as an operator reads a backlog's age."""
+    secs = int(secs)
+    if secs >= 86400:
+        return f"{secs // 86400} d {secs % 86400 // 3600} h"
+    if secs >= 3600:
+        return f"{secs // 3600} h {secs % 3600 // 60} min"
+    if secs >= 60:
+        return f"{secs // 60} min {secs % 60} s"
+    return f"{secs} s"
