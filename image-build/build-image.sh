@@ -1,10 +1,10 @@
 #!/bin/sh
-# Build a flashable Raspberry Pi 4/5 image with gatewayd:
+# Build a flashable Raspberry Pi image (Pi 3 B/B+, 4 B, 400, Zero 2 W) with gatewayd:
 #   image-build/build-image.sh [--arch arm64|amd64] [--deb FILE] [--out FILE] [--size 2G]
 # arm64 (the default) is the Pi image: Debian bookworm with Debian's raspi-firmware and arm64
 # kernel, gatewayd installed from the .deb. On an x86_64 host it needs qemu-user-static and
-# binfmt-support for the maintainer scripts. amd64 builds the same tree without the Pi firmware:
-# CI uses it to check the layout, the installed files and the partition table.
+# binfmt-support for the maintainer scripts. amd64 builds the same tree with Debian's PC kernel:
+# CI checks its layout and files, and the power-cut test boots it.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 arch=arm64 deb="" out="" size=2G
