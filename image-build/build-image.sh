@@ -6,6 +6,20 @@
 # binfmt-support for the maintainer scripts. amd64 builds the same tree with Debian's PC kernel:
 # CI checks its layout and files, and the power-cut test boots it.
 set -eu
+if [ "${1:-}" = root-label ]; then
+    # raspi-firmware writes cmdline.txt with root=LABEL=RASPIROOT unless told (ROOTPART in its
+    # defaults, read again on every kernel upgrade); the image's root is labelled gwroot
+    root=$2
+    if [ -f "$root/etc/default/raspi-firmware" ]; then
+        sed -i 's/^#\{0,1\}ROOTPART=.*/ROOTPART=LABEL=gwroot/' "$root/etc/default/raspi-firmware"
+        grep -q '^ROOTPART=' "$root/etc/default/raspi-firmware" \
+            || echo 'ROOTPART=LABEL=gwroot' >> "$root/etc/default/raspi-firmware"
+    fi
+    if [ -f "$root/boot/firmware/cmdline.txt" ]; then
+        sed -i 's/root=[^ ]*/root=LABEL=gwroot/' "$root/boot/firmware/cmdline.txt"
+    fi
+    exit 0
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 arch=arm64 deb="" out="" size=2G
 while [ $# -gt 0 ]; do
@@ -55,6 +69,7 @@ mmdebstrap --architectures="$arch" --variant=minbase --components="$components" 
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/gatewayd/ca.* "$1"/etc/gatewayd/gateway.*' \
     --customize-hook="sync-in $here/files /" \
+    --customize-hook="\"$here/build-image.sh\" root-label \"\$1\"" \
     --customize-hook='chroot "$1" systemctl enable gatewayd-firstboot.service gatewayd-store-disk.service systemd-networkd systemd-resolved' \
     --customize-hook='chroot "$1" systemctl mask swap.target' \
     --customize-hook='echo gatewayd > "$1/etc/hostname"' \
