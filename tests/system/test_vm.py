@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
 PACKAGES = ("systemd-sysv,systemd,dbus,udev,linux-image-amd64,initramfs-tools,python3,"
-            "python3-venv,python3-systemd,adduser,mosquitto,procps,polkitd")
+            "python3-venv,python3-systemd,python3-qpid-proton,adduser,mosquitto,procps,polkitd")
 EXPECTED = [
     "install", "active", "status-line", "journal-ready", "journal-fields", "ca-made",
     "key-private", "restart", "registry", "online", "reload", "reload-journal",

@@ -299,7 +299,10 @@ def test_an_oversize_message_closes_with_1009(site, caplog):
     assert [e.code for e in events if isinstance(e, CloseConnection)] == [1009]
     answered = [p for p in _mqtt(events) if isinstance(p, PingResp)]
     assert len(answered) <= cap // 2
-    assert any(f"over {cap} bytes" in r.getMessage() for r in caplog.records)
+    # the close frame goes out before the refusal is logged: await the line, not race it
+    wait_until(lambda: [r.getMessage() for r in caplog.records],
+               lambda lines: any(f"over {cap} bytes" in line for line in lines),
+               what="the refusal's journal line")
 
 
 def test_too_many_fragments_close_with_1008(site):
