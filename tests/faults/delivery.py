@@ -61,6 +61,16 @@ def sender(child: Child, start: int, end: int, infos: list, stop: threading.Even
     return thread
 
 
+def finish(senders: list[threading.Thread], children: list[Child], infos: dict[str, list],
+           timeout: float = 120.0) -> None:
+    """Let the senders end, then wait for the gateway's PUBACK of everything each child sent
+    (paho re-sends across the gateway's restarts)."""
+    for t in senders:
+        t.join(timeout)
+    for child in children:
+        child.wait_acked([info.mid for info in infos[child.device_id]], timeout=timeout)
+
+
 def _check_acked_before_published(device: str, msgs: list, timeline: Timeline) -> None:
     first_seq: dict[int, int] = {}
     for m in msgs:

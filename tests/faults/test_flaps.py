@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.faults.delivery import check_delivery, sender
+from tests.faults.delivery import check_delivery, finish, sender
 from tests.support.clients import Child, CloudVerifier, new_key
 from tests.support.synced import synced_gateway
 from tests.support.tcpproxy import TcpProxy
@@ -50,10 +50,7 @@ def _flaps(cloud, gateways, cuts: int, per_child: int, seed: int) -> None:
         time.sleep(rnd.uniform(0.0, 0.08))  # the random moment of the cut
         cut_with_traffic += proxy.cut() > 0
     cutting_secs = time.monotonic() - started
-    for t in live:
-        t.join(60)
-    for child in children:
-        child.wait_acked([info.mid for info in infos[child.device_id]])
+    finish(live, children, infos, timeout=60)
     figures = check_delivery(verifier, {d: per_child for d in keys})
     gw.wait_status(lambda s: s["backlog"]["messages"] == 0, what="backlog drained")
     status = gw.status()

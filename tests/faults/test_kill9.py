@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gateway.upstream.cloud_contract import registry_topic
-from tests.faults.delivery import check_delivery, connect_children, sender
+from tests.faults.delivery import check_delivery, connect_children, finish, sender
 from tests.support.clients import new_key, publish_retained, registry_doc
 from tests.support.offline import cut_off_gateway
 
@@ -46,10 +46,7 @@ def _run(cloud, gateways, ingest_kills: int, drain_kills: int, registry_kills: i
     senders = [sender(c, 0, half, infos[c.device_id], stop, timelines[c.device_id])
                for c in children]
     _kill_at_random(gw, rnd, ingest_kills, 0.02, 0.3)
-    for t in senders:
-        t.join(120)
-    for child in children:
-        child.wait_acked([info.mid for info in infos[child.device_id]], timeout=120)
+    finish(senders, children, infos)
     backlog = gw.status()["backlog"]["messages"]
     assert backlog >= CHILDREN * half
 

@@ -12,7 +12,7 @@ import threading
 import time
 
 from gateway.upstream.cloud_contract import gateway_twin_topic
-from tests.faults.delivery import check_delivery, connect_children, sender
+from tests.faults.delivery import check_delivery, connect_children, finish, sender
 from tests.support.broker import Mosquitto
 from tests.support.clients import Child, CloudVerifier, new_key, publish_retained
 from tests.support.synced import synced_gateway
@@ -147,10 +147,7 @@ def test_kill9_loop_leaves_nothing_unaccounted(cloud, gateways):
             time.sleep(rnd.uniform(0.05, 0.3))  # the random moment itself
             gw.kill()
             gw.start()
-        for t in senders:
-            t.join(120)
-        for child in children:
-            child.wait_acked([info.mid for info in infos[child.device_id]], timeout=120)
+        finish(senders, children, infos)
         cloud.start()
         reference.connect()
         more = [sender(c, half, per_child, infos[c.device_id], stop, timelines[c.device_id])
@@ -159,10 +156,7 @@ def test_kill9_loop_leaves_nothing_unaccounted(cloud, gateways):
             time.sleep(rnd.uniform(0.1, 0.4))
             gw.kill()
             gw.start()
-        for t in more:
-            t.join(120)
-        for child in children:
-            child.wait_acked([info.mid for info in infos[child.device_id]], timeout=120)
+        finish(more, children, infos)
         figures = check_delivery(reference, {d: per_child for d in keys}, timelines)
         final = _settled(gw, verify)
         _assert_outcomes(final)
@@ -198,10 +192,7 @@ def test_link_flaps_leave_nothing_unaccounted(cloud, gateways):
                        what="the uplink to reconnect through the proxy")
             time.sleep(rnd.uniform(0.0, 0.08))  # the random moment of the cut
             proxy.cut()
-        for t in live:
-            t.join(60)
-        for child in children:
-            child.wait_acked([info.mid for info in infos[child.device_id]])
+        finish(live, children, infos, timeout=60)
         figures = check_delivery(reference, {d: 600 for d in keys})
         final = _settled(gw, verify)
         _assert_outcomes(final)

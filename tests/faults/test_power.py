@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.delivery import check_delivery, connect_children, sender
+from tests.faults.delivery import check_delivery, connect_children, finish, sender
 from tests.support.clients import new_key
 from tests.support.offline import cut_off_gateway
 
@@ -80,10 +80,7 @@ def _power_cuts(cloud, gateways, powerfs, cuts: int, per_child: int, seed: int) 
         powerfs.cut()
         lost = powerfs.lost_bytes  # powerfs counts since it mounted
         gw.start()
-    for t in senders:
-        t.join(120)
-    for child in children:
-        child.wait_acked([info.mid for info in infos[child.device_id]], timeout=120)
+    finish(senders, children, infos)
     cloud.start()
     verifier.connect()
     figures = check_delivery(verifier, {d: per_child for d in keys}, timelines)
