@@ -18,9 +18,8 @@ import time
 
 from gateway.cli import ctl_cloud
 from gateway.errors import EX_TEMPFAIL
-from gateway.operator import Accounts, GatewayRow, LossAccounts, fleet_status
+from gateway.operator import Accounts, GatewayRow, LedgerWatch, fleet_status
 from gateway.operator.fleet import age, stamp
-from gateway.upstream import cloud_contract as contract
 
 VERIFY_TICK_SECS = 0.5
 VERIFY_SESSION_SECS = 3600
@@ -69,83 +68,37 @@ def _or_dash(value, fmt) -> str:
 # -- verify --------------------------------------------------------------------------------------
 
 
-class _Verifier:
-    """LossAccounts fed from paho's thread, read from the command's."""
-
-    def __init__(self, gateways: list[str], since: int | None) -> None:
-        self.wanted = set(gateways)
-        self.accounts = LossAccounts(since)
-        self.lock = threading.Lock()
-        self.settlements: dict[str, list[int]] = {gw: [] for gw in gateways}  # their `issued`
-
-    def on_message(self, topic: str, payload: bytes, props: list[tuple[str, str]]) -> None:
-        if topic.endswith("/ledger"):
-            self._settlement(payload)
-            return
-        found = dict(props)
-        gw, seq = found.get("gw"), found.get("seq", "")
-        if gw in self.wanted and seq.isdigit():
-            with self.lock:
-                self.accounts.telemetry(gw, int(seq))
-
-    def _settlement(self, payload: bytes) -> None:
-        try:
-            doc = json.loads(payload)
-            with self.lock:
-                self.accounts.settlement(doc)
-                self.settlements.setdefault(doc["gw"], []).append(int(doc["issued"]))
-        except (ValueError, TypeError, KeyError) as exc:
-            print(f"gatewayctl verify: ignored a ledger document: {exc}", file=sys.stderr)
-
-    def snapshot(self) -> list[Accounts]:
-        with self.lock:
-            return [self.accounts.accounts(gw) for gw in sorted(self.wanted)]
-
-    def settled(self, since_given: bool) -> bool:
-        """Without --follow: done once every seq issued by the end of the judged window has
-        ended. The window: from the start to the `issued` of the next settlement (with
-        --since: of the first)."""
-        with self.lock:
-            for gw in self.wanted:
-                issued = self.settlements.get(gw, [])
-                need = 1 if since_given else 2
-                if len(issued) < need:
-                    return False
-                if self.accounts.accounts(gw).settled_below < issued[need - 1]:
-                    return False
-        return True
-
-
 def _verify(args: argparse.Namespace) -> int:
-    verifier = _Verifier(args.gateways, args.since)
+    gateways = sorted(set(args.gateways))
+    watch = LedgerWatch(args.since, gateways, on_ignored=lambda exc: print(
+        f"gatewayctl verify: ignored a ledger document: {exc}", file=sys.stderr))
+    since_given = args.since is not None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     # a session the broker keeps across a lost connection: nothing is missed while paho
     # reconnects (the broker queues it), so a broker restart is no false loss
     with ctl_cloud._Session(args, session_expiry=VERIFY_SESSION_SECS) as cloud:
-        p = cloud.prefix
-        filters = [contract.telemetry_topic(p, "+"), contract.telemetry_topic(p, "+/+")]
-        filters += [contract.ledger_topic(p, gw) for gw in args.gateways]
-        cloud.stream(filters, verifier.on_message)
+        watch.start(cloud)
         print(f"gatewayctl verify: listening for {', '.join(args.gateways)}; judging "
-              + (f"from seq {args.since}" if args.since is not None
+              + (f"from seq {args.since}" if since_given
                  else "from the next settlement's issued"), file=sys.stderr, flush=True)
         deadline = time.monotonic() + args.timeout
         shown: list[dict] | None = None
         while not stop.wait(VERIFY_TICK_SECS):
             if args.follow:
-                now = [a.to_json() for a in verifier.snapshot()]
+                accounts = watch.snapshot(gateways)
+                now = [a.to_json() for a in accounts]
                 if now != shown:
-                    _print_accounts(args, verifier.snapshot(), final=False)
+                    _print_accounts(args, accounts, final=False)
                     shown = now
-            elif verifier.settled(args.since is not None) or time.monotonic() >= deadline:
+            elif watch.settled(gateways, since_given) or time.monotonic() >= deadline:
                 break
-    final = verifier.snapshot()
+    final = watch.snapshot(gateways)
     _print_accounts(args, final, final=True)
     if any(a.unaccounted for a in final):
         return 1
-    if not args.follow and not verifier.settled(args.since is not None):
+    if not args.follow and not watch.settled(gateways, since_given):
         print(f"gatewayctl verify: not everything was settled within {args.timeout:g} s "
               f"(is the gateway online?); the counts above are partial", file=sys.stderr)
         return EX_TEMPFAIL
