@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench import report, scenarios, slowflash
 from bench.systems import thingsboard_gateway
-from tests.support.blockdev import LoopFilesystem
+from tests.support.blockdev import FILESYSTEMS, LoopFilesystem
 
 RELAY_KINDS = ("gatewayd", "paho-floor", "mosquitto", "mosquitto-autosave1")
 # the heads (issue 15): the same daemon with its children on MQTT/TLS, MQTT over WebSocket or
@@ -42,6 +42,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--heads", action="store_true",
                      help="relay also through the MQTT/TLS, MQTT-over-WebSocket and AMQP heads")
     run.add_argument("--wear-secs", type=int, help="seconds of each 100 msg/s wear run (20)")
+    run.add_argument("--fs", choices=sorted(FILESYSTEMS), default="default",
+                     help="the wear runs' filesystem: default (ext4 with a journal), image (the "
+                          "Pi image's root: no journal, noatime,commit=60), image-journal")
     run.add_argument("--flush-ms", type=int, nargs="*",
                      help="slow-flash delays per fsync in ms (default 0 5 20 50)")
     run.add_argument("--storms", nargs="*", choices=slowflash.STORMS,
@@ -85,6 +88,7 @@ def sizes(args: argparse.Namespace) -> dict:
         "flush_ms": args.flush_ms or list(slowflash.FLUSH_MS),
         "storms": args.storms or list(slowflash.STORMS),
         "slowflash_secs": args.slowflash_secs or (3 if quick else 6),
+        "wear_fs": args.fs,
     }
 
 
@@ -140,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
         if "wear" in args.scenarios and os.geteuid() == 0:
             for kind in rotate(kinds(WEAR_KINDS, args), r):
                 for label, fn in wear_runs(cfg):
-                    fs = LoopFilesystem(work / f"wear{r}-{kind}-{label}", size_mib=1024)
+                    fs = LoopFilesystem(work / f"wear{r}-{kind}-{label}", size_mib=1024,
+                                        profile=args.fs)
                     try:
                         figures = attempt(fn, kind, work / f"wear{r}-{kind}-{label}", fs)
                     finally:

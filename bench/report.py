@@ -82,7 +82,9 @@ def table(rounds: dict) -> str:
                        f"| {_ratio(gw, drain)} |")
         out.append("")
     if rounds["wear"]:
+        fs = rounds["sizes"].get("wear_fs", "default")
         out += ["### Wear: store-device bytes written per payload byte (own loop device)", "",
+                f"Filesystem: ext4 `{fs}` (tests/support/blockdev.py FILESYSTEMS).", "",
                 "| run | system | device B / payload B | ingest part | drain part "
                 "| flushes/s (ingest or online) | flushes/s drain |",
                 "|---|---|---|---|---|---|---|"]

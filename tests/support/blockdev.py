@@ -16,8 +16,20 @@ SECTOR = 512
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+# mkfs.ext4 features and mount options: "default" is what CI's loop disks have always been (a
+# journal, the kernel's 5 s commit); "image" is the Pi image's root (image-build/build-image.sh
+# and its fstab), "image-journal" the same with a journal, to weigh what the journal costs
+FILESYSTEMS = {
+    "default": ([], "defaults"),
+    "image": (["-O", "^has_journal"], "noatime,commit=60"),
+    "image-journal": (["-O", "has_journal"], "noatime,commit=60"),
+}
+
+
 class LoopFilesystem:
-    def __init__(self, workdir: Path, size_mib: int = 512) -> None:
+    def __init__(self, workdir: Path, size_mib: int = 512, profile: str = "default") -> None:
+        features, options = FILESYSTEMS[profile]
+        self.profile = profile
         self.image = workdir / "store.img"
         self.mountpoint = workdir / "mnt"
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -28,13 +40,13 @@ class LoopFilesystem:
             check=True, capture_output=True, text=True,
         ).stdout.strip()
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+            ["mkfs.ext4", "-q", "-F", *features, "-E", "lazy_itable_init=0,lazy_journal_init=0",
              self.device],
             check=True,
         )
         # no lazy init: ext4 would otherwise zero its inode tables in the background after
         # mounting, and those writes would be counted against the store
-        subprocess.run(["mount", self.device, str(self.mountpoint)], check=True)
+        subprocess.run(["mount", "-o", options, self.device, str(self.mountpoint)], check=True)
 
     def sectors_written(self) -> int:
         """Sectors the device has written, after pushing the filesystem's dirty pages to it."""
