@@ -26,5 +26,9 @@ fi
 dpkg-buildpackage -us -uc -b -d --host-arch "$arch" >"$tmp/build.log" 2>&1 \
     || { tail -40 "$tmp/build.log"; exit 1; }
 mkdir -p "$top/dist"
-cp "$tmp"/gatewayd_*_"$arch".deb "$top/dist/"
-ls "$top"/dist/gatewayd_*_"$arch".deb
+# copied under a temporary name, then renamed: a build running beside this one (the system
+# tests build in parallel) never reads a half-copied package; the last line names this build's
+built=$(basename "$(ls "$tmp"/gatewayd_*_"$arch".deb)")
+cp "$tmp/$built" "$top/dist/.$built.$$"
+mv "$top/dist/.$built.$$" "$top/dist/$built"
+echo "$top/dist/$built"
