@@ -80,11 +80,21 @@ def prepare_guest(image: Path, workdir: Path, arch: str, cloud_port: int, accel:
     return guest
 
 
-def register_child(cloud_port: int, device: str = "pi-child") -> tuple[str, str]:
+def register_child(cloud_port: int, device: str = "pi-child", others: int = 0
+                   ) -> tuple[str, str, dict[str, str]]:
+    """The child the test drives, and `others` more (device: key) in the same registry."""
     key = new_key()
+    rest = {f"pi-extra-{n}": new_key() for n in range(others)}
     publish_retained(cloud_port, f"gateways/{GATEWAY_ID}/registry",
-                     registry_doc(1, {device: key}))
-    return device, key
+                     registry_doc(1, {device: key, **rest}))
+    return device, key, rest
+
+
+def rss_mib(guest: Guest) -> float:
+    """gatewayd's VmRSS in the guest, MiB."""
+    pid = guest.ssh("systemctl show -p MainPID --value gatewayd").strip()
+    line = guest.ssh(f"grep VmRSS /proc/{pid}/status")
+    return int(line.split()[1]) / 1024
 
 
 def status(guest: Guest) -> dict:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("mmdebstrap", "dpkg-buildpackage", "mkfs.vfat", "mcopy", "sfdisk", "debugfs")
 MISSING = [t for t in TOOLS if shutil.which(t) is None]
 
@@ -25,14 +23,10 @@ def _run(cmd: list[str], **kwargs) -> str:
     return done.stdout
 
 
+@pytest.mark.emulated
 @pytest.mark.skipif(bool(MISSING), reason=f"missing {MISSING} (./dev.sh test installs them)")
-def test_image_layout_files_and_units(tmp_path):
-    _run([str(ROOT / "debian" / "build-deb.sh")], timeout=600)
-    deb = sorted((ROOT / "dist").glob("gatewayd_*_amd64.deb"))[-1]
-    image = tmp_path / "gw.img"
-    print(_run([str(ROOT / "image-build" / "build-image.sh"), "--arch", "amd64", "--deb",
-                str(deb), "--out", str(image), "--size", "1200M"], timeout=1200))
-
+def test_image_layout_files_and_units(pc_image, tmp_path):
+    image = pc_image
     table = json.loads(_run(["sfdisk", "-J", str(image)]))["partitiontable"]
     boot, root = table["partitions"]
     assert table["label"] == "dos"

@@ -7,8 +7,8 @@ process is killed with SIGKILL: the virtual disk keeps what the guest had writte
 nothing more, as a card does when the plug is pulled. After every boot: the root filesystem is
 mounted read-write (not remounted read-only after errors), gatewayd started by itself, and its
 backlog holds at least every message it acknowledged. At the end the cloud comes back and every
-acknowledged message arrives. GATEWAYD_POWER_CUTS sets the number of cuts (10),
-GATEWAYD_POWER_CUT_SEED replays a run.
+acknowledged message arrives. GATEWAYD_POWER_CUTS sets the number of cuts (10; 30 with
+--runslow), GATEWAYD_POWER_CUT_SEED replays a run.
 """
 
 from __future__ import annotations
@@ -26,19 +26,10 @@ from tests.system import pi_site
 from tests.system.guest import elapsed, kvm_works
 
 MISSING = pi_site.missing_tools("qemu-system-x86_64")
-# slow: ten boots under TCG (KVM runs no guest on CI's hosts) exceed CI's budget beside the
-# rest of the suite; ./dev.sh test --runslow runs them
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+# emulated: ./dev.sh test runs it in a second pytest process beside the rest of the suite
+pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     bool(MISSING), reason=f"missing {MISSING} (./dev.sh test installs them)")]
-
-
-@pytest.fixture(scope="module")
-def pc_image(tmp_path_factory):
-    if pi_site.prebuilt("amd64"):
-        return pi_site.prebuilt("amd64")
-    out = tmp_path_factory.mktemp("pc")
-    deb = pi_site.build_deb("amd64", out)
-    return pi_site.build_image("amd64", deb, out / "gatewayd-amd64.img", "1200M")
+CI_CUTS, RUNSLOW_CUTS = 10, 30
 
 
 def _boot(guest, first: bool) -> None:
@@ -58,15 +49,16 @@ def _boot(guest, first: bool) -> None:
     guest.wait_up(900)
 
 
-def test_power_cuts_lose_no_acknowledged_message(pc_image, tmp_path):
-    cuts = int(os.environ.get("GATEWAYD_POWER_CUTS", 10))
+def test_power_cuts_lose_no_acknowledged_message(pc_image, tmp_path, request):
+    default = RUNSLOW_CUTS if request.config.getoption("--runslow") else CI_CUTS
+    cuts = int(os.environ.get("GATEWAYD_POWER_CUTS", default))
     seed = int(os.environ.get("GATEWAYD_POWER_CUT_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
     print(f"{cuts} power cuts, seed {seed}")
     started = time.monotonic()
     cloud = Mosquitto(tmp_path / "cloud")
     cloud.start()
-    device, key = pi_site.register_child(cloud.port)
+    device, key, _ = pi_site.register_child(cloud.port)
     verifier = CloudVerifier(cloud.port)
     verifier.connect()
     verifier.disconnect()
