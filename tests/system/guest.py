@@ -138,11 +138,7 @@ class Guest:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"qemu exited {self.proc.returncode}:\n"
                                      f"{self.console()[-3000:]}")
-            try:
-                return self.ssh("true", timeout=60, check=False) == "" and \
-                    self.ssh("echo up", timeout=60, check=False).strip() == "up"
-            except subprocess.TimeoutExpired:
-                return False
+            return self._answer("echo up", timeout=60) == "up"
 
         wait_until(probe, bool, timeout=timeout, interval=2, what="the guest's sshd",
                    show=lambda _: self.console()[-3000:])
@@ -159,9 +155,17 @@ class Guest:
         self.ssh("systemctl reboot", check=False, timeout=30)
         self._forget_ssh()
         # qemu runs on through the reboot; wait for the old sshd to go before asking the new
-        wait_until(lambda: self.ssh("echo up", timeout=20, check=False).strip(),
+        wait_until(lambda: self._answer("echo up", timeout=20),
                    lambda out: out != "up", timeout=120, interval=1, what="the guest to go down")
         self.wait_up(timeout)
+
+    def _answer(self, command: str, timeout: float) -> str:
+        """What the guest answers, "" if it does not within `timeout`: qemu's user network
+        accepts the connection for a guest that is shutting down and then never says a word."""
+        try:
+            return self.ssh(command, timeout=timeout, check=False).strip()
+        except subprocess.TimeoutExpired:
+            return ""
 
     def _forget_ssh(self) -> None:
         ctl = self.workdir / "ssh.ctl"
