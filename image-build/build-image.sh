@@ -46,12 +46,13 @@ trap cleanup EXIT
 packages="systemd-sysv,systemd,systemd-timesyncd,systemd-resolved,dbus,udev,python3,python3-venv"
 packages="$packages,python3-systemd,adduser,dosfstools,iproute2,openssh-server,ca-certificates"
 if [ "$arch" = arm64 ]; then
-    packages="$packages,linux-image-arm64,raspi-firmware,firmware-brcm80211,wpasupplicant"
+    packages="$packages,raspi-firmware,firmware-brcm80211,wpasupplicant"
+    kernel=linux-image-arm64
     components="main contrib non-free non-free-firmware"
 else
     # the same tree for a PC or a VM: Debian's amd64 kernel instead of the Pi's firmware (the
     # power-cut test boots it under qemu, with KVM where there is KVM)
-    packages="$packages,linux-image-amd64"
+    kernel=linux-image-amd64
     components="main"
 fi
 
@@ -60,16 +61,20 @@ depends=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[
     | grep -v '^$' | paste -sd, -)
 packages="$packages,$depends"
 
+# The kernel goes in last, once everything else is configured: installed with the rest, its
+# initramfs was made twice (at the kernel's configure, then again for a trigger that udev and
+# the firmware had left pending), and under qemu-user each run takes minutes.
 mkdir -p "$work/root"
 cp "$deb" "$work/gatewayd.deb"
 mmdebstrap --architectures="$arch" --variant=minbase --components="$components" \
     --include="$packages" \
+    --customize-hook="\"$here/build-image.sh\" root-label \"\$1\"" \
+    --customize-hook="APT_CONFIG=\$MMDEBSTRAP_APT_CONFIG apt-get install --yes -q $kernel" \
     --customize-hook="copy-in $work/gatewayd.deb /tmp" \
     --customize-hook='chroot "$1" dpkg -i /tmp/gatewayd.deb' \
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
     --customize-hook='rm -f "$1"/etc/ssh/ssh_host_* "$1"/etc/gatewayd/ca.* "$1"/etc/gatewayd/gateway.*' \
     --customize-hook="sync-in $here/files /" \
-    --customize-hook="\"$here/build-image.sh\" root-label \"\$1\"" \
     --customize-hook='chroot "$1" systemctl enable gatewayd-firstboot.service gatewayd-store-disk.service systemd-networkd systemd-resolved' \
     --customize-hook='chroot "$1" systemctl mask swap.target' \
     --customize-hook='echo gatewayd > "$1/etc/hostname"' \
