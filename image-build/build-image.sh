@@ -20,6 +20,17 @@ if [ "${1:-}" = root-label ]; then
     fi
     exit 0
 fi
+if [ "${1:-}" = install-kernel ]; then
+    # a customize hook: mmdebstrap's own apt (its config names the chroot's sources, lists and
+    # cache) with dpkg run inside the chroot, as mmdebstrap runs it for --include; never the
+    # build machine's dpkg
+    root=$2 package=$3
+    [ -n "${MMDEBSTRAP_APT_CONFIG:-}" ] && [ "$root" != / ] && [ -d "$root/var/lib/dpkg" ] \
+        || { echo "install-kernel: run as an mmdebstrap customize hook" >&2; exit 1; }
+    exec env APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get --yes -q \
+        -o Dir::Bin::dpkg=env -o DPkg::Options::=--unset=TMPDIR -o DPkg::Options::=dpkg \
+        -o DPkg::Chroot-Directory="$root" install "$package"
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 arch=arm64 deb="" out="" size=2G
 while [ $# -gt 0 ]; do
@@ -69,7 +80,7 @@ cp "$deb" "$work/gatewayd.deb"
 mmdebstrap --architectures="$arch" --variant=minbase --components="$components" \
     --include="$packages" \
     --customize-hook="\"$here/build-image.sh\" root-label \"\$1\"" \
-    --customize-hook="APT_CONFIG=\$MMDEBSTRAP_APT_CONFIG apt-get install --yes -q $kernel" \
+    --customize-hook="\"$here/build-image.sh\" install-kernel \"\$1\" $kernel" \
     --customize-hook="copy-in $work/gatewayd.deb /tmp" \
     --customize-hook='chroot "$1" dpkg -i /tmp/gatewayd.deb' \
     --customize-hook='rm "$1/tmp/gatewayd.deb"' \
