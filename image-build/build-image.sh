@@ -53,6 +53,7 @@ cleanup() {
     rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM  # so that a stopped build still runs cleanup
 
 packages="systemd-sysv,systemd,systemd-timesyncd,systemd-resolved,dbus,udev,python3,python3-venv"
 packages="$packages,python3-systemd,adduser,dosfstools,iproute2,openssh-server,ca-certificates"
