@@ -72,7 +72,7 @@ test)
     apt_install chromium chromium-driver
     # tests/system: the .deb under a real systemd in qemu, and the image build
     apt_install mmdebstrap qemu-system-x86 debhelper dpkg-dev python3-pip python3-venv \
-        dosfstools mtools fdisk openssh-client
+        dosfstools mtools fdisk openssh-client zstd
     # the Pi: an arm64 image built here (its packages' scripts run under qemu-user through
     # binfmt) and booted under qemu-system-aarch64; the .deb's Python takes Debian's proton
     apt_install qemu-system-arm qemu-user-static binfmt-support python3-qpid-proton

@@ -10,6 +10,7 @@ cutting the power: whatever the guest had not written to its virtual disks is go
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -21,6 +22,12 @@ from tests.support.wait import wait_until
 
 HOST_FROM_GUEST = "10.0.2.2"
 
+
+# The Pi image's kernel command line (raspi-firmware's cmdline.txt, which test_pi_image checks),
+# for both guests: `rw fsck.repair=yes` decides what a boot after a power cut does (the
+# initramfs checks the root with `fsck -y`, not `-a`, which stops at the first inconsistency and
+# leaves the machine in emergency mode), so the twin must boot as the Pi does.
+PI_CMDLINE = "root=LABEL=gwroot rw fsck.repair=yes net.ifnames=0 rootwait"
 
 def run(cmd: list[str], timeout: float = 600, **kwargs) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -70,6 +77,21 @@ def boot_files(root_fs: Path, out: Path) -> tuple[Path, Path]:
     return out / "vmlinuz", out / "initrd.img"
 
 
+def initrd_holds(initrd: Path, names: tuple[str, ...]) -> set[str]:
+    """Which of `names` (paths inside the archive) the initramfs holds: its compressed cpio
+    (gzip or zstd, after any uncompressed early part) unpacked and searched."""
+    data = initrd.read_bytes()
+    for magic, unpack in ((b"\x28\xb5\x2f\xfd", ["zstd", "-dcq"]),
+                          (b"\x1f\x8b\x08", ["gzip", "-dcq"])):
+        at = data.find(magic)
+        if at >= 0:
+            data = subprocess.run(unpack, input=data[at:], capture_output=True).stdout
+            break
+    # a newc entry: "070701", 13 fields of 8 hex digits, then the name and its NUL
+    return {n for n in names
+            if re.search(rb"070701[0-9A-Fa-f]{104}" + re.escape(n.encode()) + rb"\x00", data)}
+
+
 @dataclass
 class Guest:
     workdir: Path
@@ -105,7 +127,7 @@ class Guest:
             console = "ttyS0"
         return [*machine, "-accel", self.accel, "-smp", "2", "-m", str(self.memory_mb),
                 "-kernel", str(self.kernel), "-initrd", str(self.initrd),
-                "-append", f"root=LABEL=gwroot ro console={console} quiet systemd.show_status=0",
+                "-append", f"{PI_CMDLINE} console={console} quiet systemd.show_status=0",
                 *drives, "-nic", nic, "-serial", f"file:{self.serial}", "-monitor", "none",
                 "-display", "none"]
 

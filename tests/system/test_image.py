@@ -13,6 +13,8 @@ import subprocess
 
 import pytest
 
+from tests.system.guest import boot_files, initrd_holds
+
 TOOLS = ("mmdebstrap", "dpkg-buildpackage", "mkfs.vfat", "mcopy", "sfdisk", "debugfs")
 MISSING = [t for t in TOOLS if shutil.which(t) is None]
 
@@ -40,6 +42,13 @@ def test_image_layout_files_and_units(pc_image, tmp_path):
     root_fs = tmp_path / "root.ext4"
     _run(["dd", f"if={image}", f"of={root_fs}", "bs=512", f"skip={root['start']}",
           f"count={root['size']}", "status=none"])
+
+    _, initrd = boot_files(root_fs, tmp_path)
+    fsck = ("usr/sbin/fsck", "usr/sbin/fsck.ext4")
+    assert initrd_holds(initrd, fsck) == set(fsck), "no fsck of the root after a power cut"
+
+    features = _run(["dumpe2fs", "-h", str(root_fs)])
+    assert "has_journal" in features, "the root keeps a journal (image-build/README.md)"
 
     def cat(path: str) -> str:
         return _run(["debugfs", "-R", f"cat {path}", str(root_fs)])

@@ -19,7 +19,16 @@ from tests.support.broker import Mosquitto
 from tests.support.clients import CloudVerifier
 from tests.support.wait import wait_until
 from tests.system import pi_site
-from tests.system.guest import debugfs, elapsed, extract, partitions, run
+from tests.system.guest import (
+    PI_CMDLINE,
+    boot_files,
+    debugfs,
+    elapsed,
+    extract,
+    initrd_holds,
+    partitions,
+    run,
+)
 
 MISSING = pi_site.missing_tools("qemu-system-aarch64")
 # emulated: ./dev.sh test runs these in a second pytest process beside the rest of the suite
@@ -27,6 +36,7 @@ pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     bool(MISSING), reason=f"missing {MISSING} (./dev.sh test installs them)")]
 PI_DTBS = ("bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb")
 EM_AARCH64 = 183  # ELF e_machine
+FSCK = ("usr/sbin/fsck", "usr/sbin/fsck.ext4")  # in the initramfs, which checks the root
 CHILDREN = 100  # connected at once for the memory figure (issue 16's budget for small Pis)
 RSS_BUDGET_MIB = 64  # the Pi Zero 2 W has 512 MB for everything
 
@@ -44,11 +54,14 @@ def test_the_image_is_a_pi_image(pi_image, tmp_path):
     top = run(["mdir", "-b", "-i", fat, "::/"]).upper()
     for name in ("CONFIG.TXT", "CMDLINE.TXT", "START4.ELF", "FIXUP4.DAT", *map(str.upper, PI_DTBS)):
         assert f"::/{name}" in top, f"{name} missing from the firmware partition:\n{top}"
-    cmdline = run(["mtype", "-i", fat, "::/cmdline.txt"])
-    assert "root=LABEL=gwroot" in cmdline, cmdline
+    cmdline = run(["mtype", "-i", fat, "::/cmdline.txt"]).split()
+    assert set(PI_CMDLINE.split()) <= set(cmdline), f"the guests boot as {PI_CMDLINE}: {cmdline}"
     assert "GATEWAYD.TOML.EXAMPLE" in run(["mdir", "-b", "-i", fat, "::/gatewayd"]).upper()
 
     root = extract(pi_image, table[1], tmp_path / "root.ext4")
+    assert "has_journal" in run(["dumpe2fs", "-h", str(root)]), "the root keeps a journal"
+    _, initrd = boot_files(root, tmp_path)
+    assert initrd_holds(initrd, FSCK) == set(FSCK), "no fsck of the root after a power cut"
 
     def cat(path: str) -> str:
         return debugfs(root, [f"cat {path}"])

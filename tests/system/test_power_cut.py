@@ -104,6 +104,9 @@ def _after_the_cut(guest, n: int, acked: set[int]) -> None:
     doc = pi_site.wait_status(guest, lambda d: True, "status")
     assert pi_site.backlog(doc) >= len(acked), (
         f"after cut {n + 1}: backlog {pi_site.backlog(doc)} < {len(acked)} acknowledged")
-    fsck = guest.ssh("journalctl -b --no-pager -o cat | grep -i -E 'fsck|recover' | tail -3",
-                     check=False)
-    print(f"cut {n + 1}: backlog {pi_site.backlog(doc)}, acked {len(acked)}; {fsck.strip()}")
+    # what the initramfs's fsck of the root did (with fsck.repair=yes: -y), for the note
+    fsck = guest.ssh("cat /run/initramfs/fsck.log", check=False).strip().splitlines()
+    repaired = [line for line in fsck if "FIXED" in line or "MODIFIED" in line
+                or "Unattached" in line or "Clearing" in line]
+    print(f"cut {n + 1}: backlog {pi_site.backlog(doc)}, acked {len(acked)}; root fsck: "
+          f"{fsck[-1] if fsck else 'no log'}; {len(repaired)} repairs")
