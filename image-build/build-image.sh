@@ -57,6 +57,9 @@ trap 'exit 1' INT TERM  # so that a stopped build still runs cleanup
 
 packages="systemd-sysv,systemd,systemd-timesyncd,systemd-resolved,dbus,udev,python3,python3-venv"
 packages="$packages,python3-systemd,adduser,dosfstools,iproute2,openssh-server,ca-certificates"
+# initramfs-tools with the rest, not with the kernel: its configure would leave a trigger that
+# makes the kernel's initramfs a second time
+packages="$packages,initramfs-tools,zstd"
 if [ "$arch" = arm64 ]; then
     packages="$packages,raspi-firmware,firmware-brcm80211,wpasupplicant"
     kernel=linux-image-arm64
