@@ -108,5 +108,6 @@ def _after_the_cut(guest, n: int, acked: set[int]) -> None:
     fsck = guest.ssh("cat /run/initramfs/fsck.log", check=False).strip().splitlines()
     repaired = [line for line in fsck if "FIXED" in line or "MODIFIED" in line
                 or "Unattached" in line or "Clearing" in line]
+    summary = [line.strip() for line in fsck if line.startswith("gwroot:")]
     print(f"cut {n + 1}: backlog {pi_site.backlog(doc)}, acked {len(acked)}; root fsck: "
-          f"{fsck[-1] if fsck else 'no log'}; {len(repaired)} repairs")
+          f"{summary[-1] if summary else 'no log'}; {len(repaired)} repairs")
