@@ -28,6 +28,9 @@ HOST_FROM_GUEST = "10.0.2.2"
 # initramfs checks the root with `fsck -y`, not `-a`, which stops at the first inconsistency and
 # leaves the machine in emergency mode), so the twin must boot as the Pi does.
 PI_CMDLINE = "root=LABEL=gwroot rw fsck.repair=yes net.ifnames=0 rootwait"
+# what the initramfs needs to check the root at every boot (paths inside its archive)
+INITRD_FSCK = ("usr/sbin/fsck", "usr/sbin/fsck.ext4")
+
 
 def run(cmd: list[str], timeout: float = 600, **kwargs) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -90,11 +90,17 @@ def register_child(cloud_port: int, device: str = "pi-child", others: int = 0
     return device, key, rest
 
 
+def memory_mib(guest: Guest) -> dict[str, float]:
+    """gatewayd's VmRSS and VmHWM (its peak) in the guest, MiB."""
+    pid = guest.ssh("systemctl show -p MainPID --value gatewayd").strip()
+    lines = guest.ssh(f"grep -E 'VmRSS|VmHWM' /proc/{pid}/status").splitlines()
+    return {name: int(value.split()[0]) / 1024
+            for name, value in (line.split(":", 1) for line in lines)}
+
+
 def rss_mib(guest: Guest) -> float:
     """gatewayd's VmRSS in the guest, MiB."""
-    pid = guest.ssh("systemctl show -p MainPID --value gatewayd").strip()
-    line = guest.ssh(f"grep VmRSS /proc/{pid}/status")
-    return int(line.split()[1]) / 1024
+    return memory_mib(guest)["VmRSS"]
 
 
 def status(guest: Guest) -> dict:

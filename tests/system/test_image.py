@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.system.guest import boot_files, initrd_holds
+from tests.system.guest import INITRD_FSCK, boot_files, initrd_holds
 
 TOOLS = ("mmdebstrap", "dpkg-buildpackage", "mkfs.vfat", "mcopy", "sfdisk", "debugfs")
 MISSING = [t for t in TOOLS if shutil.which(t) is None]
@@ -44,8 +44,8 @@ def test_image_layout_files_and_units(pc_image, tmp_path):
           f"count={root['size']}", "status=none"])
 
     _, initrd = boot_files(root_fs, tmp_path)
-    fsck = ("usr/sbin/fsck", "usr/sbin/fsck.ext4")
-    assert initrd_holds(initrd, fsck) == set(fsck), "no fsck of the root after a power cut"
+    assert initrd_holds(initrd, INITRD_FSCK) == set(INITRD_FSCK), \
+        "no fsck of the root after a power cut"
 
     features = _run(["dumpe2fs", "-h", str(root_fs)])
     assert "has_journal" in features, "the root keeps a journal (image-build/README.md)"

@@ -20,6 +20,7 @@ from tests.support.clients import CloudVerifier
 from tests.support.wait import wait_until
 from tests.system import pi_site
 from tests.system.guest import (
+    INITRD_FSCK,
     PI_CMDLINE,
     boot_files,
     debugfs,
@@ -36,7 +37,6 @@ pytestmark = [pytest.mark.emulated, pytest.mark.skipif(
     bool(MISSING), reason=f"missing {MISSING} (./dev.sh test installs them)")]
 PI_DTBS = ("bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-3-b-plus.dtb")
 EM_AARCH64 = 183  # ELF e_machine
-FSCK = ("usr/sbin/fsck", "usr/sbin/fsck.ext4")  # in the initramfs, which checks the root
 CHILDREN = 100  # connected at once for the memory figure (issue 16's budget for small Pis)
 RSS_BUDGET_MIB = 64  # the Pi Zero 2 W has 512 MB for everything
 
@@ -61,7 +61,8 @@ def test_the_image_is_a_pi_image(pi_image, tmp_path):
     root = extract(pi_image, table[1], tmp_path / "root.ext4")
     assert "has_journal" in run(["dumpe2fs", "-h", str(root)]), "the root keeps a journal"
     _, initrd = boot_files(root, tmp_path)
-    assert initrd_holds(initrd, FSCK) == set(FSCK), "no fsck of the root after a power cut"
+    assert initrd_holds(initrd, INITRD_FSCK) == set(INITRD_FSCK), \
+        "no fsck of the root after a power cut"
 
     def cat(path: str) -> str:
         return debugfs(root, [f"cat {path}"])

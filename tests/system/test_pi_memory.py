@@ -48,10 +48,8 @@ store.close()
 
 def _memory(guest) -> tuple[float, float]:
     """(VmRSS, VmHWM) of gatewayd in the guest, MiB."""
-    pid = guest.ssh("systemctl show -p MainPID --value gatewayd").strip()
-    fields = dict(line.split(":", 1) for line in
-                  guest.ssh(f"grep -E 'VmRSS|VmHWM' /proc/{pid}/status").splitlines())
-    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+    found = pi_site.memory_mib(guest)
+    return found["VmRSS"], found["VmHWM"]
 
 
 def test_a_million_message_backlog_fits_a_small_pi(pi_image, tmp_path):
