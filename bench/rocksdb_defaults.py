@@ -17,11 +17,11 @@ from gateway.cli import gatewayd
 from gateway.storage import store
 
 
-def _defaults() -> Options:
+def _defaults(cache=None) -> Options:
     return Options(raw_mode=True)
 
 
-def _db_defaults(path: Path) -> Options:
+def _db_defaults(path: Path, cache=None) -> Options:
     opts = _defaults()
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
@@ -31,5 +31,5 @@ def _db_defaults(path: Path) -> Options:
 if __name__ == "__main__":
     store._family_options = _defaults
     store._db_options = _db_defaults
-    store._with_wal_compression = lambda options, families: None
+    store._with_wal_compression = lambda options, families, cache: None
     sys.exit(gatewayd.main())

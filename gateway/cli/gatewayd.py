@@ -45,7 +45,10 @@ def _serve(config_path: str) -> int:
     # the store holds the module secret: nothing gatewayd writes is for other users to read,
     # whatever umask it was started with (the unit sets 0027 too)
     os.umask(os.umask(0) | 0o027)
+    from gateway.daemon import allocator
     from gateway.daemon.gateway import run  # heavy imports only once the config is known good
+
+    allocator.tune()  # before RocksDB's threads start: they take their arenas on first use
 
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from rocksdict import DBCompressionType, Rdict, WriteBatch
+from rocksdict import Cache, DBCompressionType, Rdict, WriteBatch
 
 from gateway.storage import store as store_module
-from gateway.storage.store import COLUMN_FAMILIES, Store
+from gateway.storage.store import COLUMN_FAMILIES, Batch, Store
 
 
 def options_text(path) -> str:
@@ -27,11 +27,31 @@ def test_wal_and_tables_are_zstd_and_the_flash_settings_stay(tmp_path):
         assert "compression=kZSTD" in section and "write_buffer_size=8388608" in section
 
 
+def test_every_family_shares_one_small_block_cache(tmp_path):
+    """A drain reads each outbox block once: RocksDB's default 8 MiB cache only held memory."""
+    store = Store(tmp_path / "s")
+    try:
+        for family in COLUMN_FAMILIES:
+            view = store.family(family)._view
+            assert view.property_int_value("rocksdb.block-cache-capacity") == 1024 * 1024
+        key = b"\x01" + bytes(8)
+        batch = Batch()
+        batch.put(store.outbox, key, b"x" * 200_000)
+        store.write(batch, sync=False)
+        store._db.flush()
+        assert store.outbox.get(key)  # read through the cache, from the flushed table
+        usage = store.meta._view.property_int_value("rocksdb.block-cache-usage")
+        assert 0 < usage <= 1024 * 1024 + 64 * 1024  # the meta family sees the outbox's block
+    finally:
+        store.close()
+
+
 def test_a_store_from_before_opens_and_recovers_its_wal(tmp_path):
     path = tmp_path / "old"
-    old_family = store_module._family_options()
+    cache = Cache(store_module.BLOCK_CACHE_BYTES)
+    old_family = store_module._family_options(cache)
     old_family.set_compression_type(DBCompressionType.lz4())
-    old_db = store_module._db_options(path)
+    old_db = store_module._db_options(path, cache)
     old_db.set_compression_type(DBCompressionType.lz4())
     db = Rdict(str(path), options=old_db,
                column_families={name: old_family for name in COLUMN_FAMILIES})
