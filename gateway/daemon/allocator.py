@@ -1,8 +1,8 @@
 """glibc's allocator, set for a Pi with 512 MB: a drain of a long backlog must not leave the
 process holding the memory RocksDB gave back.
 
-Two of glibc's adaptive defaults are what a drain trips over (measured in docs/performance.md,
-"Memory"): every thread that allocates may get an arena of its own (RocksDB's flush and
+Two of glibc's adaptive defaults are what a drain trips over (docs/performance.md, "Memory
+through a drain"): every thread that allocates may get an arena of its own (RocksDB's flush and
 compaction threads do), and the mmap threshold rises each time a large block is freed, so the
 1 MiB blocks of a memtable's arena are soon taken from the heap instead of mapped, and stay
 resident after the memtable is flushed. A fixed threshold of 128 KiB (glibc's starting value)
