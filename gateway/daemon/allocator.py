@@ -17,7 +17,6 @@ nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_MMAP_THRESHOLD = -3  # <malloc.h>
 M_ARENA_MAX = -8
@@ -28,8 +27,8 @@ ARENA_MAX = 2
 def tune() -> bool:
     """Set the threshold and the arena cap; False where the C library has no mallopt."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        mallopt = libc.mallopt
+        # the process's own symbols, the C library's among them (find_library runs ldconfig)
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

@@ -45,8 +45,9 @@ from gateway.storage.keyspace import FAMILIES
 COLUMN_FAMILIES = FAMILIES
 _MiB = 1024 * 1024
 # One block cache for every family. The outbox is read once, in order, so caching its blocks
-# buys nothing: RocksDB's default (8 MiB) filled up during every drain and held 8 MiB of a small
-# Pi's memory for it. 1 MiB keeps the meta family's blocks (registry, twins, counters) cached.
+# buys nothing: the 8 MiB cache that RocksDB's OPTIONS loader made of its own filled up during
+# every drain and held a small Pi's memory for it. 1 MiB keeps the meta family's blocks
+# (registry, twins, counters) cached.
 BLOCK_CACHE_BYTES = 1 * _MiB
 
 
