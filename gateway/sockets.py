@@ -1,4 +1,5 @@
-"""What every connection's I/O needs, whatever its layer: cutting a transport at once.
+"""What every connection's I/O needs, whatever its layer: the peer's name for the journal,
+cutting a transport at once, and closing once a refusal's answer has left.
 
 Python 3.11.2, the interpreter of Debian bookworm and Raspberry Pi OS, raises AttributeError from
 a TLS transport's abort() once the transport has closed (its protocol is already gone; later 3.11
@@ -9,6 +10,7 @@ so it is not an error here, and it must not end the task that serves the connect
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 def abort(transport: asyncio.BaseTransport | None) -> None:
@@ -20,3 +22,17 @@ def abort(transport: asyncio.BaseTransport | None) -> None:
     except AttributeError:
         if not transport.is_closing():
             raise
+
+
+async def close_after_flush(writer: asyncio.StreamWriter) -> None:
+    """Let a refusal's answer leave, then close; a peer that does not read it is cut."""
+    writer.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(writer.wait_closed(), 2.0)
+    abort(writer.transport)
+
+
+def peer_name(writer: asyncio.StreamWriter) -> str:
+    """host:port of the other end, as the journal lines name a peer before it is identified."""
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if peer else "?"

@@ -17,56 +17,16 @@ from __future__ import annotations
 import asyncio
 import http
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import parse_qs, unquote
 
 import h11
 
-from gateway.errors import PeerError
+from gateway.child.http_messages import HttpAnswer, HttpRefused, HttpRequest
 
 HEAD_MAX = 16 * 1024  # request line and headers; the SDKs send about 300 to 1500 bytes
 BODY_MAX = 128 * 1024  # a method call's JSON: IoT Hub caps a method payload at 128 KB
 READ_CHUNK = 65536
-
-
-class HttpRefused(PeerError):
-    """The request is answered with `status` and closed; the message says why."""
-
-    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    """What the Handler gets: the path's segments percent-decoded, header names lower-cased."""
-
-    method: str
-    path: str  # as sent, without the query string
-    segments: tuple[str, ...]  # the path split at "/", each percent-decoded
-    query: Mapping[str, tuple[str, ...]]
-    headers: Mapping[str, str]
-    body: bytes
-    peer: str
-
-
-@dataclass(frozen=True)
-class HttpAnswer:
-    """The status and a JSON body; `refusal` (the reason) asks for one journal line."""
-
-    status: int
-    body: object = None
-    refusal: str = ""
-    caller: str = ""  # who asked, for the journal line (a module's identity)
-    headers: tuple[tuple[str, str], ...] = field(default=())
-
-
-def refused(status: int, message: str, caller: str = "") -> HttpAnswer:
-    """A refusal answered as IoT Hub answers one: `{"message": ...}` with the status."""
-    return HttpAnswer(status, {"message": message}, refusal=message, caller=caller)
 
 
 class Exchange:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway import sockets
-from gateway.child import https, websocket
+from gateway.child import http_messages
 from gateway.child.limits import CONFIG_KEY, ChildRates
 from gateway.config import LimitsSettings
 from gateway.errors import PeerError
@@ -43,7 +43,7 @@ from gateway.mqtt.session import (
 )
 
 if TYPE_CHECKING:
-    from gateway.child import amqp
+    from gateway.child import amqp, web_head, websocket
 
 READ_CHUNK = 65536
 WRITE_BUFFER_MAX = 1 << 20  # a child that does not read is paused, then closed
@@ -56,15 +56,6 @@ WS_LISTENER = "mqtt-ws"  # the 443 head's name in the status and the journal
 
 class Refusal(PeerError):
     """The peer broke a rule; the connection closes and `reason` goes to the journal."""
-
-
-class _HttpsRefused(PeerError):
-    """An HTTPS request refused while its body was read: the refusal and what was asked."""
-
-    def __init__(self, refusal: https.HttpRefused, request: https.HttpRequest) -> None:
-        super().__init__(refusal.message)
-        self.refusal = refusal
-        self.request = request
 
 
 @dataclass(frozen=True)
@@ -96,10 +87,10 @@ class Handler:
     def on_closed(self, conn: ChildConnection) -> None:
         """The connection is gone (any reason)."""
 
-    async def on_https_request(self, request: https.HttpRequest) -> https.HttpAnswer:
+    async def on_https_request(self, request: http_messages.HttpRequest
+                               ) -> http_messages.HttpAnswer:
         """An HTTPS request on the 443 head that is not a WebSocket upgrade."""
-        return https.refused(404, f"{request.method} {request.path[:200]}: not found; this "
-                                  f"port serves {websocket.SERVED}")
+        return _web_head().not_found(request)
 
 
 class ChildConnection:
@@ -117,7 +108,7 @@ class ChildConnection:
         self._writer = writer
         self.listener = listener
         self.device_id = ""
-        self.peer = _peer(writer)
+        self.peer = sockets.peer_name(writer)
         self.connected_at = time.time()
         self._session = ChildSession(
             now=time.monotonic(),
@@ -148,7 +139,7 @@ class ChildConnection:
         self._task = asyncio.current_task()
         try:
             await self._loop()
-        except (Refusal, websocket.WebSocketRefusal) as exc:
+        except PeerError as exc:  # a Refusal, or the WebSocket layer's
             self._session.close()
             self._log_refusal(str(exc))
         except (ConnectionError, ssl.SSLError, TimeoutError):
@@ -450,7 +441,7 @@ class ChildServer:
         self.listener_names: list[str] = []  # "tls", "plain", "mqtt-ws", as bound
         self._tasks: set[asyncio.Task] = set()
         self._log_times: dict[str, float] = {}
-        self._http_open = 0  # 443 connections in their HTTP request (an upgrade or HTTPS)
+        self.http_open = 0  # 443 connections in their HTTP request (an upgrade or HTTPS)
         self.https_served = 0  # HTTPS requests answered (a direct method's result)
         self.https_refused = 0
         self.refused = 0
@@ -467,6 +458,7 @@ class ChildServer:
         if self._cfg.plain_port:
             bound.append(await self._listen(self._cfg.plain_port, None, "plain"))
         if self._cfg.https_port and tls is not None:
+            _web_head()  # loaded now: an import error shows at start, not at the first child
             bound.append(await self._listen(self._cfg.https_port, tls, WS_LISTENER))
         if self._cfg.amqp_port and tls is not None:
             self._amqp_listener = _amqp().LISTENER
@@ -489,15 +481,15 @@ class ChildServer:
     @property
     def open_connections(self) -> int:
         """Every connection that holds memory: sessions, those before CONNECT, upgrades."""
-        return len(self._all) + self._http_open
+        return len(self._all) + self.http_open
 
     def connections_by_listener(self) -> dict[str, int]:
         """Open connections per head (before and after CONNECT), for the status."""
         out = dict.fromkeys(self.listener_names, 0)
         for conn in self._all:
             out[conn.listener] = out.get(conn.listener, 0) + 1
-        if self._http_open:
-            out[WS_LISTENER] = out.get(WS_LISTENER, 0) + self._http_open
+        if self.http_open:
+            out[WS_LISTENER] = out.get(WS_LISTENER, 0) + self.http_open
         return out
 
     async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
@@ -505,8 +497,8 @@ class ChildServer:
             if self.open_connections >= self._cfg.max_connections + PREAUTH_SLACK:
                 self.log_limited(
                     Event.CHILD_REFUSED,
-                    f"peer {_peer(writer)}: closed: {self.open_connections} connections open "
-                    "(listen.max_connections and those still handshaking)",
+                    f"peer {sockets.peer_name(writer)}: closed: {self.open_connections} "
+                    "connections open (listen.max_connections and those still handshaking)",
                     cause="connections",
                 )
                 sockets.abort(writer.transport)
@@ -517,11 +509,12 @@ class ChildServer:
                 await head.serve()
                 return
             if name == WS_LISTENER:
-                upgraded = await self._http(reader, writer)
+                web = _web_head()
+                upgraded = await web.open_request(self, reader, writer)
                 if upgraded is None:
                     return
                 protocol, (reader, writer) = upgraded
-                if protocol == websocket.AMQP_SUBPROTOCOL:
+                if protocol == web.AMQP_SUBPROTOCOL:
                     amqp_head = _amqp()
                     head = amqp_head.AmqpConnection(self, reader, writer, amqp_head.WS_LISTENER)
                     self._all.add(head)
@@ -538,86 +531,6 @@ class ChildServer:
         self._servers.append(server)
         self.listener_names.append(name)
         return server.sockets[0].getsockname()[:2]
-
-    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                    ) -> tuple[str, tuple[websocket.WsReader, websocket.WsWriter]] | None:
-        """The 443 head's request: a WebSocket upgrade gives its subprotocol and the streams a
-        ChildConnection (mqtt) or an AmqpConnection (AMQPWSB10) runs on; any other request is
-        an HTTPS request, answered here (None). The request is read within
-        listen.connect_timeout_secs and counted against the connection cap until its answer is
-        written; a refusal is answered, logged once and closed."""
-        exchange = https.Exchange(reader, writer)
-        self._http_open += 1
-        try:
-            kind, got = await asyncio.wait_for(self._first_request(exchange, _peer(writer)),
-                                               self.connect_timeout)
-            if kind == "ws":
-                protocol, trailing = got
-                return protocol, websocket.streams(reader, writer, self.max_message_bytes,
-                                                   trailing, protocol)
-            await self._answer_https(exchange, got)
-        except https.HttpRefused as exc:
-            self._refuse_http(exchange, exc, kind="ws")
-        except _HttpsRefused as exc:
-            self._refuse_http(exchange, exc.refusal, kind="https", request=exc.request)
-        except (TimeoutError, ConnectionError, ssl.SSLError):
-            sockets.abort(writer.transport)
-            return None
-        finally:
-            self._http_open -= 1
-        await _close_after_flush(writer)
-        return None
-
-    async def _first_request(self, exchange: https.Exchange, peer: str
-                             ) -> tuple[str, tuple[str, bytes] | https.HttpRequest]:
-        """("ws", (the subprotocol, the bytes after the 101's request)) or ("https", the whole
-        request)."""
-        request = await exchange.head()
-        if https.is_upgrade(request):
-            return "ws", await websocket.upgrade(exchange, request)
-        try:
-            body = await exchange.body(request)
-        except https.HttpRefused as exc:
-            raise _HttpsRefused(exc, https.http_request(request, b"", peer)) from None
-        return "https", https.http_request(request, body, peer)
-
-    async def _answer_https(self, exchange: https.Exchange, request: https.HttpRequest) -> None:
-        """The handler's answer, however long the call it makes takes (a direct method waits up
-        to its responseTimeoutInSeconds); a refusal among them gets its journal line."""
-        answer = await self.handler.on_https_request(request)
-        if answer.refusal:
-            self.https_refused += 1
-            self._log_https(request, answer.status, answer.refusal, answer.caller)
-        else:
-            self.https_served += 1
-        exchange.send_answer(answer)
-
-    def _refuse_http(self, exchange: https.Exchange, refusal: https.HttpRefused, kind: str,
-                     request: https.HttpRequest | None = None) -> None:
-        writer = exchange.writer
-        if kind == "https" and request is not None:
-            self.https_refused += 1
-            exchange.refuse(refusal, as_json=True)
-            self._log_https(request, refusal.status, refusal.message)
-            return
-        exchange.refuse(refusal)
-        self.log_limited(
-            Event.WEBSOCKET_REFUSED,
-            f"peer {_peer(writer)}: WebSocket upgrade refused ({refusal.status}): "
-            f"{refusal.message}",
-            cause=str(refusal.status),
-        )
-
-    def _log_https(self, request: https.HttpRequest, status: int, reason: str,
-                   caller: str = "") -> None:
-        who = f"module {caller} from {request.peer}" if caller else f"peer {request.peer}"
-        self.log_limited(
-            Event.HTTPS_REFUSED,
-            f"{who}: HTTPS request refused ({status}): {request.method} {request.path[:200]}: "
-            f"{reason}",
-            device_id=caller,
-            cause=str(status),
-        )
 
     def admit(self, conn: ChildConnection, connect: Connect) -> Verdict:
         if len(self.sessions) >= self._cfg.max_connections:
@@ -681,17 +594,12 @@ def _amqp():
     return amqp
 
 
-async def _close_after_flush(writer: asyncio.StreamWriter) -> None:
-    """Let a refusal's answer leave, then close; a peer that does not read it is cut."""
-    writer.close()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 2.0)
-    sockets.abort(writer.transport)
+def _web_head() -> web_head:
+    """The 443 head's module (with h11 and wsproto), imported once that listener is bound or a
+    request needs it: about 2.5 MiB of RSS a gateway without the head never needs (issue 18)."""
+    from gateway.child import web_head
 
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return f"{peer[0]}:{peer[1]}" if peer else "?"
+    return web_head
 
 
 def _peer_cert(writer: asyncio.StreamWriter) -> bytes | None:

@@ -37,7 +37,8 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import generate_accept_token
 
-from gateway.child.https import READ_CHUNK, Exchange, HttpRefused, headers_of, is_upgrade, tokens
+from gateway.child.http_messages import HttpRefused
+from gateway.child.https import READ_CHUNK, Exchange, headers_of, is_upgrade, tokens
 from gateway.errors import PeerError
 
 WS_PATH = "/$iothub/websocket"

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, quote
 import jinja2
 
 from gateway import identity
-from gateway.child.https import HttpRequest
+from gateway.child.http_messages import HttpRequest
 from gateway.console.access import FormGuard
 from gateway.console.views import fleet_cells, ledger_cells, twin_sides
 from gateway.errors import GatewayError

@@ -14,7 +14,8 @@ import logging
 import signal
 from collections.abc import Callable
 
-from gateway.child.https import Exchange, HttpRefused, headers_of, http_request
+from gateway.child.http_messages import HttpRefused
+from gateway.child.https import Exchange, headers_of, http_request
 from gateway.console.access import Listen, check_listen, password_ok, tls_context
 from gateway.console.pages import Answer, Pages
 from gateway.log import Event, event

@@ -9,15 +9,13 @@ is the short form systemd shows (sd_notify STATUS=) and the hourly summary in th
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
+import gateway
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildServer
@@ -26,7 +24,7 @@ from gateway.daemon.uplink_slot import UplinkSlot
 from gateway.hub.local_hub import LocalHub
 from gateway.hub.router import Router
 from gateway.hub.settings import SettingsSync
-from gateway.storage.disk_guard import DiskGuard
+from gateway.storage.disk_guard import DiskGuard, disk_usage
 from gateway.storage.salvage import SalvageReport
 from gateway.storage.store import Store
 from gateway.storage.writer import Writer
@@ -93,13 +91,12 @@ class Status:
         self._modules = modules  # the agent's account of the deployment and its modules
         self._ledger = ledger  # the loss ledger's settlements (daemon/ledger_report.py)
         self._started = time.time()
-        self._process = psutil.Process()
-        self._io_at_start = _write_bytes(self._process)
+        self._io_at_start = _write_bytes()
 
     def line(self) -> str:
         oldest = self._outbox.oldest_enqueued_ms()
         age = f", oldest {time.time() - oldest / 1000:.0f} s" if oldest else ""
-        free = psutil.disk_usage(str(self._path)).free
+        free = disk_usage(str(self._path)).free
         return (
             f"uplink {self._uplink.state()}; {len(self._server.sessions)} children; "
             f"backlog {self._outbox.stats.count} msgs{age}; disk free {free // 2**20} MiB"
@@ -108,7 +105,7 @@ class Status:
     def site(self) -> dict:
         """The few numbers the fleet view needs from every gateway (the reported twin carries
         them): disk free, when it fills at the current rates, dead letters, software version."""
-        free = psutil.disk_usage(str(self._path)).free
+        free = disk_usage(str(self._path)).free
         full = projections(self._outbox.stats.count, free, self._rates.per_second())
         return {"disk": {"freeBytes": free, "fullInSecs": full["disk_full_secs"]},
                 "deadLetters": self._dead_letters.count,
@@ -117,7 +114,7 @@ class Status:
     def report(self) -> dict:
         stats = self._outbox.stats
         oldest = self._outbox.oldest_enqueued_ms()
-        disk = psutil.disk_usage(str(self._path))
+        disk = disk_usage(str(self._path))
         uplink = self._uplink.stats()
         rates = self._rates.per_second()
         metrics = self._endpoints.metrics
@@ -177,7 +174,7 @@ class Status:
             },
             "salvage": self._salvage_report(),
             "disk": self._disk_report(disk),
-            "process_write_bytes": _write_bytes(self._process) - self._io_at_start,
+            "process_write_bytes": _write_bytes() - self._io_at_start,
         }
 
     def _salvage_report(self) -> dict | None:
@@ -209,11 +206,9 @@ class Status:
 
 
 def software_version() -> str:
-    """The installed package's version (the .deb installs it with its metadata)."""
-    try:
-        return importlib.metadata.version("gatewayd")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    """The package's version, from the package itself: importlib.metadata would cost 2.5 MiB
+    of RSS (email, zipfile and csv come with it) for one string (issue 18)."""
+    return gateway.__version__
 
 
 def _tree_bytes(path) -> int:
@@ -226,8 +221,13 @@ def _tree_bytes(path) -> int:
     return total
 
 
-def _write_bytes(process: psutil.Process) -> int:
+def _write_bytes() -> int:
+    """Bytes this process caused to be written to storage (proc_pid_io(5)); 0 without it."""
     try:
-        return process.io_counters().write_bytes
-    except (psutil.Error, AttributeError):
-        return 0
+        with open("/proc/self/io", "rb") as io:
+            for line in io:
+                if line.startswith(b"write_bytes:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gateway import identity
-from gateway.child import auth, dialect, https, limits
+from gateway.child import auth, dialect, http_messages, limits
 from gateway.child.offline_trust import AuditLog, OfflineTrust
 from gateway.child.registry_sync import RegistrySync
 from gateway.child.server import ChildConnection, Handler, Refusal, Verdict
@@ -128,7 +128,8 @@ class ChildHandler(Handler):
         return auth.authenticate_token(self._registry.registry, audience, who, token,
                                        self._clock())
 
-    async def on_https_request(self, request: https.HttpRequest) -> https.HttpAnswer:
+    async def on_https_request(self, request: http_messages.HttpRequest
+                               ) -> http_messages.HttpAnswer:
         if self._endpoint is None:
             raise RuntimeError("no local hub bound: the listeners started before the wiring")
         return await self._endpoint.serve(request)

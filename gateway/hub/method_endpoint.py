@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 
 from gateway import identity
 from gateway.child.auth import AuthResult, Child
-from gateway.child.https import HttpAnswer, HttpRequest, refused
+from gateway.child.http_messages import HttpAnswer, HttpRequest, refused
 from gateway.hub.methods import DEFAULT_TIMEOUT_SECS, MAX_TIMEOUT_SECS, MethodRouter
 
 CALLER_HEADER = "x-ms-edge-moduleid"

@@ -16,15 +16,27 @@ One journal line when the state changes, none per message.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
-
-import psutil
+from typing import NamedTuple
 
 from gateway.log import Event, event
 
 RESUME_FRACTION = 0.9  # back to normal under 90% of the quota...
 RESUME_FREE_MARGIN = 2.0  # ...and with two points more free space than the minimum
 DROP_PER_TICK_FRACTION = 0.01  # drop at most 1% of the backlog per second (and at least 100)
+
+
+class DiskUsage(NamedTuple):
+    total: int
+    free: int  # what an unprivileged writer can still use (df's "Avail")
+
+
+def disk_usage(path: str | os.PathLike) -> DiskUsage:
+    """The filesystem under `path`, from statvfs(2): psutil.disk_usage is this call, and
+    psutil's import alone costs the daemon 1.2 MiB of RSS (issue 18)."""
+    st = os.statvfs(path)
+    return DiskUsage(st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize)
 
 
 @dataclass
@@ -46,7 +58,7 @@ class DiskGuard:
 
     def check(self, backlog_bytes: int) -> DiskState:
         """Update the state from the backlog's bytes and the filesystem; log a change."""
-        usage = psutil.disk_usage(self._path)
+        usage = disk_usage(self._path)
         free_percent = 100.0 * usage.free / usage.total if usage.total else 100.0
         self.state.free_percent = round(free_percent, 1)
         over_quota = self.max_bytes and backlog_bytes > self.max_bytes

@@ -22,7 +22,7 @@ MISSING = [t for t in ("dpkg-buildpackage", "dpkg-deb") if shutil.which(t) is No
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"missing {MISSING} "
                                 "(./dev.sh test installs them)")
 MACHINE = {"arm64": "aarch64", "amd64": "x86_64"}
-BINARY = ("rocksdict", "cryptography", "cffi", "psutil")
+BINARY = ("rocksdict", "cryptography", "cffi", "uvloop")
 
 
 def _wheels(deb: Path) -> list[str]:

@@ -1,0 +1,45 @@
+"""What a running gatewayd has imported: each head's libraries only when that head is configured.
+
+Idle memory on a small Pi is mostly imports (docs/performance.md, issue 18), so a gateway
+without the 443 and 5671 heads must not pay for wsproto or Qpid Proton, and none pays for
+psutil, importlib.metadata (email, zipfile, csv) or cryptography. The daemon is started with
+PYTHONPROFILEIMPORTTIME, which makes the interpreter itself list every module it imports.
+"""
+
+from __future__ import annotations
+
+from tests.support.broker import free_port
+from tests.support.pki import server_tls
+from tests.support.synced import synced_gateway
+
+NEVER = {"psutil", "importlib.metadata", "email", "zipfile", "cryptography"}
+WEB_HEAD = {"wsproto", "gateway.child.web_head", "gateway.child.websocket"}
+AMQP_HEAD = {"proton", "gateway.child.amqp"}
+
+
+def _imported(gw) -> set[str]:
+    """Every module the daemon imported, from the interpreter's own import-time lines."""
+    lines = [line for line in gw.log_text().splitlines() if line.startswith("import time:")]
+    assert len(lines) > 100, "PYTHONPROFILEIMPORTTIME listed no imports"
+    return {line.rsplit("|", 1)[1].strip() for line in lines}
+
+
+def _run(cloud, gateways, **overrides) -> set[str]:
+    gw = synced_gateway(cloud, gateways, {"c1": "a2V5"}, online=True,
+                        env={"PYTHONPROFILEIMPORTTIME": "1"}, **overrides)
+    gw.close()
+    return _imported(gw)
+
+
+def test_a_gateway_without_the_443_and_5671_heads_never_imports_them(cloud, gateways):
+    imported = _run(cloud, gateways)
+    assert "gateway.child.server" in imported and "rocksdict" in imported
+    assert not imported & (NEVER | WEB_HEAD | AMQP_HEAD), imported & (NEVER | WEB_HEAD | AMQP_HEAD)
+
+
+def test_each_configured_head_imports_its_own(cloud, gateways, tmp_path):
+    _, cert, key = server_tls(tmp_path)
+    imported = _run(cloud, gateways, tls=(cert, key), listen={"https_port": free_port(),
+                                                                   "amqp_port": free_port()})
+    assert imported >= WEB_HEAD | AMQP_HEAD, (WEB_HEAD | AMQP_HEAD) - imported
+    assert not imported & NEVER, imported & NEVER
