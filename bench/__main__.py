@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report, scenarios, slowflash
+from bench import emulated, report, scenarios, slowflash
 from bench.systems import thingsboard_gateway
 from tests.support.blockdev import FILESYSTEMS, LoopFilesystem
 
@@ -54,6 +54,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--baseline", type=Path, metavar="DIR",
                      help="another checkout of gatewayd (e.g. a git worktree of the parent "
                           "commit), measured as system gatewayd-baseline in the same rounds")
+    run.add_argument("--arm64-root", type=Path, metavar="ROOT",
+                     help="run gatewayd and mosquitto in this arm64 root under qemu-user "
+                          "(made by bench/arm64-root.sh); read the ratios only")
     again = sub.add_parser("report", help="write report.md and the plots again from report.json")
     again.add_argument("dirs", type=Path, nargs="+", help="result directories to merge")
     again.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -186,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.command == "report":
         rounds = merged(args.dirs)
+    elif args.arm64_root is not None:
+        emulated.check(args.arm64_root)
+        scenarios.EMULATED["root"] = args.arm64_root.resolve()
+        with emulated.bound(args.arm64_root):
+            rounds = run(args)
+        rounds["emulated_arm64"] = True
+        rounds["elapsed_secs"] = round(time.time() - started)
     else:
         rounds = run(args)
         rounds["elapsed_secs"] = round(time.time() - started)

@@ -53,6 +53,9 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def table(rounds: dict) -> str:
     out = [f"Medians of {rounds['sizes']['rounds']} round(s); sizes {rounds['sizes']}.", ""]
+    if rounds.get("emulated_arm64"):
+        out += ["The systems ran in an arm64 root under qemu-user (--arm64-root): read the "
+                "ratios only; rates, CPU and RSS include the emulator.", ""]
     if rounds["relay"]:
         out += ["### Online relay (QoS 1, 200-byte JSON, window 100)", "",
                 "| children | system | msg/s | PUBACK p50 ms | p99 ms | CPU µs/msg | peak RSS MiB "

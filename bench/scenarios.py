@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import emulated
 from bench.load import PAYLOAD_BYTES, AmqpChild, Child, CloudCounter, payloads, percentile
 from bench.systems import (
     Cloud,
@@ -38,10 +39,26 @@ BODIES = payloads()
 # `--baseline DIR`: another checkout of gatewayd, run as system "gatewayd-baseline" beside this
 # one in the same run, so that a change is measured against its parent under the same load
 BASELINE: dict[str, Path] = {}
+EMULATED: dict[str, Path] = {}  # "root": an arm64 root the systems under test run in (emulated.py)
 
 
 def make_system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
                 store: Path | None = None):
+    system = _system(kind, workdir, cloud, keys, store)
+    root = EMULATED.get("root")
+    if root is not None:
+        if isinstance(system, GatewaydSystem):  # the baseline too, if its tree is in /tmp
+            system.gw.python = emulated.gatewayd(root)
+        elif isinstance(system, MosquittoBridge):
+            system.broker.command = emulated.mosquitto(root)
+        else:
+            raise SystemExit(f"bench: {kind} does not run in the arm64 root; choose gatewayd "
+                             "and mosquitto with --systems")
+    return system
+
+
+def _system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
+            store: Path | None = None):
     if kind == "gatewayd":
         return GatewaydSystem(workdir / "gw", cloud, keys, store)
     if kind == "gatewayd-baseline":

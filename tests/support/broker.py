@@ -60,6 +60,7 @@ class Mosquitto:
         self.log = self.workdir / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
         self._holder: socket.socket | None = None
+        self.command = [MOSQUITTO]  # the bench runs an arm64 root's under qemu-user
         lines = [f"listener {self.port} 127.0.0.1"]
         if tls is not None:
             lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
@@ -102,7 +103,7 @@ class Mosquitto:
         self._log_file = open(self.log, "ab")  # noqa: SIM115 - lives as long as the process
         start_offset = self._log_offset = self.log.stat().st_size
         self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=self._log_file, stderr=self._log_file
+            [*self.command, "-c", str(self.conf)], stdout=self._log_file, stderr=self._log_file
         )
 
         def running() -> bytes:

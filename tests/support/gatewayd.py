@@ -71,6 +71,8 @@ class Gatewayd:
         write_toml(self.config, sections)
         self.proc: subprocess.Popen | None = None
         self.module = "gateway.cli.gatewayd"  # the bench runs a variant with other store options
+        # the interpreter: the bench runs an arm64 root's under qemu-user (bench/emulated.py)
+        self.python = [sys.executable]
         self.env: dict[str, str] = {}  # extra environment of every start, e.g. an LD_PRELOAD
 
     def start(self, timeout: float = 30.0, env: dict | None = None) -> None:
@@ -84,7 +86,7 @@ class Gatewayd:
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--config", str(self.config)],
+            [*self.python, "-m", self.module, "--config", str(self.config)],
             stdout=self._stderr, stderr=self._stderr, env=full_env,
         )
         try:
