@@ -92,8 +92,7 @@ class AmqpConnection:
         self._writer = writer  # a socket's, or websocket.WsWriter on the 443 head
         self.listener = listener
         self.device_id = ""
-        peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer = sockets.peer_name(writer)
         self.connected_at = time.time()
         self.close_reason = ""
         self.outstanding = 0
