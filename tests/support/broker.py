@@ -30,22 +30,35 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+_turn: int | None = None  # where free_port goes on; random at the first call
+
+
 def free_port() -> int:
-    """A free port below the kernel's ephemeral range.
+    """A free port below the kernel's ephemeral range, never the same twice in one cycle of it.
 
     A port the kernel handed out (bind to 0) is one it also hands to outgoing connections: while
     a broker or a daemon is down for a restart, a client's connect could take its port (even
     connect to itself on it), and the restart failed with 'Address already in use'.
+    The ports go in turn from a random start rather than at random: a test that makes fifty
+    gateways before it starts any would otherwise give two of them the same port (free when
+    checked, neither bound yet) in about one run of ten.
     """
+    global _turn
     low = _ephemeral_range()[0]
-    while True:
-        port = random.randrange(max(1024, low - 12000), low)
+    first = max(1024, low - 12000)
+    size = low - first
+    if _turn is None:
+        _turn = random.randrange(size)
+    for _ in range(size):
+        port = first + _turn % size
+        _turn += 1
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
+    raise RuntimeError(f"no free port in {first}-{low - 1}")
 
 
 class Mosquitto:

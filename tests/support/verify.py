@@ -4,6 +4,7 @@ by a thread, stopped with SIGTERM for its final line."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,8 +46,17 @@ class Verify:
                           timeout=timeout, interval=0.1, what=what)
 
     def pause(self) -> None:
-        """SIGSTOP: the process stops reading, the broker's queue for it fills."""
+        """SIGSTOP: the process stops reading, the broker's queue for it fills.
+
+        The stop takes hold only when the kernel next runs the process: on a loaded machine
+        that can be late enough for it to read and acknowledge one more message. waitpid with
+        WUNTRACED returns once every thread of it has stopped.
+        """
         self.proc.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(self.proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            raise AssertionError(f"verify ended instead of stopping: {self.proc.stderr.read()}")
 
     def resume(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
