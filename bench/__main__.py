@@ -7,8 +7,10 @@ Writes report.json (every round's figures), report.md (medians and ratios) and t
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,10 +119,33 @@ def kinds(base: tuple[str, ...], args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(k for k in found if not args.systems or k in args.systems)
 
 
+def compile_bytecode(trees: list[Path]) -> None:
+    """gatewayd runs from compiled bytecode, as the .deb's pip install leaves it: without it
+    (PYTHONDONTWRITEBYTECODE, or a source tree nobody compiled) every start compiles each
+    module again and the idle RSS carries about 1 MiB of that compiler's garbage."""
+    for tree in trees:
+        compileall.compile_dir(tree / "gateway", quiet=1)
+
+
+def check_baseline(tree: Path) -> None:
+    """The baseline must really run its own tree's code: asked the way it is started (its tree
+    as the cwd and on PYTHONPATH), the interpreter says where it finds `gateway`."""
+    found = subprocess.run(
+        [sys.executable, "-c", "import gateway; print(gateway.__file__)"], cwd=tree,
+        env=dict(os.environ, PYTHONPATH=str(tree)), capture_output=True, text=True)
+    where = Path(found.stdout.strip() or "?").resolve()
+    if found.returncode != 0 or tree not in where.parents:
+        raise SystemExit(f"bench: --baseline {tree} would run {where} instead of its own "
+                         f"gateway/ ({found.stderr.strip()[-200:]}); pass a checkout of the "
+                         "project")
+
+
 def run(args: argparse.Namespace) -> dict:
     cfg = sizes(args)
     if args.baseline is not None:
         scenarios.BASELINE["tree"] = args.baseline.resolve()
+        check_baseline(scenarios.BASELINE["tree"])
+    compile_bytecode([Path(__file__).resolve().parent.parent, *scenarios.BASELINE.values()])
     work = Path(tempfile.mkdtemp(prefix="gwbench"))
     rounds: dict = {"sizes": cfg, "machine": report.machine(), "relay": {}, "outage": {},
                     "wear": {}, "startup": {}, "slowflash": {}}

@@ -63,7 +63,9 @@ def _system(kind: str, workdir: Path, cloud: Cloud, keys: dict[str, str],
         return GatewaydSystem(workdir / "gw", cloud, keys, store)
     if kind == "gatewayd-baseline":
         system = GatewaydSystem(workdir / "gw", cloud, keys, store)
-        system.gw.env["PYTHONPATH"] = str(BASELINE["tree"])  # ahead of the installed package
+        tree = BASELINE["tree"]
+        system.gw.env["PYTHONPATH"] = str(tree)  # ahead of the installed package
+        system.gw.cwd = tree  # `python -m` puts the cwd first: the bench's own tree otherwise
         return system
     # the same daemon, children on another head
     if kind in ("gatewayd-tls", "gatewayd-ws", "gatewayd-amqp"):

@@ -74,6 +74,9 @@ class Gatewayd:
         # the interpreter: the bench runs an arm64 root's under qemu-user (bench/emulated.py)
         self.python = [sys.executable]
         self.env: dict[str, str] = {}  # extra environment of every start, e.g. an LD_PRELOAD
+        # the directory it starts in: `python -m` puts it first on sys.path, ahead of
+        # PYTHONPATH, so the bench's baseline starts in its own tree (None: the caller's)
+        self.cwd: Path | None = None
 
     def start(self, timeout: float = 30.0, env: dict | None = None) -> None:
         notify_path = self.sockdir / "notify.sock"
@@ -87,7 +90,7 @@ class Gatewayd:
         self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
             [*self.python, "-m", self.module, "--config", str(self.config)],
-            stdout=self._stderr, stderr=self._stderr, env=full_env,
+            stdout=self._stderr, stderr=self._stderr, env=full_env, cwd=self.cwd,
         )
         try:
             deadline = time.monotonic() + timeout
