@@ -11,7 +11,6 @@ which is also the fallback wherever uvloop cannot be imported.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -29,10 +28,26 @@ EVENT_LOOP_ENV = "GATEWAYD_EVENT_LOOP"  # "asyncio": the standard loop; "uvloop"
 
 
 def main(argv: list[str] | None = None) -> int:
+    config_path = config_argument(sys.argv[1:] if argv is None else argv)
+    return exits.run("gatewayd", lambda: _serve(config_path), _journal)
+
+
+def config_argument(argv: list[str]) -> str:
+    """The configuration file named on the command line.
+
+    The forms the unit and an operator use (nothing, or `--config FILE`) are read here, and
+    argparse is imported only for anything else (--help, a typo): it and gettext stay in the
+    daemon's memory for its whole life, 0.6 MiB of its idle RSS (issue 18).
+    """
+    if not argv:
+        return DEFAULT_CONFIG
+    if len(argv) == 2 and argv[0] == "--config" and not argv[1].startswith("-"):
+        return argv[1]
+    import argparse
+
     parser = argparse.ArgumentParser(prog="gatewayd", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="TOML configuration file")
-    args = parser.parse_args(argv)
-    return exits.run("gatewayd", lambda: _serve(args.config), _journal)
+    return parser.parse_args(argv).config
 
 
 def _serve(config_path: str) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+import os
 
 from gateway.storage import keyspace as ks
 from gateway.storage.store import Store
@@ -29,7 +29,7 @@ class ModuleKeys:
         """At start-up, before the loop serves: a new secret is written synced, here."""
         secret = store.meta.get(ks.MODULE_SECRET)
         if secret is None or len(secret) != SECRET_BYTES:
-            secret = secrets.token_bytes(SECRET_BYTES)
+            secret = os.urandom(SECRET_BYTES)  # what secrets.token_bytes returns
             write_or_submit(store, None, Writes().put(store.meta, ks.MODULE_SECRET, secret))
         self._secret = secret
         self._gateway_id = gateway_id

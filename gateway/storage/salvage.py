@@ -13,7 +13,6 @@ empty, rather than refuse for ever.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +68,8 @@ def salvage(path: Path, cause: str) -> SalvageReport:
             continue
         entry.rename(quarantine / entry.name)
     report = SalvageReport(quarantine)
+    import shutil  # here, not at the top: shutil brings bz2 and lzma, and a salvage is rare
+
     work = path / f"{quarantine.name}.work"
     try:
         shutil.copytree(quarantine, work)

@@ -144,6 +144,23 @@ def test_gatewayd_ends_a_config_error_with_78_and_its_line(tmp_path, capsys):
     assert f"gatewayd: {missing}" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], gatewayd.DEFAULT_CONFIG),
+    (["--config", "/etc/site.toml"], "/etc/site.toml"),
+    (["--config=/etc/site.toml"], "/etc/site.toml"),  # argparse's form, through argparse
+])
+def test_gatewayd_reads_its_config_argument_in_every_form(argv, expected):
+    assert gatewayd.config_argument(argv) == expected
+
+
+@pytest.mark.parametrize("argv", [["--config"], ["--config", "--x"], ["--bogus"],
+                                  ["--config", "a.toml", "extra"]])
+def test_gatewayd_refuses_other_arguments_with_argparse_usage(argv, capsys):
+    with pytest.raises(SystemExit) as ended:
+        gatewayd.config_argument(argv)
+    assert ended.value.code == 2 and "usage: gatewayd" in capsys.readouterr().err
+
+
 def test_gatewayctl_config_check_ends_a_config_error_with_78(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[gateway]\nid = 7\n")

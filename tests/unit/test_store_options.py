@@ -4,6 +4,7 @@ before (plain WAL, LZ4) opens and recovers unflushed writes under the new option
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from rocksdict import Cache, DBCompressionType, Rdict, WriteBatch
 
@@ -25,6 +26,25 @@ def test_wal_and_tables_are_zstd_and_the_flash_settings_stay(tmp_path):
     for family in ("default", *COLUMN_FAMILIES):
         (section,) = [s for s in sections if s.startswith(f'CFOptions "{family}"')]
         assert "compression=kZSTD" in section and "write_buffer_size=8388608" in section
+
+
+def test_the_options_scratch_is_private_and_gone_after_the_open(tmp_path, monkeypatch):
+    scratch_base = tmp_path / "tmp"
+    scratch_base.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch_base))
+    seen = []
+    real_mkdir = store_module.os.mkdir
+
+    def watched(path, mode=0o777):
+        seen.append((path, mode))
+        real_mkdir(path, mode)
+
+    monkeypatch.setattr(store_module.os, "mkdir", watched)
+    Store(tmp_path / "s").close()
+    assert "wal_compression=kZSTD" in options_text(tmp_path / "s")
+    made_there = [mode for path, mode in seen if Path(path).parent == scratch_base]
+    assert made_there == [0o700]  # one directory in the shared place, the owner's alone
+    assert list(scratch_base.iterdir()) == []  # the scratch database is removed
 
 
 def test_every_family_shares_one_small_block_cache(tmp_path):
