@@ -243,7 +243,9 @@ class Reader:
     def feed(self, data: bytes, acks_as_ids: bool = False) -> list[Packet | int]:
         """The packets now complete. With `acks_as_ids`, a PUBACK with reason 0 and no
         properties (nearly every packet an uplink gets) is its packet id alone, an int: no
-        object per relayed message."""
+        object per relayed message. A broker may spell that PUBACK three ways (section 3.4.2.1):
+        the packet id alone, with the reason byte 0, or with it and a property length of 0;
+        mosquitto sends the second, so all three take this path."""
         buf = self._buf
         buf += data
         out: list[Packet | int] = []
@@ -251,11 +253,16 @@ class Reader:
         end = len(buf)
         while pos < end:
             first = buf[pos]
-            if first == 0x40 and pos + 4 <= end and buf[pos + 1] == 2:  # the common PUBACK
-                packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
-                out.append(packet_id if acks_as_ids else Ack(PUBACK, packet_id, b""))
-                pos += 4
-                continue
+            if first == 0x40 and pos + 4 <= end:  # a PUBACK: the common one is 2 to 4 bytes
+                length = buf[pos + 1]
+                if length == 2 or (
+                        length == 3 and pos + 5 <= end and buf[pos + 4] == 0) or (
+                        length == 4 and pos + 6 <= end and buf[pos + 4] == 0
+                        and buf[pos + 5] == 0):
+                    packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
+                    out.append(packet_id if acks_as_ids else Ack(PUBACK, packet_id, b""))
+                    pos += 2 + length
+                    continue
             header = _varint(buf, pos + 1)
             if header is None:
                 break

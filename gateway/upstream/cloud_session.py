@@ -30,6 +30,7 @@ from gateway.mqtt import mqtt5
 class SessionCallbacks:
     on_connack: Callable[[mqtt5.ConnAck], None]
     on_puback: Callable[[int, int], None]  # packet id, reason code
+    on_pubacks: Callable[[list[int]], None]  # packet ids of plain PUBACKs (reason 0), in order
     # the packet, and hold(): take its PUBACK, returning the function that releases it
     on_message: Callable[[mqtt5.Publish, Callable[[], Callable[[], None]]], None]
     on_lost: Callable[[str], None]  # why, in one line
@@ -69,16 +70,24 @@ class CloudSession(asyncio.Protocol):
         except mqtt5.MalformedPacket as exc:
             self._fail(f"the broker sent a malformed packet: {exc}")
             return
-        in_use, on_puback = self.in_use, self._cb.on_puback
+        acked: list[int] = []  # plain PUBACKs (the hot path), handed on as one list
         for packet in packets:
             if self._closing:
                 return
-            if packet.__class__ is int:  # a plain PUBACK, the hot path
-                in_use.discard(packet)
-                on_puback(packet, 0)
-            else:
-                self._dispatch(packet)
+            if packet.__class__ is int:
+                acked.append(packet)
+                continue
+            if acked:
+                self._acked(acked)
+                acked = []
+            self._dispatch(packet)
+        if acked and not self._closing:
+            self._acked(acked)
         self._cb.on_read_done()
+
+    def _acked(self, packet_ids: list[int]) -> None:
+        self.in_use.difference_update(packet_ids)
+        self._cb.on_pubacks(packet_ids)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -99,6 +108,15 @@ class CloudSession(asyncio.Protocol):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
+    def send_all(self, packets: list[bytes]) -> None:
+        """`send` for each, in order (a drain's fill)."""
+        if self._transport is None or self._closing or not packets:
+            return
+        self._out.extend(packets)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
     def flush(self) -> None:
         self._flush_scheduled = False
         if self._out and self._transport is not None:
@@ -109,6 +127,11 @@ class CloudSession(asyncio.Protocol):
 
     def packet_id(self) -> int:
         """The next free packet id (1..65535), marked in use until its acknowledgement."""
+        candidate = self._next_id % 65535 + 1
+        if candidate not in self.in_use:  # nearly always: ids are taken and freed in turn
+            self._next_id = candidate
+            self.in_use.add(candidate)
+            return candidate
         for _ in range(65535):
             self._next_id = self._next_id % 65535 + 1
             if self._next_id not in self.in_use:

@@ -124,6 +124,24 @@ class Drain:
         self._counters.acked += 1
         self._outbox.ack(sent.seq, sent.size, sent.priority)
 
+    def acked_all(self, packet_ids: list[int]) -> None:
+        """A read's plain PUBACKs (reason 0), in the order they came: `acked(pid, 0)` for
+        each, with the lookups made once (a drain takes ~50 per read)."""
+        pop, ack, refusals = self._inflight.pop, self._outbox.ack, self._refusals
+        done = live = 0
+        for packet_id in packet_ids:
+            sent = pop(packet_id, None)
+            if sent is None:
+                continue
+            live += sent.live
+            if refusals:
+                refusals.pop(sent.seq, None)
+            ack(sent.seq, sent.size, sent.priority)
+            done += 1
+        self._live_inflight -= live
+        self._acked_on_connection += done
+        self._counters.acked += done
+
     def acks_done(self) -> None:
         """One read's acks are all in: their deletes go to the store as one batch."""
         self._outbox.flush_deletes()
@@ -197,15 +215,15 @@ class Drain:
         if not batch:
             return 0
         # _send for each, with the lookups made once per batch (a drain sends ~50 per fill)
-        publish, inflight, take = self._encoder.publish, self._inflight, self._bucket.take
+        publish, inflight = self._encoder.publish, self._inflight
         first_pid = 0
         for seq, msg in batch:
             pid = packet_id()
             first_pid = first_pid or pid
             out.append(publish(pid, seq, msg, now_ms))
-            take()
             inflight[pid] = _Sent(seq, msg.size(), msg.priority, live)
             cursor[msg.priority] = seq
+        self._bucket.take(len(batch))
         if self._first_on_connection is None:
             self._first_on_connection = inflight[first_pid]
         if live:

@@ -23,9 +23,9 @@ class TokenBucket:
         self._refill(now)
         return int(self._tokens)
 
-    def take(self) -> None:
+    def take(self, count: int = 1) -> None:
         if self.rate:
-            self._tokens -= 1
+            self._tokens -= count
 
     def wait_for_one(self, now: float) -> float:
         """Seconds until one more publish is allowed (at least a millisecond: a timer's delay)."""

@@ -283,6 +283,7 @@ class Uplink:
         callbacks = SessionCallbacks(
             on_connack=lambda p: current() and self._on_connack(p),
             on_puback=lambda pid, code: current() and self._on_puback(pid, code),
+            on_pubacks=lambda ids: current() and self._on_pubacks(ids),
             on_message=lambda p, hold: self._on_cloud_message(CloudMessage.from_packet(p, hold)),
             on_lost=on_lost,
             on_read_done=lambda: current() and self._on_read_done(),
@@ -371,6 +372,18 @@ class Uplink:
         self._drain.acks_done()
         self._fill()
 
+    def _on_pubacks(self, packet_ids: list[int]) -> None:
+        """One read's plain PUBACKs: the Uplink's own publishes are answered, the rest are
+        the drain's (packet ids are unique among everything in flight)."""
+        direct = self._direct
+        if direct:
+            for packet_id in packet_ids:
+                if packet_id in direct:
+                    on_done = direct.pop(packet_id)
+                    if on_done is not None:
+                        on_done(True)
+        self._drain.acked_all(packet_ids)  # it passes over ids that are not its own
+
     def _on_puback(self, packet_id: int, code: int) -> None:
         if packet_id in self._direct:
             on_done = self._direct.pop(packet_id)
@@ -394,8 +407,7 @@ class Uplink:
         fill = self._drain.fill(len(self._direct), session.packet_id)
         if fill is None:
             return
-        for packet in fill.packets:
-            session.send(packet)
+        session.send_all(fill.packets)
         if fill.again_in is not None and self._refill_timer is None:
             loop = asyncio.get_running_loop()
             self._refill_timer = loop.call_later(fill.again_in, self._refilled)

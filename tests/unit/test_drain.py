@@ -279,3 +279,25 @@ def test_an_expired_refused_message_is_not_retried(site):
 def test_the_scheduler_does_no_io(module):
     """Sans-I/O: the drain and its bucket import neither a loop nor a socket."""
     assert not top_level_imports(module.__file__) & IO_MODULES
+
+
+def test_a_read_of_plain_pubacks_acks_as_each_one_would(site):
+    """acked_all (the hot path: one list per read) leaves the drain where acked(pid, 0) for
+    each would, and passes over a packet id that is not the drain's (the Uplink's own)."""
+    one, many = site(inflight_window=20, live_share=0.25), site(inflight_window=20,
+                                                                live_share=0.25)
+    for s in (one, many):
+        s.append(30)
+        s.drain.connected()
+        s.append(5)  # live: arrived since the link came back
+    sent_one, sent_many = one.fill(), many.fill()
+    assert sent_one == sent_many and len(sent_one) == 20
+    acked = sent_one[:7] + sent_one[-3:]
+    for packet_id, _ in acked:
+        one.drain.acked(packet_id, 0)
+    one.drain.acks_done()
+    many.drain.acked_all([pid for pid, _ in acked[:5]] + [60000] + [pid for pid, _ in acked[5:]])
+    many.drain.acks_done()
+    for s in (one, many):
+        assert (s.counters.acked, s.drain.inflight, s.outbox.stats.count) == (10, 10, 25)
+    assert one.fill() == many.fill()

@@ -44,6 +44,20 @@ def test_acks_short_and_long_forms():
     assert (ack.kind, ack.packet_id, ack.reasons) == (mqtt5.SUBACK, 2, b"\x01\x80")
 
 
+def test_a_success_puback_is_its_packet_id_in_each_of_its_three_spellings():
+    # the packet id alone, with reason 0 (mosquitto's), and with reason 0 and no properties
+    data = (b"\x40\x02\x00\x07" + b"\x40\x03\x01\x08\x00" + b"\x40\x04\x00\x09\x00\x00"
+            + b"\x40\x03\x00\x0a\x87" + b"\x40\x03\x00\x0b\x10")
+    for chunk in (1, 3, 4, 5, len(data)):
+        reader, out = mqtt5.Reader(), []
+        for i in range(0, len(data), chunk):
+            out += reader.feed(data[i : i + chunk], acks_as_ids=True)
+        assert out[:3] == [7, 264, 9], chunk
+        # a refusal, and a success that is not plain (0x10: no matching subscribers), keep
+        # their reason code
+        assert [(a.packet_id, a.reasons) for a in out[3:]] == [(10, b"\x87"), (11, b"\x10")]
+
+
 def test_connack_and_disconnect():
     connack = b"\x20\x06\x01\x00\x03\x21\x00\x14"
     (got,) = feed_all(connack, 1)
