@@ -21,6 +21,7 @@ a plain WAL; docs/performance.md).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -35,6 +36,7 @@ from rocksdict import (
     DBRecoveryMode,
     Options,
     Rdict,
+    ReadOptions,
     WriteBatch,
     WriteOptions,
 )
@@ -178,6 +180,7 @@ class Family:
         self.name = name
         self._view = view
         self._handle = handle
+        self._bounded: dict[bytes, ReadOptions] = {}  # prefix -> reads that stop at its end
 
     def get(self, key: bytes) -> bytes | None:
         return self._view.get(key)
@@ -191,6 +194,19 @@ class Family:
             if not key.startswith(prefix):
                 return
             yield key, value
+
+    def page(self, prefix: bytes, start: bytes, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` (key, value) of `scan(prefix, start)`, as a list: RocksDB stops at
+        the prefix's end itself (an iterate upper bound), so a drain's read of a fill costs
+        one call, not a generator step and a prefix test per message (0.6 against 0.9 us)."""
+        options = self._bounded.get(prefix)
+        if options is None:
+            options = self._bounded[prefix] = ReadOptions()
+            upper = _successor(prefix)
+            if upper is not None:
+                options.set_iterate_upper_bound(upper)
+        items = self._view.items(from_key=max(start, prefix), read_opt=options)
+        return list(itertools.islice(items, limit))
 
     def keys(self, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
         """The keys of `scan`, without copying the values out."""

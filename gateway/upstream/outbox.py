@@ -384,18 +384,32 @@ class Outbox:
         empty = self._lane_empty.get(priority)
         if empty is not None and empty[0] == self._commits and empty[1] <= start:
             return
+        family, lane, deletes = self._store.outbox, ks.lane(priority), self._deletes
         found = False
-        for key, value in self._store.outbox.scan(ks.lane(priority), ks.seq_key(start, priority)):
-            found = True
-            seq = _key_seq(key)
-            if stop is not None and seq >= stop:
+        while len(out) < limit:
+            want = limit - len(out)
+            page = family.page(lane, ks.seq_key(start, priority), want)
+            if not page:
                 break
-            if seq not in self._deletes:
-                msg = self._decode(seq, priority, value)
-                if msg is not None and not self._expire_disk(seq, msg, now_ms):
-                    out.append((seq, msg))
-                    if len(out) >= limit:
-                        break
+            found = True
+            for key, value in page:
+                seq = _key_seq(key)
+                if stop is not None and seq >= stop:
+                    return
+                if seq in deletes:
+                    continue
+                try:
+                    msg = decode_record(value)
+                except RecordError:
+                    self._decode(seq, priority, value)  # counts it and deletes it
+                    continue
+                if msg.expires_ms <= now_ms:
+                    self._expire_disk(seq, msg, now_ms)
+                    continue
+                out.append((seq, msg))
+            if len(page) < want:
+                break  # the lane's end
+            start = _key_seq(page[-1][0]) + 1  # some were skipped: the next page
         if not found:
             self._lane_empty[priority] = (self._commits, start)
 

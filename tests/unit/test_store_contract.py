@@ -72,6 +72,21 @@ def test_a_scan_starts_at_start_inclusive_and_never_before_its_prefix(store):
     assert [k[0] for k, _ in store.outbox.scan(lane, ks.seq_key(1, 0))] == [1, 1, 1]
 
 
+def test_a_page_is_a_scan_cut_at_its_limit_and_at_its_prefix_end(store):
+    put_all(store, store.outbox, [(ks.seq_key(s, p), b"%d/%d" % (p, s))
+                                  for p in (3, 4, 5) for s in range(1, 8)])
+    put_all(store, store.outbox, [(b"\x04\xff\xff", b"ff"), (b"\x05", b"bare 5")])
+    lane = ks.lane(4)
+    whole = list(store.outbox.scan(lane))
+    assert len(whole) == 8 and whole[-1][1] == b"ff"  # lane 4 alone, its last key all 0xff
+    assert store.outbox.page(lane, ks.seq_key(3, 4), 100) == list(
+        store.outbox.scan(lane, ks.seq_key(3, 4)))
+    assert store.outbox.page(lane, ks.seq_key(3, 4), 2) == whole[2:4]
+    assert store.outbox.page(lane, b"", 3) == whole[:3]  # a start before the prefix
+    assert store.outbox.page(ks.lane(6), ks.seq_key(1, 6), 10) == []
+    assert store.outbox.page(b"\xff", b"\xff", 10) == []  # a prefix with no successor
+
+
 def test_first_and_last_in_a_family_and_under_a_prefix(store):
     assert store.outbox.first() is None and store.outbox.last() is None
     assert store.outbox.first(ks.lane(3)) is None and store.outbox.last(ks.lane(3)) is None
