@@ -290,13 +290,18 @@ class CloudCounter:
 
     async def _read(self) -> None:
         last = 0.0
+        pending = b""
         while True:
             data = await self.reader.read(262144)
             if not data:
                 return
-            for packet in self._decoder.feed(data):
-                if isinstance(packet, Publish):
-                    self.count += self.entries(packet.payload) if self.entries else 1
+            if self.entries:  # it must see each payload
+                for packet in self._decoder.feed(data):
+                    if isinstance(packet, Publish):
+                        self.count += self.entries(packet.payload)
+            else:
+                counted, pending = count_publishes(pending + data)
+                self.count += counted
             now = time.perf_counter()
             if not self.first and self.count:
                 self.first = now
@@ -321,6 +326,30 @@ class CloudCounter:
     def close(self) -> None:
         self._task.cancel()
         self.writer.close()
+
+
+def count_publishes(data: bytes) -> tuple[int, bytes]:
+    """PUBLISH packets in `data` and the bytes of an unfinished packet at its end, from the
+    fixed headers alone: the counter shares the machine's cores with the system it measures,
+    and decoding every delivery cost it several microseconds a message (a drain's 100,000 a
+    second took a third of a core from whichever system was being measured)."""
+    count, pos, end = 0, 0, len(data)
+    while pos + 2 <= end:
+        length, shift, at = 0, 0, pos + 1
+        while at < end:
+            byte = data[at]
+            length |= (byte & 0x7F) << shift
+            at += 1
+            if not byte & 0x80:
+                break
+            shift += 7
+        else:
+            break  # the remaining length itself is cut
+        if at + length > end:
+            break
+        count += data[pos] >> 4 == 3
+        pos = at + length
+    return count, data[pos:]
 
 
 def percentile(values: list[float], q: float) -> float:

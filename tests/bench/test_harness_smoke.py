@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 from bench.__main__ import main
+from bench.load import count_publishes
+from gateway.mqtt.codec import PubAck, Publish, encode
 
 
 def test_quick_relay_and_outage_report(tmp_path):
@@ -40,3 +42,20 @@ def test_quick_relay_through_every_head(tmp_path):
     assert set(relay) == {"gatewayd-tls", "gatewayd-ws"}
     for runs in relay.values():
         assert runs[0]["msgs_per_sec"] > 0 and runs[0]["cpu_us_per_msg"] > 0
+
+
+def test_the_cloud_counter_counts_publishes_from_their_headers_whatever_the_split():
+    def counted(stream: bytes, chunk: int) -> tuple[int, bytes]:
+        total, pending = 0, b""
+        for i in range(0, len(stream), chunk):
+            n, pending = count_publishes(pending + stream[i : i + chunk])
+            total += n
+        return total, pending
+
+    small = [encode(Publish("devices/x/messages/events/", b"y" * n, qos=0))
+             for n in (0, 1, 126, 127, 200)]
+    stream = b"".join(small[:2]) + encode(PubAck(5)) + b"".join(small[2:]) + b"\xd0\x00"
+    for chunk in (1, 2, 3, 100, len(stream)):
+        assert counted(stream, chunk) == (5, b""), chunk
+    large = encode(Publish("t", b"z" * 3_000_000, qos=0))  # a four-byte remaining length
+    assert counted(stream + large + stream, 65536) == (11, b"")
