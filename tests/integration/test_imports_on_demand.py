@@ -3,8 +3,9 @@
 Idle memory on a small Pi is mostly imports (docs/performance.md, issue 18), so a gateway
 without the 443 and 5671 heads must not pay for wsproto or Qpid Proton, and none pays for
 psutil, importlib.metadata (email, zipfile, csv), cryptography, shutil and tempfile (zlib,
-bz2, lzma, random), argparse or secrets; h11 waits for the workload socket's first request. The daemon is started with
-PYTHONPROFILEIMPORTTIME, which makes the interpreter itself list every module it imports.
+bz2, lzma, random), argparse or secrets; h11 waits for the workload socket's first request.
+The daemon is started with PYTHONPROFILEIMPORTTIME, which makes the interpreter itself list
+every module it imports.
 """
 
 from __future__ import annotations
