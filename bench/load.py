@@ -25,6 +25,7 @@ from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, Ping
 
 from gateway.child.auth import make_sas_token
+from gateway.mqtt import mqtt5
 from gateway.mqtt.codec import (
     ConnAck,
     Connect,
@@ -335,20 +336,14 @@ def count_publishes(data: bytes) -> tuple[int, bytes]:
     second took a third of a core from whichever system was being measured)."""
     count, pos, end = 0, 0, len(data)
     while pos + 2 <= end:
-        length, shift, at = 0, 0, pos + 1
-        while at < end:
-            byte = data[at]
-            length |= (byte & 0x7F) << shift
-            at += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-        else:
+        header = mqtt5.varint(data, pos + 1)
+        if header is None:
             break  # the remaining length itself is cut
-        if at + length > end:
+        length, body_at = header
+        if body_at + length > end:
             break
         count += data[pos] >> 4 == 3
-        pos = at + length
+        pos = body_at + length
     return count, data[pos:]
 
 

@@ -219,7 +219,7 @@ class PingResp:
 Packet = ConnAck | Publish | Ack | Disconnect | PingResp
 
 
-def _varint(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+def varint(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
     """(value, position after it), or None when the bytes end first."""
     value, shift = 0, 0
     for i in range(4):
@@ -263,7 +263,7 @@ class Reader:
                     out.append(packet_id if acks_as_ids else Ack(PUBACK, packet_id, b""))
                     pos += 2 + length
                     continue
-            header = _varint(buf, pos + 1)
+            header = varint(buf, pos + 1)
             if header is None:
                 break
             length, body_at = header
@@ -325,7 +325,7 @@ def _parse_properties(body: bytes, pos: int) -> tuple[Properties, int]:
     props = Properties()
     if pos >= len(body):
         return props, pos
-    header = _varint(body, pos)
+    header = varint(body, pos)
     if header is None:
         raise MalformedPacket("property length cut short")
     length, pos = header
@@ -355,7 +355,7 @@ def _parse_properties(body: bytes, pos: int) -> tuple[Properties, int]:
             props.user.append((key, body[pos + 2 : pos + 2 + vlen].decode()))
             pos += 2 + vlen
         elif ident == 0x0B:  # subscription identifier, a variable byte integer
-            value = _varint(body, pos)
+            value = varint(body, pos)
             if value is None:
                 raise MalformedPacket("subscription identifier cut short")
             props.values[ident], pos = value

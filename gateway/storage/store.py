@@ -43,6 +43,7 @@ from rocksdict import (
 
 from gateway.errors import StoreError
 from gateway.log import Event, event
+from gateway.storage.disk_guard import disk_usage
 from gateway.storage.keyspace import FAMILIES
 
 COLUMN_FAMILIES = FAMILIES
@@ -69,10 +70,10 @@ def _wal_cap(path: Path) -> int:
     """All column families share the log; a family that rarely writes keeps old log files
     alive until the total passes this cap. On a small disk the cap must be small too."""
     try:
-        st = os.statvfs(path)
+        total = disk_usage(path).total
     except OSError:
         return 32 * _MiB
-    return max(1 * _MiB, min(32 * _MiB, st.f_blocks * st.f_frsize // 20))
+    return max(1 * _MiB, min(32 * _MiB, total // 20))
 
 
 def _db_options(path: Path, cache: Cache) -> Options:

@@ -104,15 +104,17 @@ class CloudSession(asyncio.Protocol):
         if self._transport is None or self._closing:
             return
         self._out.append(packet)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+        self._flush_soon()
 
     def send_all(self, packets: list[bytes]) -> None:
         """`send` for each, in order (a drain's fill)."""
         if self._transport is None or self._closing or not packets:
             return
         self._out.extend(packets)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """What was queued goes out in one write at the end of this loop turn."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)

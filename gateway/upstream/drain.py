@@ -110,23 +110,19 @@ class Drain:
 
     def acked(self, packet_id: int, code: int) -> None:
         """The broker's PUBACK for one of the drain's packets (others are ignored)."""
+        if code < 0x80:
+            self.acked_all([packet_id])
+            return
         sent = self._inflight.pop(packet_id, None)
         if sent is None:
             return
         if sent.live:
             self._live_inflight -= 1
-        if code >= 0x80:
-            self._refused(sent, code)
-            return
-        if self._refusals:
-            self._refusals.pop(sent.seq, None)
-        self._acked_on_connection += 1
-        self._counters.acked += 1
-        self._outbox.ack(sent.seq, sent.size, sent.priority)
+        self._refused(sent, code)
 
     def acked_all(self, packet_ids: list[int]) -> None:
-        """A read's plain PUBACKs (reason 0), in the order they came: `acked(pid, 0)` for
-        each, with the lookups made once (a drain takes ~50 per read)."""
+        """PUBACKs that accept (a read's plain ones, reason 0, in the order they came), with
+        the lookups made once (a drain takes ~50 per read); ids not in flight are passed over."""
         pop, ack, refusals = self._inflight.pop, self._outbox.ack, self._refusals
         done = live = 0
         for packet_id in packet_ids:

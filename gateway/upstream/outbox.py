@@ -401,7 +401,7 @@ class Outbox:
                 try:
                     msg = decode_record(value)
                 except RecordError:
-                    self._decode(seq, priority, value)  # counts it and deletes it
+                    self._corrupt(seq, priority, value)
                     continue
                 if msg.expires_ms <= now_ms:
                     self._expire_disk(seq, msg, now_ms)
@@ -453,9 +453,13 @@ class Outbox:
         try:
             return decode_record(data)
         except RecordError:
-            self.stats.corrupt += 1
-            self._deletes[seq] = (priority, len(data))
+            self._corrupt(seq, priority, data)
             return None
+
+    def _corrupt(self, seq: int, priority: int, data: bytes) -> None:
+        """A record this release cannot read: counted, and deleted with the next acks."""
+        self.stats.corrupt += 1
+        self._deletes[seq] = (priority, len(data))
 
     def _expire_disk(self, seq: int, msg: Message, now_ms: int) -> bool:
         if msg.expires_ms > now_ms:

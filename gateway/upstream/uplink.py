@@ -375,22 +375,23 @@ class Uplink:
     def _on_pubacks(self, packet_ids: list[int]) -> None:
         """One read's plain PUBACKs: the Uplink's own publishes are answered, the rest are
         the drain's (packet ids are unique among everything in flight)."""
-        direct = self._direct
-        if direct:
+        if self._direct:
             for packet_id in packet_ids:
-                if packet_id in direct:
-                    on_done = direct.pop(packet_id)
-                    if on_done is not None:
-                        on_done(True)
+                self._answer_direct(packet_id, True)
         self._drain.acked_all(packet_ids)  # it passes over ids that are not its own
 
     def _on_puback(self, packet_id: int, code: int) -> None:
-        if packet_id in self._direct:
-            on_done = self._direct.pop(packet_id)
-            if on_done is not None:
-                on_done(code < 0x80)
-            return
-        self._drain.acked(packet_id, code)
+        if not self._answer_direct(packet_id, code < 0x80):
+            self._drain.acked(packet_id, code)
+
+    def _answer_direct(self, packet_id: int, accepted: bool) -> bool:
+        """True when `packet_id` was one of the Uplink's own publishes, now answered."""
+        if packet_id not in self._direct:
+            return False
+        on_done = self._direct.pop(packet_id)
+        if on_done is not None:
+            on_done(accepted)
+        return True
 
     # -- draining ----------------------------------------------------------------------------
 
