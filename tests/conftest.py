@@ -24,11 +24,13 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 
 @pytest.fixture
-def cloud(tmp_path):
-    """A running mosquitto, stopped (SIGTERM) at the end."""
+def cloud(request, tmp_path):
+    """A running mosquitto, stopped (SIGTERM) at the end; with every packet in its log for a
+    test marked `packet_log`."""
     if shutil.which("mosquitto") is None and not shutil.os.path.exists("/usr/sbin/mosquitto"):
         pytest.fail("mosquitto is not installed: run ./dev.sh test, which installs it")
-    broker = Mosquitto(tmp_path / "cloud")
+    packet_log = request.node.get_closest_marker("packet_log") is not None
+    broker = Mosquitto(tmp_path / "cloud", packet_log=packet_log)
     broker.start()
     yield broker
     broker.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -65,7 +66,9 @@ class Mosquitto:
     def __init__(self, workdir: Path, port: int | None = None,
                  acl: list[str] | None = None, tls: tuple[Path, Path] | None = None,
                  password_file: Path | None = None,
-                 options: dict[str, str] | None = None) -> None:
+                 options: dict[str, str] | None = None, packet_log: bool = False) -> None:
+        """`packet_log` logs every packet (mosquitto's `log_type debug`), which
+        `qos1_exchange` reads; off by default, as it costs a line a message."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -94,6 +97,7 @@ class Mosquitto:
             f"max_inflight_messages {(options or {}).get('max_inflight_messages', 0)}",
             "log_dest stderr",
             *(f"log_type {kind}" for kind in ("error", "warning", "notice", "information")),
+            *(["log_type debug"] if packet_log else []),
         ]
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -162,6 +166,15 @@ class Mosquitto:
         assert "Error saving" not in text, f"mosquitto could not persist:\n{text}"
         assert "Saving in-memory database" in text, f"mosquitto did not save:\n{text}"
         assert self.db.exists(), f"no persistence file {self.db} after a stop:\n{text}"
+
+    def qos1_exchange(self, client_id: str) -> tuple[int, int]:
+        """(QoS 1 PUBLISHes this run sent to `client_id`, PUBACKs it got back), read from the
+        packet log. Equal means the broker has let go of every one: a client killed now is
+        sent none of them again."""
+        assert "log_type debug" in self.conf.read_text(), "a broker made with packet_log=True"
+        text = self.log.read_bytes()[self._log_offset:].decode(errors="replace")
+        sent = len(re.findall(rf"Sending PUBLISH to {re.escape(client_id)} \(d\d, q1,", text))
+        return sent, text.count(f"Received PUBACK from {client_id} ")
 
     @property
     def url(self) -> str:
