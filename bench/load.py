@@ -274,6 +274,7 @@ class CloudCounter:
         self.entries = entries  # messages per publish, for systems that batch them
         self.count = 0
         self.first = 0.0  # when the first message arrived
+        self.last = 0.0  # and the latest
         self.timeline: list[tuple[float, int]] = []
         self._decoder = Decoder()
 
@@ -296,6 +297,7 @@ class CloudCounter:
             data = await self.reader.read(262144)
             if not data:
                 return
+            before = self.count
             if self.entries:  # it must see each payload
                 for packet in self._decoder.feed(data):
                     if isinstance(packet, Publish):
@@ -304,6 +306,8 @@ class CloudCounter:
                 counted, pending = count_publishes(pending + data)
                 self.count += counted
             now = time.perf_counter()
+            if self.count != before:
+                self.last = now
             if not self.first and self.count:
                 self.first = now
             if now - last >= 0.1:
