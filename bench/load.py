@@ -268,7 +268,7 @@ class AmqpChild:
 class CloudCounter:
     """A QoS 0 subscriber at the cloud that counts telemetry and timestamps every 0.1 s."""
 
-    def __init__(self, port: int, topic: str = "devices/#",
+    def __init__(self, port: int, topic: str | tuple[str, ...] = "devices/#",
                  entries: Callable[[bytes], int] | None = None) -> None:
         self.port, self.topic = port, topic
         self.entries = entries  # messages per publish, for systems that batch them
@@ -281,7 +281,8 @@ class CloudCounter:
     async def connect(self) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.write(encode(Connect(f"counter-{id(self)}", keepalive=300)))
-        self.writer.write(encode(Subscribe(1, ((self.topic, 0),))))
+        topics = (self.topic,) if isinstance(self.topic, str) else self.topic
+        self.writer.write(encode(Subscribe(1, tuple((t, 0) for t in topics))))
         while True:
             data = await self.reader.read(65536)
             if not data:
