@@ -35,6 +35,7 @@ WINDOW = 100  # the gateway's default cloud inflight window; the floor and the c
 # Offline, a PUBACK waits for the group commit (every 100 ms), so ingest is bounded by window /
 # cadence; the outage children keep 100 each in flight (paho's default is 20) to fill faster.
 OUTAGE_WINDOW = 100
+DRAIN_COUNTER = "bench-drain-counter"  # its session outlives the cloud's restart
 BODIES = payloads()
 # `--baseline DIR`: another checkout of gatewayd, run as system "gatewayd-baseline" beside this
 # one in the same run, so that a change is measured against its parent under the same load
@@ -95,7 +96,8 @@ async def _send(children: list[Child], total: int, rate: float = 0.0) -> None:
     await asyncio.gather(*(c.run(per, BODIES, each_rate) for c in children))
 
 
-def sampled_counter(cloud: Cloud, system, keys: dict[str, str]) -> tuple[CloudCounter, float]:
+def sampled_counter(cloud: Cloud, system, keys: dict[str, str],
+                    client_id: str | None = None) -> tuple[CloudCounter, float]:
     """A counter at the cloud of every tenth child's messages, and the share of all it sees
     (one in `share`); of every message for a system that batches them into one publish.
 
@@ -107,10 +109,10 @@ def sampled_counter(cloud: Cloud, system, keys: dict[str, str]) -> tuple[CloudCo
     """
     options = counter_options(system)
     if options.get("entries"):
-        return CloudCounter(cloud.port, **options), 1.0
+        return CloudCounter(cloud.port, client_id=client_id, **options), 1.0
     sampled = list(keys)[::10]
     topics = tuple(f"devices/{device}/#" for device in sampled)
-    return CloudCounter(cloud.port, topic=topics), len(keys) / len(sampled)
+    return CloudCounter(cloud.port, topic=topics, client_id=client_id), len(keys) / len(sampled)
 
 
 def counter_options(system) -> dict:
@@ -200,12 +202,21 @@ def outage(kind: str, workdir: Path, total: int, loopfs: LoopFilesystem | None =
     system.start()
     try:
         system.wait_online()
+        asyncio.run(enrol_counter(sampled_counter(cloud, system, keys, DRAIN_COUNTER)[0]))
         cloud.stop()
         system.wait_online(False)
         return asyncio.run(_outage(kind, system, cloud, keys, total, loopfs, rate))
     finally:
         system.stop()
         cloud.stop()
+
+
+async def enrol_counter(counter: CloudCounter) -> None:
+    """The drain's counter subscribes before the outage: a system that reconnects as soon as
+    the cloud is back may drain a small backlog before the counter is there again, and the
+    cloud keeps those messages for the counter's session instead of dropping them."""
+    await counter.connect()
+    counter.close()
 
 
 def _device(loopfs: LoopFilesystem | None) -> tuple[int, int]:
@@ -254,7 +265,7 @@ async def _outage(kind, system, cloud: Cloud, keys, total: int, loopfs, rate: fl
     drain0, flushd0 = _device(loopfs)
     if loopfs:  # WAL replay after the kill -9: a crash's cost, not accumulate-and-drain's
         out["wear_restart"] = (drain0 - restart0) / payload_bytes
-    counter, share = sampled_counter(cloud, system, keys)
+    counter, share = sampled_counter(cloud, system, keys, DRAIN_COUNTER)
     cloud.start()
     await counter.connect()
     d0 = time.perf_counter()

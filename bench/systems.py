@@ -58,7 +58,13 @@ def rss_mib(pid: int | list[int]) -> float:
 
 
 class Cloud(Mosquitto):
-    """The cloud broker: the project's test mosquitto, persistence on as a real cloud has it."""
+    """The cloud broker: the project's test mosquitto, persistence on as a real cloud has it;
+    it queues QoS 0 messages for a client whose session it keeps (the drain's counter)."""
+
+    def __init__(self, workdir: Path, **kwargs) -> None:
+        super().__init__(workdir, **kwargs)
+        with self.conf.open("a") as conf:
+            conf.write("queue_qos0_messages true\n")
 
 
 class GatewaydSystem:

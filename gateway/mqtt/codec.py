@@ -322,6 +322,12 @@ class Decoder:
             self._buf = self._buf[consumed:]
         return packets
 
+    def take_buffered(self) -> bytes:
+        """The bytes of an unfinished packet, for a reader that goes on without the decoder
+        (the bench's counter decodes until its SUBACK, then only counts fixed headers)."""
+        rest, self._buf = bytes(self._buf), bytearray()
+        return rest
+
     def _parse_buffer(self, out: list[Packet], max_packets: int | None = None) -> int:
         """Decode complete packets from the buffer into `out`; return how many bytes they used."""
         buf = self._buf

@@ -774,3 +774,13 @@ def test_error_classes() -> None:
 def test_codec_does_no_io() -> None:
     """Sans-I/O: the codec must stay importable and testable without sockets or a loop."""
     assert not top_level_imports(codec.__file__) & IO_MODULES
+
+
+def test_take_buffered_hands_over_the_unfinished_packet_and_empties_the_decoder() -> None:
+    whole = codec.encode(codec.PubAck(7))
+    unfinished = codec.encode(codec.Publish("t", b"payload", qos=0))[:5]
+    decoder = codec.Decoder()
+    assert decoder.feed(whole + unfinished) == [codec.PubAck(7)]
+    assert decoder.take_buffered() == unfinished
+    assert decoder.take_buffered() == b""
+    assert decoder.feed(whole) == [codec.PubAck(7)], "it decodes on from an empty buffer"
