@@ -295,13 +295,16 @@ class CloudCounter:
             if not data:
                 raise RuntimeError("cloud closed the counter's connection")
             packets = self._decoder.feed(data)
-            self._counted(sum(self._messages(p) for p in packets if isinstance(p, Publish)))
+            self._count_packets(packets)
             if any(isinstance(p, SubAck) for p in packets):
                 break
-        self._task = asyncio.create_task(self._read(self._decoder.take_buffered()))
+        # counting headers alone from here on: an unfinished packet goes along with them
+        pending = b"" if self.entries else self._decoder.take_buffered()
+        self._task = asyncio.create_task(self._read(pending))
 
-    def _messages(self, packet: Publish) -> int:
-        return self.entries(packet.payload) if self.entries else 1
+    def _count_packets(self, packets: list) -> None:
+        self._counted(sum(self.entries(p.payload) if self.entries else 1
+                          for p in packets if isinstance(p, Publish)))
 
     def _counted(self, counted: int) -> None:
         if counted:
@@ -316,10 +319,7 @@ class CloudCounter:
             if not data:
                 return
             if self.entries:  # it must see each payload
-                if pending:
-                    data, pending = pending + data, b""
-                packets = self._decoder.feed(data)
-                self._counted(sum(self._messages(p) for p in packets if isinstance(p, Publish)))
+                self._count_packets(self._decoder.feed(data))
             else:
                 counted, pending = count_publishes(pending + data)
                 self._counted(counted)

@@ -108,7 +108,7 @@ def test_cloud_to_device_waits_for_the_child_survives_sigkill_and_expires(cloud,
     gw.wait_status(lambda s: s["hub"]["devicebound_waiting"] + s["hub"]["devicebound_expired"]
                    == 3, what="three stored")
     # the PUBACKs leave a moment after the commit: killed before they reach the broker, the
-    # gateway is sent those messages again (at least once), and the child would get two
+    # gateway is sent those messages again (at least once), and the child would get one twice
     wait_until(lambda: cloud.qos1_exchange(gw.gateway_id), lambda n: n[0] >= 3 and n[0] == n[1],
                timeout=10, what="the cloud broker to have the gateway's PUBACKs (sent, acked)")
     gw.kill()
