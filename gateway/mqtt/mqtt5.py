@@ -233,6 +233,9 @@ def varint(data: bytes | bytearray, pos: int) -> tuple[int, int] | None:
     raise MalformedPacket("remaining length longer than 4 bytes")
 
 
+_ACCEPTS = frozenset((0x00, 0x10))  # the PUBACK reasons that accept (section 3.4.2.1)
+
+
 class Reader:
     """Splits the broker's byte stream into packets; keeps a partial packet for the next read."""
 
@@ -241,11 +244,13 @@ class Reader:
         self._max = max_packet_bytes
 
     def feed(self, data: bytes, acks_as_ids: bool = False) -> list[Packet | int]:
-        """The packets now complete. With `acks_as_ids`, a PUBACK with reason 0 and no
+        """The packets now complete. With `acks_as_ids`, a PUBACK that accepts and has no
         properties (nearly every packet an uplink gets) is its packet id alone, an int: no
         object per relayed message. A broker may spell that PUBACK three ways (section 3.4.2.1):
-        the packet id alone, with the reason byte 0, or with it and a property length of 0;
-        mosquitto sends the second, so all three take this path."""
+        the packet id alone, with a reason byte, or with it and a property length of 0;
+        mosquitto sends the second. Both success codes take this path: 0x00, and 0x10 (no
+        matching subscribers), which mosquitto sends for every message nobody subscribes to
+        and which accepts the message all the same."""
         buf = self._buf
         buf += data
         out: list[Packet | int] = []
@@ -256,11 +261,12 @@ class Reader:
             if first == 0x40 and pos + 4 <= end:  # a PUBACK: the common one is 2 to 4 bytes
                 length = buf[pos + 1]
                 if length == 2 or (
-                        length == 3 and pos + 5 <= end and buf[pos + 4] == 0) or (
-                        length == 4 and pos + 6 <= end and buf[pos + 4] == 0
+                        length == 3 and pos + 5 <= end and buf[pos + 4] in _ACCEPTS) or (
+                        length == 4 and pos + 6 <= end and buf[pos + 4] in _ACCEPTS
                         and buf[pos + 5] == 0):
                     packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
-                    out.append(packet_id if acks_as_ids else Ack(PUBACK, packet_id, b""))
+                    out.append(packet_id if acks_as_ids else Ack(
+                        PUBACK, packet_id, bytes(buf[pos + 4 : pos + 2 + min(length, 3)])))
                     pos += 2 + length
                     continue
             header = varint(buf, pos + 1)

@@ -45,17 +45,20 @@ def test_acks_short_and_long_forms():
 
 
 def test_a_success_puback_is_its_packet_id_in_each_of_its_three_spellings():
-    # the packet id alone, with reason 0 (mosquitto's), and with reason 0 and no properties
+    # the packet id alone, with reason 0 (mosquitto's), with reason 0 and no properties, and
+    # with reason 0x10 (no matching subscribers) in both long forms
     data = (b"\x40\x02\x00\x07" + b"\x40\x03\x01\x08\x00" + b"\x40\x04\x00\x09\x00\x00"
-            + b"\x40\x03\x00\x0a\x87" + b"\x40\x03\x00\x0b\x10")
+            + b"\x40\x03\x00\x0b\x10" + b"\x40\x04\x00\x0c\x10\x00"
+            + b"\x40\x03\x00\x0a\x87" + b"\x40\x04\x00\x0d\x91\x00"
+            + b"\x40\x07\x00\x0e\x10\x03\x1f\x00\x00")
     for chunk in (1, 3, 4, 5, len(data)):
         reader, out = mqtt5.Reader(), []
         for i in range(0, len(data), chunk):
             out += reader.feed(data[i : i + chunk], acks_as_ids=True)
-        assert out[:3] == [7, 264, 9], chunk
-        # a refusal, and a success that is not plain (0x10: no matching subscribers), keep
-        # their reason code
-        assert [(a.packet_id, a.reasons) for a in out[3:]] == [(10, b"\x87"), (11, b"\x10")]
+        assert out[:5] == [7, 264, 9, 11, 12], chunk
+        # refusals, and a success with properties, keep their reason code
+        assert [(a.packet_id, a.reasons) for a in out[5:]] == [
+            (10, b"\x87"), (13, b"\x91"), (14, b"\x10")]
 
 
 def test_connack_and_disconnect():
