@@ -123,8 +123,9 @@ class Drain:
     def acked_all(self, packet_ids: list[int]) -> None:
         """PUBACKs that accept (a read's plain ones, reason 0, in the order they came), with
         the lookups made once (a drain takes ~50 per read); ids not in flight are passed over."""
-        pop, ack, refusals = self._inflight.pop, self._outbox.ack, self._refusals
-        done = live = 0
+        pop, refusals = self._inflight.pop, self._refusals
+        done: list[tuple[int, int, int]] = []
+        live = 0
         for packet_id in packet_ids:
             sent = pop(packet_id, None)
             if sent is None:
@@ -132,11 +133,12 @@ class Drain:
             live += sent.live
             if refusals:
                 refusals.pop(sent.seq, None)
-            ack(sent.seq, sent.size, sent.priority)
-            done += 1
+            done.append((sent.seq, sent.size, sent.priority))
+        if done:
+            self._outbox.ack_all(done)
         self._live_inflight -= live
-        self._acked_on_connection += done
-        self._counters.acked += done
+        self._acked_on_connection += len(done)
+        self._counters.acked += len(done)
 
     def acks_done(self) -> None:
         """One read's acks are all in: their deletes go to the store as one batch."""
