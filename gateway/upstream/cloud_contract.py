@@ -58,19 +58,23 @@ class TelemetryEncoder:
     """telemetry_topic and telemetry_user_properties, already in MQTT 5 wire form.
 
     Runs once per forwarded message: the topic and the child's property bag are encoded once and
-    kept (children reuse the same few bags), and so are the names of the per-message properties
-    and the ten `prio` ones, so a message costs two numbers formatted and one join (15 calls
-    of the mqtt5 helpers per message before: 20 against 6 µs measured on the bench machine).
+    kept (children reuse the same few bags), and so is everything between the per-message
+    values, so a message costs two numbers formatted, some lengths added and one join (15
+    calls of the mqtt5 helpers per message before: 20 against 6 µs measured on the bench
+    machine; one join for the whole PUBLISH instead of one for its properties and one for
+    the packet: 1.47 against 1.60 µs).
     """
 
     CACHE_LIMIT = 4096
 
     def __init__(self, prefix: str, gateway_id: str) -> None:
         self._prefix = prefix
-        self._gw = mqtt5.user_property("gw", gateway_id)
+        self._gw_seq = mqtt5.user_property("gw", gateway_id) + _SEQ  # `seq`'s value follows
         self._topics: dict[str, bytes] = {}
         self._bags: dict[str, bytes] = {}
-        self._prio = {p: mqtt5.user_property("prio", str(p)) for p in range(10)}
+        # per priority: its `prio` property, and the expiry's id, whose value ends the packet
+        self._prio_expiry = {p: _prio_expiry(p) for p in range(10)}
+        self._fixed = len(self._gw_seq) + 2 + len(_ENQ) + 2 + 4  # and the values' lengths
 
     def topic(self, device_id: str) -> bytes:
         encoded = self._topics.get(device_id)
@@ -90,34 +94,32 @@ class TelemetryEncoder:
             bag = self._bags[properties] = b"".join(mqtt5.user_property(k, v) for k, v in pairs)
         return bag
 
-    def _props(self, seq: int, msg: Message, now_ms: int) -> bytes:
-        """The properties without their length."""
-        bag = self._bags.get(msg.properties)
-        if bag is None:
-            bag = self._bag(msg.properties)
-        prio = self._prio.get(msg.priority) or mqtt5.user_property("prio", str(msg.priority))
-        seq_s = b"%d" % seq
-        enq_s = b"%d" % msg.enqueued_ms
-        expiry = max(1, -(-(msg.expires_ms - now_ms) // 1000))  # expiry_left_secs, inlined
-        return b"".join((bag, self._gw, _SEQ, _U16(len(seq_s)), seq_s, _ENQ, _U16(len(enq_s)),
-                         enq_s, prio, _EXPIRY, _U32(min(expiry, 0xFFFFFFFF))))
-
-    def properties(self, seq: int, msg: Message, now_ms: int) -> bytes:
-        body = self._props(seq, msg, now_ms)
-        return _length(len(body)) + body
-
     def publish(self, packet_id: int, seq: int, msg: Message, now_ms: int) -> bytes:
-        """The whole QoS 1 PUBLISH of one stored message (mqtt5.publish of the topic and the
-        properties, in one join)."""
+        """The whole QoS 1 PUBLISH of one stored message: mqtt5.publish of the topic and of
+        telemetry_user_properties, in one join."""
         topic = self._topics.get(msg.device_id)
         if topic is None:
             topic = self.topic(msg.device_id)
-        props = self._props(seq, msg, now_ms)
-        props_length = _length(len(props))
+        bag = self._bags.get(msg.properties)
+        if bag is None:
+            bag = self._bag(msg.properties)
+        tail = self._prio_expiry.get(msg.priority)
+        if tail is None:
+            tail = _prio_expiry(msg.priority)
+        seq_s = b"%d" % seq
+        enq_s = b"%d" % msg.enqueued_ms
+        expiry = max(1, -(-(msg.expires_ms - now_ms) // 1000))  # expiry_left_secs, inlined
+        props = len(bag) + len(tail) + len(seq_s) + len(enq_s) + self._fixed
+        props_length = _ONE_BYTE[props] if props < 0x80 else _length(props)
         payload = msg.payload
-        size = len(topic) + 2 + len(props_length) + len(props) + len(payload)
-        return b"".join((_PUBLISH_QOS1, _length(size), topic, _U16(packet_id), props_length,
-                         props, payload))
+        return b"".join((
+            _PUBLISH_QOS1, _length(len(topic) + 2 + len(props_length) + props + len(payload)),
+            topic, _U16(packet_id), props_length, bag, self._gw_seq, _U16(len(seq_s)), seq_s,
+            _ENQ, _U16(len(enq_s)), enq_s, tail, _U32(min(expiry, 0xFFFFFFFF)), payload))
+
+
+def _prio_expiry(priority: int) -> bytes:
+    return mqtt5.user_property("prio", str(priority)) + _EXPIRY
 
 
 _U16 = struct.Struct(">H").pack
@@ -127,6 +129,7 @@ _ENQ = mqtt5.user_property("enq", "")[:-2]
 _EXPIRY = mqtt5.message_expiry(0)[:1]
 _PUBLISH_QOS1 = mqtt5.publish(b"\x00\x00", 1, b"\x00", b"")[:1]
 _length = mqtt5.remaining_length_bytes
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 
 
 def expiry_left_secs(msg: Message, now_ms: int) -> int:

@@ -87,8 +87,8 @@ def test_connect_carries_will_credentials_and_session_expiry():
 def test_telemetry_encoder_says_what_the_contract_says():
     msg = Message("dev-1", 1_000, 61_000, "a=1&b=x%20y&%24.ct=application%2Fjson", b"{}", 3)
     encoder = contract.TelemetryEncoder("site/", "edge-1")
-    packet = mqtt5.publish(encoder.topic("dev-1"), 1, encoder.properties(42, msg, 2_000), b"{}")
-    (got,) = mqtt5.Reader().feed(packet)
+    (got,) = mqtt5.Reader().feed(encoder.publish(513, 42, msg, 2_000))
+    assert (got.qos, got.packet_id, got.payload) == (1, 513, b"{}")
     assert got.topic == contract.telemetry_topic("site/", "dev-1")
     assert got.props.user == contract.telemetry_user_properties("edge-1", 42, msg)
     assert got.props.get(mqtt5.P_MESSAGE_EXPIRY) == 59
