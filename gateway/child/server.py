@@ -162,7 +162,10 @@ class ChildConnection:
                 self._dispatch(ev)
                 if isinstance(ev, PublishReceived):
                     handled += 1
-                    await self._paced(handled)
+                    # _paced's test made here: a coroutine per message cost 0.1 µs
+                    if (handled % YIELD_EVERY == 0 or self._resume_at
+                            or not self._room.is_set()):
+                        await self._paced(handled)
 
     async def _paced(self, handled: int) -> None:
         """Before the next request: wait for room under the bound and for the child's rate,
