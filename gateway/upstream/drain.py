@@ -121,8 +121,9 @@ class Drain:
         self._refused(sent, code)
 
     def acked_all(self, packet_ids: list[int]) -> None:
-        """PUBACKs that accept (a read's plain ones, reason 0, in the order they came), with
-        the lookups made once (a drain takes ~50 per read); ids not in flight are passed over."""
+        """PUBACKs that accept (a read's plain ones, reason 0x00 or 0x10, in the order they
+        came), with the lookups made once (a drain takes ~50 per read) and the outbox told in
+        one call; ids not in flight are passed over."""
         pop, refusals = self._inflight.pop, self._refusals
         done: list[tuple[int, int, int]] = []
         live = 0
