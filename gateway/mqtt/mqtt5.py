@@ -265,8 +265,11 @@ class Reader:
                         length == 4 and pos + 6 <= end and buf[pos + 4] in _ACCEPTS
                         and buf[pos + 5] == 0):
                     packet_id = (buf[pos + 2] << 8) | buf[pos + 3]
-                    out.append(packet_id if acks_as_ids else Ack(
-                        PUBACK, packet_id, bytes(buf[pos + 4 : pos + 2 + min(length, 3)])))
+                    if acks_as_ids:
+                        out.append(packet_id)
+                    else:
+                        out.append(Ack(PUBACK, packet_id,
+                                       bytes(buf[pos + 4 : pos + 5]) if length > 2 else b""))
                     pos += 2 + length
                     continue
             header = varint(buf, pos + 1)

@@ -62,7 +62,7 @@ class TelemetryEncoder:
     values, so a message costs two numbers formatted, some lengths added and one join (15
     calls of the mqtt5 helpers per message before: 20 against 6 µs measured on the bench
     machine; one join for the whole PUBLISH instead of one for its properties and one for
-    the packet: 1.47 against 1.60 µs).
+    the packet: 1.49 against 1.60 µs).
     """
 
     CACHE_LIMIT = 4096
@@ -110,7 +110,7 @@ class TelemetryEncoder:
         enq_s = b"%d" % msg.enqueued_ms
         expiry = max(1, -(-(msg.expires_ms - now_ms) // 1000))  # expiry_left_secs, inlined
         props = len(bag) + len(tail) + len(seq_s) + len(enq_s) + self._fixed
-        props_length = _ONE_BYTE[props] if props < 0x80 else _length(props)
+        props_length = _length(props)
         payload = msg.payload
         return b"".join((
             _PUBLISH_QOS1, _length(len(topic) + 2 + len(props_length) + props + len(payload)),
@@ -129,7 +129,6 @@ _ENQ = mqtt5.user_property("enq", "")[:-2]
 _EXPIRY = mqtt5.message_expiry(0)[:1]
 _PUBLISH_QOS1 = mqtt5.publish(b"\x00\x00", 1, b"\x00", b"")[:1]
 _length = mqtt5.remaining_length_bytes
-_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 
 
 def expiry_left_secs(msg: Message, now_ms: int) -> int:
