@@ -284,7 +284,7 @@ class AmqpConnection:
         return self._authenticate(audience, token)
 
     def _offered(self) -> tuple[str, ...]:
-        return (*MECHANISMS, CERT_MECHANISM) if self._peer_cert() else MECHANISMS
+        return (*MECHANISMS, CERT_MECHANISM) if self.peer_cert() else MECHANISMS
 
     def _external(self, response: bytes) -> bool:
         """EXTERNAL: the TLS client certificate is the credential. An authzid (the identity)
@@ -320,7 +320,7 @@ class AmqpConnection:
                     "identity per AMQP connection; open a connection per device",
                     device_id=self.device_id, cause="identity")
                 return False
-            verdict = self._server.handler.authenticate(connect, self._peer_cert())
+            verdict = self._server.handler.authenticate(connect, self.peer_cert())
             if not verdict.ok:
                 self._server.log_limited(
                     Event.CHILD_REFUSED,
@@ -357,7 +357,7 @@ class AmqpConnection:
         self._token_timer = asyncio.get_running_loop().call_later(
             delay, self.close, "the SAS token expired without a new put-token")
 
-    def _peer_cert(self) -> bytes | None:
+    def peer_cert(self) -> bytes | None:
         ssl_object = self._writer.get_extra_info("ssl_object")
         return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
 
@@ -484,7 +484,7 @@ class AmqpConnection:
     def _link_authenticates(self, address: str) -> None:
         """The first link of a child with a client certificate and no put-token names who
         it is (an X.509 child); without a certificate, a link before a put-token is refused."""
-        if self._peer_cert() is None:
+        if self.peer_cert() is None:
             raise dia.AmqpRefused("amqp:unauthorized-access",
                                   f"link to {address!r} before a put-token on $cbs")
         who = dia.address_identity(address)

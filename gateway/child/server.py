@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import time
@@ -94,21 +95,24 @@ class Handler:
 
 
 class ChildConnection:
-    """One child: a loop that reads, feeds the session, hands its events out and writes."""
+    """One child: the session's events handed out as its bytes arrive, its output written once
+    per loop turn.
 
-    def __init__(
-        self,
-        server: ChildServer,
-        reader: asyncio.StreamReader | websocket.WsReader,
-        writer: asyncio.StreamWriter | websocket.WsWriter,
-        listener: str,
-    ) -> None:
+    The bytes drive it: `feed()` runs in the transport's callback (the 443 head's: in the task
+    that reads the WebSocket) and hands out every event they complete. A task per connection
+    paid a future, a wakeup and a coroutine resumed through four frames for every read; with
+    100 children one message in flight each, every read is one message, and that was 3-4 µs of
+    the 27 a message cost (issue 18). Pacing is not reading: the connection pauses its link and
+    goes on later (the next loop turn, the child's rate, room under its bound).
+    """
+
+    def __init__(self, server: ChildServer, link: TransportLink | StreamLink,
+                 listener: str) -> None:
         self._server = server
-        self._reader = reader
-        self._writer = writer
+        self._link = link
         self.listener = listener
         self.device_id = ""
-        self.peer = sockets.peer_name(writer)
+        self.peer = "?"
         self.connected_at = time.time()
         self._session = ChildSession(
             now=time.monotonic(),
@@ -117,8 +121,8 @@ class ChildConnection:
         )
         self.close_reason = ""
         self.outstanding = 0  # requests held for a commit or the cloud
-        self._room = asyncio.Event()  # cleared while outstanding is at the bound
-        self._room.set()
+        self._roomy = True  # False while outstanding is at the bound, until half is free
+        self._waiting_room = False
         self._resume_at = 0.0  # monotonic: over its rate, the child is not read until then
         limits = server.limits
         self.rates = ChildRates(limits.twin_updates_per_sec, limits.routed_messages_per_sec,
@@ -126,60 +130,85 @@ class ChildConnection:
         self._out: list[bytes] = []  # bytes not yet handed to the transport
         self._out_bytes = 0
         self._flush_scheduled = False
-        # the read timeout (see _read_more): the deadline of the read under way (0: none),
-        # the one timer that watches it, and the task to wake when it passes
+        self._paused = False  # its reading paused by us (pacing, or answers it does not read)
+        self._later: asyncio.Handle | None = None  # the paced continuation, or the drain timeout
+        # the read timeout (see _want_data): the deadline of the read under way (0: none), and
+        # the one timer that watches it
         self._read_deadline = 0.0
         self._watch: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task | None = None
-        self._timed_out = False
+        self.finished = False
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- input -------------------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        self._task = asyncio.current_task()
+    def start(self) -> None:
+        """The link is up: the CONNECT deadline runs from now."""
+        self.peer = sockets.peer_name(self._link)
+        self._want_data()
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the child; b"" when it closed its side. While paused they wait in the
+        session (the link stops reading, so that is at most a read's worth)."""
+        if self.finished:
+            return
+        self._read_deadline = 0.0
+        self._session.receive_data(data)
+        if not self._paused:
+            self._run()
+
+    def _run(self) -> None:
+        self._later = None
+        if self.finished:
+            return
         try:
-            await self._loop()
-        except PeerError as exc:  # a Refusal, or the WebSocket layer's
-            self._session.close()
-            self._log_refusal(str(exc))
-        except (ConnectionError, ssl.SSLError, TimeoutError):
-            pass
-        finally:
-            await self._finish()
+            if (self._resume_at or not self._roomy) and self._pace(0):
+                return
+            self._hand_out()
+        except PeerError as exc:  # a Refusal from the handler or a delivery
+            self.refuse(str(exc))
 
-    async def _loop(self) -> None:
+    def _hand_out(self) -> None:
+        """Every event the bytes so far make, until the session needs more or the child must
+        wait before its next request."""
+        session = self._session
         handled = 0
         while True:
-            ev = self._session.next_event()
+            ev = session.next_event()
             if ev is NEED_DATA:
-                handled = 0
-                await self._read_more()
-            elif isinstance(ev, Closed):
+                self._want_data()
+                return
+            if isinstance(ev, Closed):
                 if ev.reason:
                     self._log_refusal(ev.reason)
+                self._end()
                 return
-            else:
-                self._dispatch(ev)
-                if isinstance(ev, PublishReceived):
-                    handled += 1
-                    # _paced's test made here: a coroutine per message cost 0.1 µs
-                    if (handled % YIELD_EVERY == 0 or self._resume_at
-                            or not self._room.is_set()):
-                        await self._paced(handled)
+            self._dispatch(ev)
+            if isinstance(ev, PublishReceived):
+                handled += 1
+                if ((handled % YIELD_EVERY == 0 or self._resume_at or not self._roomy)
+                        and self._pace(handled)):
+                    return
 
-    async def _paced(self, handled: int) -> None:
-        """Before the next request: wait for room under the bound and for the child's rate,
-        and let the other connections have a turn now and then. Not reading is all it takes;
-        the kernel's window then holds the child's flood."""
-        if not self._room.is_set():
-            await self._room.wait()  # close() sets it too
+    def _pace(self, handled: int) -> bool:
+        """Whether the child waits before its next request: for room under the bound, for its
+        rate, or, every YIELD_EVERY requests of one read, for the other connections' turn.
+        Not reading is all it takes; the kernel's window then holds the child's flood."""
+        loop = asyncio.get_running_loop()
+        if not self._roomy:
+            self._waiting_room = True  # _unhold goes on
+            self._pause()
+            return True
         if self._resume_at:
             delay = self._resume_at - time.monotonic()
             self._resume_at = 0.0
             if delay > 0 and self._session.is_open:
-                await asyncio.sleep(delay)
-        elif handled % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # one read of small packets must not hog the loop
+                self._pause()
+                self._later = loop.call_later(delay, self._run)
+                return True
+        elif handled and handled % YIELD_EVERY == 0:
+            self._pause()
+            self._later = loop.call_soon(self._run)
+            return True
+        return False
 
     def slow_down(self, kind: str) -> None:
         """Charge one request of `kind` to the child's rate; past it, pause its reading."""
@@ -195,18 +224,22 @@ class ChildConnection:
             cause=kind,
         )
 
-    async def _read_more(self) -> None:
-        """The one place the loop decides to read the next chunk: a bound on the child's
-        outstanding work (the session's held_pubacks) belongs here, leaving a flood waiting in
-        that child's own TCP window."""
+
+    def _pause(self) -> None:
+        if not self._paused:
+            self._paused = True
+            self._link.pause_reading()
+
+    def _want_data(self) -> None:
+        """The one place the connection asks for the next chunk: a child that does not read its
+        answers is not read either, and is closed if that lasts."""
         if self._unsent_bytes() > WRITE_BUFFER_MAX:
             self.flush()
-            try:  # stop reading from a child that does not read what we send it
-                await asyncio.wait_for(self._writer.drain(), self._server.connect_timeout * 3)
-            except TimeoutError:
-                raise Refusal(
-                    f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers"
-                ) from None
+            if self._link.when_drained(self._drained):
+                self._pause()
+                self._later = asyncio.get_running_loop().call_later(
+                    self._server.connect_timeout * 3, self._not_reading)
+                return
         now = time.monotonic()
         self._read_deadline = now + self._session.read_timeout(now)
         watch = self._watch
@@ -214,33 +247,31 @@ class ChildConnection:
             if watch is not None:
                 watch.cancel()
             self._watch = asyncio.get_running_loop().call_at(self._read_deadline, self._check_read)
-        try:
-            data = await self._reader.read(READ_CHUNK)
-        except asyncio.CancelledError:
-            if not self._timed_out:
-                raise
-            if self._task is not None:
-                self._task.uncancel()
-            raise Refusal(self._session.expire().reason) from None
-        finally:
-            self._read_deadline = 0.0
-        self._session.receive_data(data)
+        if self._paused:
+            self._paused = False
+            self._link.resume_reading()
+
+    def _drained(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+        self._run()
+
+    def _not_reading(self) -> None:
+        self._later = None
+        self.refuse(f"the child has not read {WRITE_BUFFER_MAX >> 10} KiB of answers")
 
     def _check_read(self) -> None:
         """The read timeout, watched by one timer per connection that follows the deadline
-        instead of an asyncio.wait_for per read: that made a task and a timer for every read,
-        which with one message per read (100 children, one in flight each) was a third of the
-        child side's cost. Past the deadline the reading task is woken by a cancel."""
+        instead of a timer per read (with one message per read, 100 children one in flight
+        each, that was a third of the child side's cost)."""
         self._watch = None
         deadline = self._read_deadline
-        if not deadline:
+        if not deadline or self.finished:
             return  # not reading now: the next read sets the timer again
         if time.monotonic() < deadline:
             self._watch = asyncio.get_running_loop().call_at(deadline, self._check_read)
             return
-        if self._task is not None and not self._task.done():
-            self._timed_out = True
-            self._task.cancel()
+        self.refuse(self._session.expire().reason)
 
     def _dispatch(self, ev: object) -> None:
         if isinstance(ev, PublishReceived):
@@ -260,29 +291,38 @@ class ChildConnection:
         else:  # PAUSED: a CONNECT left unanswered would spin this loop
             raise codec.LocalProtocolError(f"the connection loop has no handling for {ev!r}")
 
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def refuse(self, reason: str) -> None:
+        """The child broke a rule (or its link did): one journal line, then close."""
+        self._session.close()
+        self._log_refusal(reason)
+        self._end()
+
     def close(self, reason: str) -> None:
         """Close from elsewhere (takeover, registry change, shutdown)."""
         if not self.close_reason:
             self.close_reason = reason
-        self._session.close()
-        self._room.set()
-        self.flush()
-        self._writer.close()
+        self._end()
 
-    async def _finish(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+    def lost(self) -> None:
+        """The link is gone (the peer closed or reset it, or we did)."""
+        self._end()
+
+    def _end(self) -> None:
+        """Once, whoever asks first: the answers so far are written, then the link closes."""
+        if self.finished:
+            return
+        self.finished = True
+        for handle in (self._watch, self._later):
+            if handle is not None:
+                handle.cancel()
+        self._watch = self._later = None
         self._session.close()
-        self._room.set()
         self._server._forget(self)
         with contextlib.suppress(Exception):
             self.flush()
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        # close() waits for unread output to flush; a peer that never reads would keep the socket
-        # and its buffer for ever.
-        sockets.abort(self._writer.transport)
+        self._link.close()
         if self.device_id and self.close_reason:
             event(
                 Event.CHILD_CLOSED,
@@ -325,12 +365,12 @@ class ChildConnection:
         """Queue bytes, written with the others of this loop turn in one socket write; a child
         whose unread output passes twice WRITE_BUFFER_MAX in one read's worth of answers (the
         loop pauses at WRITE_BUFFER_MAX) is closed at once."""
-        if not data or self._writer.is_closing():
+        if not data or self._link.is_closing():
             return
         if self._unsent_bytes() > 2 * WRITE_BUFFER_MAX:
             self._log_refusal(f"not reading: over {2 * WRITE_BUFFER_MAX} bytes of output unread")
             self.close(self.close_reason)
-            sockets.abort(self._writer.transport)
+            self._link.abort()
             return
         self._out.append(data)
         self._out_bytes += len(data)
@@ -347,15 +387,20 @@ class ChildConnection:
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
         self._out.clear()
         self._out_bytes = 0
-        if not self._writer.is_closing():
-            self._writer.write(data)
+        if not self._link.is_closing():
+            self._link.write(data)
 
     def _unsent_bytes(self) -> int:
-        return self._writer.transport.get_write_buffer_size() + self._out_bytes
+        return self._link.get_write_buffer_size() + self._out_bytes
 
     def subscribed(self, topic: str) -> bool:
         """Whether any of the child's filters matches `topic` (it asked to receive it)."""
         return self._session.subscribed(topic)
+
+    def peer_cert(self) -> bytes | None:
+        """The child's X.509 certificate (DER), if it gave one in the TLS handshake."""
+        ssl_object = self._link.get_extra_info("ssl_object")
+        return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
 
     @property
     def subscriptions(self) -> set[str]:
@@ -371,7 +416,7 @@ class ChildConnection:
 
     @property
     def is_open(self) -> bool:
-        return self._session.is_open and not self._writer.is_closing()
+        return self._session.is_open and not self._link.is_closing()
 
     def deliver(
         self,
@@ -421,12 +466,163 @@ class ChildConnection:
     def _hold(self) -> None:
         self.outstanding += 1
         if self.outstanding >= self._server.limits.max_outstanding_per_child:
-            self._room.clear()
+            self._roomy = False
 
     def _unhold(self) -> None:
         self.outstanding -= 1
-        if self.outstanding <= self._server.limits.max_outstanding_per_child // 2:
-            self._room.set()
+        if (not self._roomy
+                and self.outstanding <= self._server.limits.max_outstanding_per_child // 2):
+            self._roomy = True
+            if self._waiting_room and not self.finished:
+                self._waiting_room = False
+                self._later = asyncio.get_running_loop().call_soon(self._run)
+
+
+class TransportLink(asyncio.Protocol):
+    """A plain or TLS listener's connection: the transport's callbacks drive its
+    ChildConnection directly, with no task between them."""
+
+    def __init__(self, server: ChildServer, listener: str) -> None:
+        self._server = server
+        self.conn = ChildConnection(server, self, listener)
+        self.data_received = self.conn.feed  # type: ignore[method-assign]  # a frame less a read
+        self._transport: asyncio.Transport | None = None
+        self._writing_paused = False
+        self._on_drained: Callable[[], None] | None = None
+        self._abort: asyncio.TimerHandle | None = None
+
+    # -- the transport's callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self.write = transport.write  # type: ignore[attr-defined]
+        self.is_closing = transport.is_closing
+        self.get_write_buffer_size = transport.get_write_buffer_size  # type: ignore[attr-defined]
+        if not self._server.accepting(self):
+            sockets.abort(transport)
+            return
+        self._server.track(self.conn)
+        self.conn.start()
+
+    def eof_received(self) -> bool:
+        self.conn.feed(b"")
+        # kept half open for the answers of what the child sent before, until the connection
+        # closes it; TLS closes at once whatever this says (and logs a warning if it is True)
+        return not self.conn.finished and self.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+        self.conn.lost()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        callback, self._on_drained = self._on_drained, None
+        if callback is not None:
+            callback()
+
+    # -- what the connection asks of it ------------------------------------------------------
+
+    def when_drained(self, callback: Callable[[], None]) -> bool:
+        """Whether the transport's buffer is over its mark; then `callback` runs once it is
+        under again."""
+        if not self._writing_paused:
+            return False
+        self._on_drained = callback
+        return True
+
+    def pause_reading(self) -> None:
+        if not self.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.is_closing():
+            self._transport.resume_reading()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._transport.get_extra_info(name, default)
+
+    def close(self) -> None:
+        """Close once the answers have left; a peer that never reads them is cut after 2 s,
+        or it would keep the socket and its buffer for ever."""
+        if self._transport is None or self.is_closing():
+            return
+        self._transport.close()
+        self._abort = asyncio.get_running_loop().call_later(
+            2.0, sockets.abort, self._transport)
+
+    def abort(self) -> None:
+        sockets.abort(self._transport)
+
+
+class StreamLink:
+    """A 443 head's MQTT-over-WebSocket connection: a task reads the decoded bytes and feeds
+    the ChildConnection, and waits while the connection pauses."""
+
+    def __init__(self, server: ChildServer, reader: websocket.WsReader,
+                 writer: websocket.WsWriter) -> None:
+        self._server = server
+        self._reader = reader
+        self._writer = writer
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self.write = writer.write
+        self.is_closing = writer.is_closing
+        self.get_extra_info = writer.get_extra_info
+        self._abort: asyncio.TimerHandle | None = None
+
+    async def pump(self, conn: ChildConnection) -> None:
+        """Read until the connection ends; returns once it has."""
+        conn.start()
+        try:
+            while not conn.finished:
+                await self._reading.wait()
+                if conn.finished:
+                    break
+                data = await self._reader.read(READ_CHUNK)
+                conn.feed(data)
+                if not data:
+                    break
+        except PeerError as exc:  # the WebSocket layer's
+            conn.refuse(str(exc))
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            pass
+        finally:
+            conn.lost()
+
+    def get_write_buffer_size(self) -> int:
+        return self._writer.transport.get_write_buffer_size()
+
+    def when_drained(self, callback: Callable[[], None]) -> bool:
+        async def drained() -> None:
+            with contextlib.suppress(Exception):
+                await self._writer.drain()
+                callback()
+
+        task = asyncio.get_running_loop().create_task(drained())
+        self._server.keep(task)
+        return True
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def close(self) -> None:
+        self._reading.set()  # the pump sees the end
+        if self._abort is not None or self.is_closing():
+            return
+        self._writer.close()
+        self._abort = asyncio.get_running_loop().call_later(
+            2.0, sockets.abort, self._writer.transport)
+
+    def abort(self) -> None:
+        sockets.abort(self._writer.transport)
 
 
 class ChildServer:
@@ -495,50 +691,73 @@ class ChildServer:
             out[WS_LISTENER] = out.get(WS_LISTENER, 0) + self.http_open
         return out
 
-    async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
-        async def on_client(reader, writer) -> None:
-            if self.open_connections >= self._cfg.max_connections + PREAUTH_SLACK:
-                self.log_limited(
-                    Event.CHILD_REFUSED,
-                    f"peer {sockets.peer_name(writer)}: closed: {self.open_connections} "
-                    "connections open (listen.max_connections and those still handshaking)",
-                    cause="connections",
-                )
-                sockets.abort(writer.transport)
-                return
-            if name == self._amqp_listener:
-                head = _amqp().AmqpConnection(self, reader, writer)
-                self._all.add(head)
-                await head.serve()
-                return
-            if name == WS_LISTENER:
-                web = _web_head()
-                upgraded = await web.open_request(self, reader, writer)
-                if upgraded is None:
-                    return
-                protocol, (reader, writer) = upgraded
-                if protocol == web.AMQP_SUBPROTOCOL:
-                    amqp_head = _amqp()
-                    head = amqp_head.AmqpConnection(self, reader, writer, amqp_head.WS_LISTENER)
-                    self._all.add(head)
-                    await head.serve()
-                    return
-            conn = ChildConnection(self, reader, writer, name)
-            self._all.add(conn)
-            await conn.serve()
-
-        server = await asyncio.start_server(
-            on_client, self._cfg.host, port, ssl=tls, limit=READ_CHUNK, backlog=128,
-            ssl_handshake_timeout=self.connect_timeout if tls is not None else None,
+    def accepting(self, link: TransportLink | asyncio.StreamWriter) -> bool:
+        """Whether a new connection may stay: within listen.max_connections and the ones still
+        handshaking or before their CONNECT."""
+        if self.open_connections < self._cfg.max_connections + PREAUTH_SLACK:
+            return True
+        self.log_limited(
+            Event.CHILD_REFUSED,
+            f"peer {sockets.peer_name(link)}: closed: {self.open_connections} "
+            "connections open (listen.max_connections and those still handshaking)",
+            cause="connections",
         )
+        return False
+
+    def track(self, conn: ChildConnection | amqp.AmqpConnection) -> None:
+        self._all.add(conn)
+
+    def keep(self, task: asyncio.Task) -> None:
+        """Hold a task of a connection's until it ends (the loop keeps only weak references)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _listen(self, port: int, tls: ssl.SSLContext | None, name: str) -> tuple[str, int]:
+        handshake = self.connect_timeout if tls is not None else None
+        if name in (WS_LISTENER, self._amqp_listener):
+            server = await asyncio.start_server(
+                functools.partial(self._on_stream, name), self._cfg.host, port, ssl=tls,
+                limit=READ_CHUNK, backlog=128, ssl_handshake_timeout=handshake)
+        else:
+            server = await asyncio.get_running_loop().create_server(
+                functools.partial(TransportLink, self, name), self._cfg.host, port, ssl=tls,
+                backlog=128, ssl_handshake_timeout=handshake)
         self._servers.append(server)
         self.listener_names.append(name)
         return server.sockets[0].getsockname()[:2]
 
+    async def _on_stream(self, name: str, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        """A connection of the heads that read through streams: AMQP, and the 443 head's
+        HTTP request before its upgrade."""
+        if not self.accepting(writer):
+            sockets.abort(writer.transport)
+            return
+        if name == self._amqp_listener:
+            head = _amqp().AmqpConnection(self, reader, writer)
+            self.track(head)
+            await head.serve()
+            return
+        web = _web_head()
+        upgraded = await web.open_request(self, reader, writer)
+        if upgraded is None:
+            return
+        protocol, (ws_reader, ws_writer) = upgraded
+        if protocol == web.AMQP_SUBPROTOCOL:
+            amqp_head = _amqp()
+            head = amqp_head.AmqpConnection(self, ws_reader, ws_writer, amqp_head.WS_LISTENER)
+            self.track(head)
+            await head.serve()
+            return
+        link = StreamLink(self, ws_reader, ws_writer)
+        conn = ChildConnection(self, link, name)
+        self.track(conn)
+        await link.pump(conn)
+
     def admit(self, conn: ChildConnection, connect: Connect) -> Verdict:
         if len(self.sessions) >= self._cfg.max_connections:
             return Verdict(False, CONNACK_UNAVAILABLE, "listen.max_connections reached")
-        verdict = self.handler.authenticate(connect, _peer_cert(conn._writer))
+        verdict = self.handler.authenticate(connect, conn.peer_cert())
         if not verdict.ok:
             self.refused += 1
             self.last_refusal = {
@@ -603,10 +822,3 @@ def _web_head() -> web_head:
     from gateway.child import web_head
 
     return web_head
-
-
-def _peer_cert(writer: asyncio.StreamWriter) -> bytes | None:
-    ssl_object = writer.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return None
-    return ssl_object.getpeercert(binary_form=True)
