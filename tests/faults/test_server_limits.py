@@ -69,3 +69,72 @@ def test_rate_limit_table_is_bounded(monkeypatch, caplog):
     assert len(srv._log_times) <= 101
     lines = [r for r in caplog.records if "refused" in r.getMessage()]
     assert 0 < len(lines) <= 101  # past the bound, one line for the whole flood
+
+
+class Holding(AcceptAll):
+    """Holds every PUBACK until the test releases it; says when `want` requests are in."""
+
+    def __init__(self) -> None:
+        self.releases: list = []
+        self.want = 0
+        self.reached = asyncio.Event()
+
+    def on_publish(self, conn, publish):
+        self.releases.append(conn.hold_puback(publish.packet_id))
+        if len(self.releases) == self.want:
+            self.reached.set()
+
+    async def until(self, count: int) -> None:
+        self.want = count
+        if len(self.releases) < count:
+            self.reached.clear()
+            await asyncio.wait_for(self.reached.wait(), 10)
+
+
+def test_a_child_at_its_bound_is_not_read_until_half_of_it_is_free():
+    """limits.max_outstanding_per_child: the connection stops handing out a child's requests at
+    the bound, even with more of them already read, and goes on once half of it is free. The
+    PUBACKs leave in order, each once its request is released."""
+    handler = Holding()
+
+    async def run() -> tuple[list[int], list[int], list[int]]:
+        srv = server.ChildServer(_settings(), handler,
+                                 server.LimitsSettings(max_outstanding_per_child=4))
+        ((_, port),) = await srv.start(None)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        decoder = codec.Decoder()
+
+        async def pubacks(count: int) -> list[int]:
+            got: list = []
+            while len(got) < count:
+                got += decoder.feed(await asyncio.wait_for(reader.read(4096), 10))
+            return [p.packet_id for p in got]
+
+        try:
+            writer.write(codec.encode(Connect("bounded")))
+            assert decoder.feed(await reader.read(4)) == [ConnAck(False, 0)]
+            writer.write(b"".join(
+                codec.encode(codec.Publish("devices/bounded/messages/events/", b"m", 1,
+                                           packet_id=n)) for n in range(1, 11)))
+            await handler.until(4)
+            at_bound = len(handler.releases)  # all ten were sent in one write
+            handler.releases[0]()
+            handler.releases[1]()  # 2 outstanding: half of the bound is free
+            first = await pubacks(2)
+            await handler.until(6)
+            after_half = len(handler.releases)
+            for release in handler.releases[2:6]:
+                release()
+            await handler.until(10)
+            for release in handler.releases[6:]:
+                release()
+            rest = await pubacks(8)
+            return [at_bound, after_half], first, rest
+        finally:
+            writer.close()
+            await srv.close()
+
+    counts, first, rest = asyncio.run(run())
+    assert counts == [4, 6]
+    assert first == [1, 2]
+    assert rest == list(range(3, 11))
