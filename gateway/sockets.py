@@ -36,3 +36,10 @@ def peer_name(writer: asyncio.StreamWriter) -> str:
     """host:port of the other end, as the journal lines name a peer before it is identified."""
     peer = writer.get_extra_info("peername")
     return f"{peer[0]}:{peer[1]}" if peer else "?"
+
+
+def peer_cert(link: asyncio.BaseTransport | asyncio.StreamWriter) -> bytes | None:
+    """The peer's X.509 certificate (DER), if it gave one in the TLS handshake: anything with
+    the transport's get_extra_info will do."""
+    ssl_object = link.get_extra_info("ssl_object")
+    return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)

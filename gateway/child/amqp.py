@@ -358,8 +358,7 @@ class AmqpConnection:
             delay, self.close, "the SAS token expired without a new put-token")
 
     def peer_cert(self) -> bytes | None:
-        ssl_object = self._writer.get_extra_info("ssl_object")
-        return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+        return sockets.peer_cert(self._writer)
 
     # -- the engine --------------------------------------------------------------------------
 

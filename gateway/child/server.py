@@ -398,9 +398,7 @@ class ChildConnection:
         return self._session.subscribed(topic)
 
     def peer_cert(self) -> bytes | None:
-        """The child's X.509 certificate (DER), if it gave one in the TLS handshake."""
-        ssl_object = self._link.get_extra_info("ssl_object")
-        return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+        return sockets.peer_cert(self._link)
 
     @property
     def subscriptions(self) -> set[str]:
