@@ -597,9 +597,11 @@ class StreamLink:
 
     def when_drained(self, callback: Callable[[], None]) -> bool:
         async def drained() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._writer.drain()
-                callback()
+            except (ConnectionError, ssl.SSLError):  # gone: the pump's lost() ends it
+                return
+            callback()
 
         task = asyncio.get_running_loop().create_task(drained())
         self._server.keep(task)
