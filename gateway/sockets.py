@@ -24,12 +24,21 @@ def abort(transport: asyncio.BaseTransport | None) -> None:
             raise
 
 
+CLOSE_GRACE_SECS = 2.0  # a closing peer's time to read what is left for it, before the cut
+
+
 async def close_after_flush(writer: asyncio.StreamWriter) -> None:
     """Let a refusal's answer leave, then close; a peer that does not read it is cut."""
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 2.0)
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE_SECS)
     abort(writer.transport)
+
+
+def cut_later(transport: asyncio.BaseTransport) -> asyncio.TimerHandle:
+    """After close(): cut the transport once the grace is over. close() waits for unread
+    output to leave, so a peer that never reads would keep the socket and its buffer for ever."""
+    return asyncio.get_running_loop().call_later(CLOSE_GRACE_SECS, abort, transport)
 
 
 def peer_name(writer: asyncio.StreamWriter) -> str:

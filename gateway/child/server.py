@@ -545,13 +545,11 @@ class TransportLink(asyncio.Protocol):
         return self._transport.get_extra_info(name, default)
 
     def close(self) -> None:
-        """Close once the answers have left; a peer that never reads them is cut after 2 s,
-        or it would keep the socket and its buffer for ever."""
+        """Close once the answers have left (a peer that never reads them is cut)."""
         if self._transport is None or self.is_closing():
             return
         self._transport.close()
-        self._abort = asyncio.get_running_loop().call_later(
-            2.0, sockets.abort, self._transport)
+        self._abort = sockets.cut_later(self._transport)
 
     def abort(self) -> None:
         sockets.abort(self._transport)
@@ -618,8 +616,7 @@ class StreamLink:
         if self._abort is not None or self.is_closing():
             return
         self._writer.close()
-        self._abort = asyncio.get_running_loop().call_later(
-            2.0, sockets.abort, self._writer.transport)
+        self._abort = sockets.cut_later(self._writer.transport)
 
     def abort(self) -> None:
         sockets.abort(self._writer.transport)
