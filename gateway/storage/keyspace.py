@@ -22,6 +22,7 @@ import struct
 FAMILIES = ("outbox", "meta", "devicebound")
 
 _U64 = struct.Struct(">Q")
+_SEQ_KEY = struct.Struct(">BQ")  # the outbox's key: the priority byte, then the seq
 U64_MAX = 2**64 - 1
 
 
@@ -40,7 +41,7 @@ def read_u64(data: bytes | None, default: int = 0) -> int:
 
 def seq_key(seq: int, priority: int) -> bytes:
     """RocksDB's order is the send order: higher priorities (lower bytes) first, then seq."""
-    return bytes((priority,)) + _U64.pack(seq)
+    return _SEQ_KEY.pack(priority, seq)
 
 
 def key_seq(key: bytes) -> int:
