@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 
 from gateway import identity
 from gateway.mqtt import mqtt5
-from gateway.upstream.message import Message
+from gateway.upstream.message import STORED_HEAD, Message
 
 
 def telemetry_topic(prefix: str, device_id: str) -> str:
@@ -72,6 +72,9 @@ class TelemetryEncoder:
         self._gw_seq = mqtt5.user_property("gw", gateway_id) + _SEQ  # `seq`'s value follows
         self._topics: dict[str, bytes] = {}
         self._bags: dict[str, bytes] = {}
+        # the same, by the bytes of a stored record (publish_record)
+        self._record_topics: dict[bytes, bytes] = {}
+        self._record_bags: dict[bytes, bytes] = {}
         # per priority: its `prio` property, and the expiry's id, whose value ends the packet
         self._prio_expiry = {p: _prio_expiry(p) for p in range(10)}
         self._fixed = len(self._gw_seq) + 2 + len(_ENQ) + 2 + 4  # and the values' lengths
@@ -103,25 +106,59 @@ class TelemetryEncoder:
         bag = self._bags.get(msg.properties)
         if bag is None:
             bag = self._bag(msg.properties)
-        tail = self._prio_expiry.get(msg.priority)
+        return self._packet(packet_id, seq, topic, bag, msg.priority, msg.enqueued_ms,
+                            msg.expires_ms, now_ms, msg.payload)
+
+    def publish_record(self, packet_id: int, seq: int, record: bytes, now_ms: int) -> bytes:
+        """publish() of decode_record(record), without the Message: for a version 2 record that
+        the outbox has checked (Outbox.pending). Its fields are sliced as bytes, and the topic
+        and the property bag are looked up by those bytes."""
+        _, enq, expires_ms, dlen, plen, _, priority = _STORED_UNPACK(record)
+        dend = _STORED_SIZE + dlen
+        pend = dend + plen
+        device = record[_STORED_SIZE:dend]
+        topic = self._record_topics.get(device)
+        if topic is None:
+            topic = self._record_topics[device] = self.topic(device.decode())
+            _bound(self._record_topics)
+        properties = record[dend:pend]
+        bag = self._record_bags.get(properties)
+        if bag is None:
+            bag = self._record_bags[properties] = self._bag(properties.decode())
+            _bound(self._record_bags)
+        return self._packet(packet_id, seq, topic, bag, priority, enq, expires_ms, now_ms,
+                            record[pend:])
+
+    def _packet(self, packet_id: int, seq: int, topic: bytes, bag: bytes, priority: int,
+                enqueued_ms: int, expires_ms: int, now_ms: int, payload: bytes) -> bytes:
+        """The PUBLISH from its parts: the one layout of both ways in (a join of the cached
+        pieces and the per-message values; one join for the whole packet)."""
+        tail = self._prio_expiry.get(priority)
         if tail is None:
-            tail = _prio_expiry(msg.priority)
+            tail = _prio_expiry(priority)
         seq_s = b"%d" % seq
-        enq_s = b"%d" % msg.enqueued_ms
-        expiry = max(1, -(-(msg.expires_ms - now_ms) // 1000))  # expiry_left_secs, inlined
+        enq_s = b"%d" % enqueued_ms
+        expiry = max(1, -(-(expires_ms - now_ms) // 1000))  # expiry_left_secs, inlined
         props = len(bag) + len(tail) + len(seq_s) + len(enq_s) + self._fixed
         props_length = _length(props)
-        payload = msg.payload
         return b"".join((
             _PUBLISH_QOS1, _length(len(topic) + 2 + len(props_length) + props + len(payload)),
             topic, _U16(packet_id), props_length, bag, self._gw_seq, _U16(len(seq_s)), seq_s,
             _ENQ, _U16(len(enq_s)), enq_s, tail, _U32(min(expiry, 0xFFFFFFFF)), payload))
 
 
+def _bound(cache: dict) -> None:
+    """A cache by a record's bytes is emptied when it outgrows CACHE_LIMIT, as the others."""
+    if len(cache) > TelemetryEncoder.CACHE_LIMIT:
+        cache.clear()
+
+
 def _prio_expiry(priority: int) -> bytes:
     return mqtt5.user_property("prio", str(priority)) + _EXPIRY
 
 
+_STORED_UNPACK = STORED_HEAD.unpack_from
+_STORED_SIZE = STORED_HEAD.size
 _U16 = struct.Struct(">H").pack
 _U32 = struct.Struct(">I").pack
 _SEQ = mqtt5.user_property("seq", "")[:-2]  # the property id and the name, before the value

@@ -32,7 +32,7 @@ from gateway.log import Event, event
 from gateway.mqtt import mqtt5
 from gateway.upstream.cloud_contract import TelemetryEncoder
 from gateway.upstream.dead_letters import DeadLetters
-from gateway.upstream.message import PRIORITIES, Message
+from gateway.upstream.message import PRIORITIES, STORED_EXTRA, STORED_PRIORITY_AT, Message
 from gateway.upstream.outbox import Cursor, Outbox
 from gateway.upstream.token_bucket import TokenBucket
 
@@ -46,12 +46,10 @@ class Counters(Protocol):
     inflight: int
 
 
-@dataclass(slots=True)  # one per message sent: not frozen, as Message
-class _Sent:
-    seq: int
-    size: int
-    priority: int
-    live: bool
+# What one message in flight carries: (seq, size, priority, live). A tuple, not a class: one is
+# made per message sent (0.19 against 0.03 µs), and the first three are what Outbox.ack_all
+# takes.
+_Sent = tuple[int, int, int, bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +114,7 @@ class Drain:
         sent = self._inflight.pop(packet_id, None)
         if sent is None:
             return
-        if sent.live:
-            self._live_inflight -= 1
+        self._live_inflight -= sent[3]
         self._refused(sent, code)
 
     def acked_all(self, packet_ids: list[int]) -> None:
@@ -125,16 +122,16 @@ class Drain:
         came), with the lookups made once (a drain takes ~50 per read) and the outbox told in
         one call; ids not in flight are passed over."""
         pop, refusals = self._inflight.pop, self._refusals
-        done: list[tuple[int, int, int]] = []
+        done: list[_Sent] = []
         live = 0
         for packet_id in packet_ids:
             sent = pop(packet_id, None)
             if sent is None:
                 continue
-            live += sent.live
+            live += sent[3]
             if refusals:
-                refusals.pop(sent.seq, None)
-            done.append((sent.seq, sent.size, sent.priority))
+                refusals.pop(sent[0], None)
+            done.append(sent)
         if done:
             self._outbox.ack_all(done)
         self._live_inflight -= live
@@ -210,18 +207,26 @@ class Drain:
     ) -> int:
         if limit <= 0:
             return 0
-        batch = self._outbox.read(cursor or 0, limit, now_ms, below=below)
+        batch = self._outbox.pending(cursor or 0, limit, now_ms, below=below)
         if not batch:
             return 0
-        # _send for each, with the lookups made once per batch (a drain sends ~50 per fill)
-        publish, inflight = self._encoder.publish, self._inflight
+        # _send for each, with the lookups made once per batch (a drain sends ~50 per fill);
+        # a stored record is encoded as it is (Outbox.pending)
+        encoder, inflight = self._encoder, self._inflight
+        publish, publish_record = encoder.publish, encoder.publish_record
         first_pid = 0
-        for seq, msg in batch:
+        for seq, item in batch:
             pid = packet_id()
             first_pid = first_pid or pid
-            out.append(publish(pid, seq, msg, now_ms))
-            inflight[pid] = _Sent(seq, msg.size(), msg.priority, live)
-            cursor[msg.priority] = seq
+            if item.__class__ is bytes:
+                out.append(publish_record(pid, seq, item, now_ms))
+                priority = item[STORED_PRIORITY_AT]
+                inflight[pid] = (seq, len(item) - STORED_EXTRA, priority, live)
+            else:
+                out.append(publish(pid, seq, item, now_ms))
+                priority = item.priority
+                inflight[pid] = (seq, item.size(), priority, live)
+            cursor[priority] = seq
         self._bucket.take(len(batch))
         if self._first_on_connection is None:
             self._first_on_connection = inflight[first_pid]
@@ -238,7 +243,7 @@ class Drain:
         encoder = self._encoder
         out.append(encoder.publish(pid, seq, msg, now_ms))
         self._bucket.take()
-        sent = self._inflight[pid] = _Sent(seq, msg.size(), msg.priority, live)
+        sent = self._inflight[pid] = (seq, msg.size(), msg.priority, live)
         if self._first_on_connection is None:
             self._first_on_connection = sent
         self._live_inflight += live
@@ -250,27 +255,28 @@ class Drain:
         """Retry a refused message a few times, then move it aside: it must not block the queue."""
         self._counters.refused += 1
         if not self._strike(sent, mqtt5.reason_name(code), code):
-            self._retry.append((sent.seq, sent.priority))
+            self._retry.append((sent[0], sent[2]))
 
     def _strike(self, sent: _Sent, why: str, code: int = 0x80) -> bool:
         """Count one refusal of a message; True when it has just gone to the dead letters."""
-        count = self._refusals.get(sent.seq, 0) + 1
-        self._refusals[sent.seq] = count
+        seq = sent[0]
+        count = self._refusals.get(seq, 0) + 1
+        self._refusals[seq] = count
         if count < self._cfg.max_refusals:
             return False
-        del self._refusals[sent.seq]
+        del self._refusals[seq]
         if self._dead_letter(sent, code):
             event(
                 Event.UPLINK_REFUSED_MESSAGE,
-                f"uplink: message seq={sent.seq} refused {count} times ({why}); moved to the "
+                f"uplink: message seq={seq} refused {count} times ({why}); moved to the "
                 f"dead letters (gatewayctl dlq list); check the broker's ACL, quota or "
                 f"message size limit for the prefix",
                 level=logging.WARNING,
-                seq=sent.seq,
+                seq=seq,
             )
         return True
 
     def _dead_letter(self, sent: _Sent, code: int) -> bool:
         """The one place a refused message leaves the queue for the dead letters."""
         now_ms = int(self._clock() * 1000)
-        return self._dead_letters.move(sent.seq, sent.priority, code, now_ms)
+        return self._dead_letters.move(sent[0], sent[2], code, now_ms)

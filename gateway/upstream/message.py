@@ -23,6 +23,24 @@ DEFAULT_PRIORITY = 9  # routes without a priority, and every message when no rou
 PRIORITIES = range(10)  # 0 is the highest
 
 
+# A drain sends most messages straight from their version 2 records (Outbox.pending,
+# TelemetryEncoder.publish_record) without making a Message: 1.95 against 2.48 µs from record
+# to PUBLISH (timeit). What those readers need of the layout is here.
+STORED_HEAD = _V2_HEAD
+STORED_PRIORITY_AT = _HEADER.size  # the index of the priority byte
+STORED_EXTRA = _V2_HEAD.size - _HEADER.size  # a record is this much longer than its size()
+
+
+def stored_head(data: bytes) -> tuple[int, int, int, int, int, int, int] | None:
+    """The header of a version 2 record whose lengths add up, else None (an older version, or
+    bytes that decode_record refuses). The check that lets a reader skip decode_record."""
+    if data.__class__ is bytes and len(data) >= _V2_HEAD.size and data[0] == 2:
+        head = _V2_HEAD.unpack_from(data)
+        if _V2_HEAD.size + head[3] + head[4] + head[5] == len(data):
+            return head
+    return None
+
+
 class RecordError(DataError):
     """A stored record cannot be decoded: the store holds bytes this release does not understand."""
 
@@ -59,15 +77,13 @@ def encode_record(msg: Message) -> bytes:
 
 
 def decode_record(data: bytes) -> Message:
-    # what this release writes, as RocksDB gives it: one unpack
-    if data.__class__ is bytes and len(data) >= _V2_HEAD.size and data[0] == 2:
-        _, enq, exp, dlen, plen, blen, priority = _V2_HEAD.unpack_from(data)
-        pos = _V2_HEAD.size
-        if pos + dlen + plen + blen == len(data):
-            dend = pos + dlen
-            pend = dend + plen
-            return Message(data[pos:dend].decode(), enq, exp, data[dend:pend].decode(),
-                           data[pend:], priority)
+    head = stored_head(data)  # what this release writes, as RocksDB gives it: one unpack
+    if head is not None:
+        _, enq, exp, dlen, plen, _, priority = head
+        dend = _V2_HEAD.size + dlen
+        pend = dend + plen
+        return Message(data[_V2_HEAD.size:dend].decode(), enq, exp, data[dend:pend].decode(),
+                       data[pend:], priority)
     if len(data) < _HEADER.size:
         raise RecordError(f"record of {len(data)} bytes is shorter than its header")
     version, enq, exp, dlen, plen, blen = _HEADER.unpack_from(data)

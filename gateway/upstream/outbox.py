@@ -35,6 +35,7 @@ from gateway.upstream.message import (
     RecordError,
     decode_record,
     encode_record,
+    stored_head,
 )
 
 SEQ_BLOCK = 65536
@@ -46,6 +47,9 @@ def seq_key(seq: int, priority: int = DEFAULT_PRIORITY) -> bytes:
 
 
 Cursor = dict[int, int]  # priority -> last sequence number read
+# What Outbox.pending gives for one message: the Message (in memory, or an older record), or the
+# version 2 record as stored, checked and not expired (a drain encodes it without a Message).
+Pending = Message | bytes
 
 
 @dataclass
@@ -293,16 +297,25 @@ class Outbox:
         self._store.write(batch, sync=False)
 
     def _add_deletes(self, batch: Batch) -> None:
+        # the totals are counted once per lane: a drain deletes ~50 per read, nearly all of
+        # one priority
+        key, lanes = ks.seq_key, self._lane_disk
         keys = []
+        lane = count = gone_bytes = 0
         for seq, (priority, size) in self._deletes.items():
-            keys.append(ks.seq_key(seq, priority))
-            self._disk_count -= 1
-            self._disk_bytes -= size
-            self._lane_disk[priority] = max(self._lane_disk[priority] - 1, 0)
+            keys.append(key(seq, priority))
+            gone_bytes += size
+            if priority != lane:
+                if count:
+                    lanes[lane] = max(lanes[lane] - count, 0)
+                lane, count = priority, 0
+            count += 1
+        if count:
+            lanes[lane] = max(lanes[lane] - count, 0)
         batch.delete_many(self._store.outbox, keys)
+        self._disk_count = max(self._disk_count - len(keys), 0)
+        self._disk_bytes = max(self._disk_bytes - gone_bytes, 0)
         self._deletes.clear()
-        self._disk_count = max(self._disk_count, 0)
-        self._disk_bytes = max(self._disk_bytes, 0)
 
     def _add_counters(self, batch: Batch) -> None:
         meta = self._store.meta
@@ -331,17 +344,18 @@ class Outbox:
     ) -> None:
         """The cloud acknowledged `seq` (or it ended otherwise, `delivered` False): forget it,
         and release its child if it was not yet safe."""
-        self.ack_all([(seq, size, priority)], delivered)
+        self.ack_all([(seq, size, priority, False)], delivered)
 
-    def ack_all(self, acks: list[tuple[int, int, int]], delivered: bool = True) -> None:
-        """`ack` of each (seq, size, priority), with the lookups made and the totals counted
-        once, and the children of those not yet safe released by one on_safe call: a drain
-        acknowledges ~50 per read, and the relay nearly every message before its commit."""
+    def ack_all(self, acks: list[tuple[int, int, int, bool]], delivered: bool = True) -> None:
+        """`ack` of each (seq, size, priority, _), as the drain keeps a message in flight, with
+        the lookups made and the totals counted once, and the children of those not yet safe
+        released by one on_safe call: a drain acknowledges ~50 per read, and the relay nearly
+        every message before its commit."""
         mem, deletes, floor = self._mem, self._deletes, self._floor
         in_commit = self._committing.seq_set if self._committing is not None else ()
         safe: list[int] = []
         gone = gone_bytes = 0
-        for seq, size, priority in acks:
+        for seq, size, priority, _ in acks:
             msg = mem.pop(seq, None)
             if msg is not None:
                 priority = msg.priority
@@ -372,11 +386,22 @@ class Outbox:
         now_ms: int,
         below: int | None = None,
     ) -> list[tuple[int, Message]]:
+        """`pending` with every message as a Message."""
+        return [(seq, item if item.__class__ is not bytes else decode_record(item))
+                for seq, item in self.pending(after, limit, now_ms, below)]
+
+    def pending(
+        self,
+        after: int | Cursor,
+        limit: int,
+        now_ms: int,
+        below: int | None = None,
+    ) -> list[tuple[int, Pending]]:
         """Up to `limit` live messages after the cursor (one seq for all priorities, or one per
         priority), highest priority first and in stored order within one; optionally only
         those with seq < `below`. Expired ones met on the way are dropped and counted."""
         cursor = after if isinstance(after, dict) else dict.fromkeys(PRIORITIES, after)
-        out: list[tuple[int, Message]] = []
+        out: list[tuple[int, Pending]] = []
         mem_start = next(iter(self._mem), None)
         stop = mem_start if below is None or mem_start is None else min(mem_start, below)
         if stop is None:
@@ -416,10 +441,12 @@ class Outbox:
                     return
                 if seq in deletes:
                     continue
-                try:
-                    msg = decode_record(value)
-                except RecordError:
-                    self._corrupt(seq, priority, value)
+                head = stored_head(value)
+                if head is not None and head[2] > now_ms:  # expires_ms
+                    out.append((seq, value))
+                    continue
+                msg = self._decode(seq, priority, value)  # older, corrupt or expired
+                if msg is None:
                     continue
                 if msg.expires_ms <= now_ms:
                     self._expire_disk(seq, msg, now_ms)

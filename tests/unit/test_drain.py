@@ -141,10 +141,17 @@ def test_acks_release_the_window_and_leave_the_outbox(site):
     first = s.fill()
     s.ack(first)
     assert s.counters.acked == 5
-    assert seqs(s.fill()) == stored[5:10]
+    second = s.fill()
+    assert seqs(second) == stored[5:10]
     assert [seq for seq, _ in s.outbox.read(0, 100, NOW_MS)] == stored[5:]
     s.drain.acked(first[0][0], 0)  # a PUBACK for a packet id no longer in flight
     assert s.counters.acked == 5
+    s.ack(second)
+    s.ack(s.fill())
+    assert s.outbox.stats.count == 0 and s.outbox.stats.bytes == 0, "each acked its own size"
+    s.outbox.close()
+    s.outbox = Outbox(s.store)
+    assert s.outbox.backlog_by_priority() == {} and s.outbox.stats.bytes == 0, "and on disk"
 
 
 def test_a_refused_message_is_retried_first_then_dead_lettered(site):

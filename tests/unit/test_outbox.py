@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import threading
 
 import pytest
@@ -180,6 +181,33 @@ def test_counts_survive_restart(h):
     assert h.outbox.stats.count == 6
     assert h.outbox.stats.bytes == 6 * msg(0).size()
     assert h.outbox.oldest_enqueued_ms() == NOW + 4
+
+
+def test_pending_gives_stored_records_as_they_are_and_the_rest_as_messages(h):
+    """A drain encodes what this release stored straight from its bytes; a message in memory, or
+    a record of version 1 (a store from before priorities), comes as a Message."""
+    stored = h.outbox.append(msg(0))
+    h.outbox.commit_now()
+    v1 = msg(1)
+    fields = (v1.device_id.encode(), v1.properties.encode(), v1.payload)
+    old = struct.pack(">BQQHHI", 1, v1.enqueued_ms, v1.expires_ms, *map(len, fields))
+    h.store.put(h.store.outbox, seq_key(stored + 1), old + b"".join(fields), sync=False)
+    h.reopen()
+    in_memory = h.outbox.append(msg(2))
+    got = h.outbox.pending(0, 10, NOW)
+    assert [seq for seq, _ in got] == [stored, stored + 1, in_memory]
+    assert got[0][1] == encode_record(msg(0))
+    assert got[1][1] == v1 and got[2][1] == msg(2)
+    assert h.outbox.read(0, 10, NOW) == [(stored, msg(0)), (stored + 1, v1), (in_memory, msg(2))]
+
+
+def test_an_expired_stored_record_is_not_pending_but_counted(h):
+    h.outbox.append(msg(0, ttl_ms=10))
+    live = h.outbox.append(msg(1))
+    h.outbox.commit_now()
+    assert [seq for seq, _ in h.outbox.pending(0, 10, NOW + 100)] == [live]
+    assert h.outbox.stats.expired == 1
+    assert h.outbox.stats.count == 1 and h.outbox.stats.bytes == msg(1).size()
 
 
 def test_corrupt_record_is_skipped_and_counted(h):
