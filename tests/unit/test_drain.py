@@ -308,3 +308,50 @@ def test_a_read_of_plain_pubacks_acks_as_each_one_would(site):
     for s in (one, many):
         assert (s.counters.acked, s.drain.inflight, s.outbox.stats.count) == (10, 10, 25)
     assert one.fill() == many.fill()
+
+
+def test_a_long_backlog_is_sent_once_and_in_order_in_fills_of_any_size(site):
+    """Fills of 37 over 1,000 stored messages, acknowledged half a window at a time: every
+    message goes once, in order, and the outbox is left empty."""
+    s = site(inflight_window=37)
+    stored = s.append(1_000)
+    s.drain.connected()
+    sent: list[int] = []
+    while batch := s.fill():
+        sent += seqs(batch)
+        s.ack(batch[: len(batch) // 2 + 1])  # part of a window at a time, as PUBACKs come
+        s.ack(batch[len(batch) // 2 + 1:])
+    assert sent == stored and s.outbox.stats.count == 0
+
+
+def test_messages_dropped_ahead_of_the_drain_are_not_sent(site):
+    """A full disk drops the oldest stored messages, some of them in flight and more not yet
+    sent: the drain goes on from the first one kept, and sends no dropped one."""
+    s = site(inflight_window=50)
+    stored = s.append(600)
+    s.drain.connected()
+    first = s.fill()
+    assert seqs(first) == stored[:50]
+    assert s.outbox.drop_oldest(200) == (200, 200 * s.outbox.read(0, 1, NOW_MS)[0][1].size())
+    s.ack(first)  # their PUBACKs come after all
+    rest: list[int] = []
+    while batch := s.fill():
+        rest += seqs(batch)
+        s.ack(batch)
+    assert rest == stored[200:]
+
+
+def test_messages_expired_ahead_of_the_drain_are_not_sent_or_counted_twice(site):
+    """The housekeeping's expiry takes messages in flight and ahead of them."""
+    s = site(inflight_window=20)
+    short = [s.outbox.append(Message("d", NOW_MS, NOW_MS + 1_000, "", b"x", 9))
+             for _ in range(300)]
+    keep = s.append(10)
+    s.drain.connected()
+    first = s.fill()
+    assert seqs(first) == short[:20]
+    s.now_ms = NOW_MS + 2_000
+    assert s.outbox.expire(s.now_ms) == 300
+    s.ack(first)
+    assert seqs(s.fill()) == keep
+    assert s.outbox.stats.expired == 300
