@@ -20,7 +20,6 @@ An exec that fails exits 127 with one line on stderr, as a shell does.
 from __future__ import annotations
 
 import base64
-import ctypes
 import json
 import os
 import pwd
@@ -57,6 +56,10 @@ def _exec(argv: list[str], env: dict[str, str]) -> None:
 
 
 def process_mode(args: list[str]) -> None:
+    # imported here, in the shim's own process (the daemon imports this module for its names),
+    # and before the user changes, who may not read the interpreter's library
+    import ctypes
+
     parent, user = 0, None
     while args and args[0] != "--":
         flag, value, args = args[0], args[1], args[2:]

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.daemon import allocator
 from gateway.daemon.control import request
 
 from .broker import free_port
@@ -84,7 +85,9 @@ class Gatewayd:
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
         notify.settimeout(timeout)
-        full_env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1")
+        # as systemd/gatewayd.service starts it: its notify socket and glibc's tunables
+        full_env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONUNBUFFERED="1",
+                        GLIBC_TUNABLES=":".join(allocator.TUNABLES))
         full_env.update(self.env)
         full_env.update(env or {})
         self._stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives with the process

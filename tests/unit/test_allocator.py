@@ -3,8 +3,12 @@ that this test process keeps its own allocator as it was, and compared with glib
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+from gateway.daemon import allocator
 
 PROBE = """
 import ctypes, sys
@@ -30,11 +34,26 @@ libc.free(block)
 """
 
 
-def mapped_blocks(mode: str) -> int:
+def mapped_blocks(mode: str, env: dict | None = None) -> int:
     return int(subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
-                              text=True, check=True).stdout)
+                              text=True, check=True, env=env).stdout)
 
 
 def test_tune_keeps_large_blocks_mapped_so_that_freeing_them_gives_them_back():
     assert mapped_blocks("default") == 0  # from the heap: resident after free() until trimmed
     assert mapped_blocks("tuned") == 1
+
+
+def test_the_tunables_of_the_unit_take_without_ctypes():
+    """systemd/gatewayd.service sets the two as glibc tunables: glibc honours them before the
+    process runs, and tune() then leaves ctypes unimported."""
+    unit = (Path(__file__).parents[2] / "systemd" / "gatewayd.service").read_text()
+    assert f"Environment=GLIBC_TUNABLES={':'.join(allocator.TUNABLES)}" in unit.splitlines()
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(allocator.TUNABLES))
+    assert mapped_blocks("default", env) == 1, "glibc took the threshold from the environment"
+    probe = "import sys; from gateway.daemon import allocator; " \
+            "print(allocator.tune(), 'ctypes' in sys.modules)"
+    for given, ctypes_loaded in ((env, "False"), (dict(os.environ, GLIBC_TUNABLES=""), "True")):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             check=True, env=given).stdout.split()
+        assert out == ["True", ctypes_loaded]
