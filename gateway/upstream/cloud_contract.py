@@ -82,19 +82,16 @@ class TelemetryEncoder:
     def topic(self, device_id: str) -> bytes:
         encoded = self._topics.get(device_id)
         if encoded is None:
-            if len(self._topics) >= self.CACHE_LIMIT:
-                self._topics.clear()
-            encoded = self._topics[device_id] = mqtt5.string(
-                telemetry_topic(self._prefix, device_id))
+            encoded = _remember(self._topics, device_id,
+                                mqtt5.string(telemetry_topic(self._prefix, device_id)))
         return encoded
 
     def _bag(self, properties: str) -> bytes:
         bag = self._bags.get(properties)
         if bag is None:
-            if len(self._bags) >= self.CACHE_LIMIT:
-                self._bags.clear()
             pairs = parse_qsl(properties, keep_blank_values=True)
-            bag = self._bags[properties] = b"".join(mqtt5.user_property(k, v) for k, v in pairs)
+            bag = _remember(self._bags, properties,
+                            b"".join(mqtt5.user_property(k, v) for k, v in pairs))
         return bag
 
     def publish(self, packet_id: int, seq: int, msg: Message, now_ms: int) -> bytes:
@@ -119,13 +116,11 @@ class TelemetryEncoder:
         device = record[_STORED_SIZE:dend]
         topic = self._record_topics.get(device)
         if topic is None:
-            topic = self._record_topics[device] = self.topic(device.decode())
-            _bound(self._record_topics)
+            topic = _remember(self._record_topics, device, self.topic(device.decode()))
         properties = record[dend:pend]
         bag = self._record_bags.get(properties)
         if bag is None:
-            bag = self._record_bags[properties] = self._bag(properties.decode())
-            _bound(self._record_bags)
+            bag = _remember(self._record_bags, properties, self._bag(properties.decode()))
         return self._packet(packet_id, seq, topic, bag, priority, enq, expires_ms, now_ms,
                             record[pend:])
 
@@ -147,10 +142,13 @@ class TelemetryEncoder:
             _ENQ, _U16(len(enq_s)), enq_s, tail, _U32(min(expiry, 0xFFFFFFFF)), payload))
 
 
-def _bound(cache: dict) -> None:
-    """A cache by a record's bytes is emptied when it outgrows CACHE_LIMIT, as the others."""
-    if len(cache) > TelemetryEncoder.CACHE_LIMIT:
+def _remember(cache: dict, key, value: bytes) -> bytes:
+    """Keep `value` in one of the encoder's caches, which is emptied once it holds
+    CACHE_LIMIT: a child that invents a topic or a property bag per message cannot grow it."""
+    if len(cache) >= TelemetryEncoder.CACHE_LIMIT:
         cache.clear()
+    cache[key] = value
+    return value
 
 
 def _prio_expiry(priority: int) -> bytes:

@@ -114,6 +114,17 @@ def test_a_stored_record_is_encoded_as_its_message_is(device, properties, payloa
     assert encoder.publish_record(packet_id, seq, record, now) == want, "from its caches too"
 
 
+def test_the_encoders_caches_stay_bounded():
+    """A child that names a new device or property bag in every message cannot grow them."""
+    encoder = contract.TelemetryEncoder("site/", "edge-1")
+    for i in range(encoder.CACHE_LIMIT + 10):
+        record = encode_record(Message(f"d{i}", 1_000, 61_000, f"k={i}", b"{}"))
+        (got,) = mqtt5.Reader().feed(encoder.publish_record(1, i, record, 2_000))
+        assert got.topic == contract.telemetry_topic("site/", f"d{i}")
+    caches = (encoder._topics, encoder._bags, encoder._record_topics, encoder._record_bags)
+    assert all(0 < len(cache) <= encoder.CACHE_LIMIT for cache in caches)
+
+
 @given(st.binary(max_size=300))
 def test_any_bytes_parse_or_raise_malformed(data):
     with contextlib.suppress(mqtt5.MalformedPacket):
